@@ -1,0 +1,894 @@
+//! The one typed configuration: `airlock.toml`, overridden key by key by `AIRLOCK_*`
+//! environment variables, validated once at start-up.
+//!
+//! Every problem is reported as one line that names the key, where its value came from, and
+//! what is expected. Values of secret keys (`secrets.master_key`) are never echoed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::line_of;
+
+/// Environment variables with the `AIRLOCK_` prefix that are not configuration keys.
+const RESERVED_ENV: &[&str] = &["AIRLOCK_CONFIG", "AIRLOCK_LOG"];
+/// Prefixes of environment variables used by Airlock's own test suites.
+const RESERVED_ENV_PREFIXES: &[&str] = &["AIRLOCK_TEST_"];
+
+/// How a configuration key's environment value is parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Str,
+    Int,
+    Secret,
+}
+
+/// Every configuration key, its kind, and what a valid value looks like. The environment
+/// variable for `a.b_c` is `AIRLOCK_A_B_C`.
+const KEYS: &[(&str, Kind, &str)] = &[
+    ("data_dir", Kind::Str, "a directory path, e.g. ./var"),
+    (
+        "server.listen",
+        Kind::Str,
+        "an address and port, e.g. 127.0.0.1:8080",
+    ),
+    (
+        "server.public_url",
+        Kind::Str,
+        "an http(s) URL, e.g. https://airlock.example.com",
+    ),
+    (
+        "database.url",
+        Kind::Str,
+        "sqlite://PATH or postgres://USER:PASSWORD@HOST/DB",
+    ),
+    (
+        "database.max_connections",
+        Kind::Int,
+        "a whole number from 1 to 1000",
+    ),
+    (
+        "secrets.master_key",
+        Kind::Secret,
+        "32 random bytes in base64 (e.g. `openssl rand -base64 32`)",
+    ),
+    (
+        "secrets.key_file",
+        Kind::Str,
+        "a file path, e.g. ./var/master.key",
+    ),
+    (
+        "docker.host",
+        Kind::Str,
+        "unix:///var/run/docker.sock or tcp://HOST:PORT",
+    ),
+    (
+        "docker.base_image",
+        Kind::Str,
+        "an image repository name, e.g. airlock/base",
+    ),
+    (
+        "github.api_url",
+        Kind::Str,
+        "an http(s) URL, e.g. https://api.github.com",
+    ),
+    (
+        "github.app_id",
+        Kind::Int,
+        "the numeric id of your GitHub App",
+    ),
+    (
+        "github.app_credential",
+        Kind::Str,
+        "the name of a stored credential (airlock credential list)",
+    ),
+    (
+        "github.token_credential",
+        Kind::Str,
+        "the name of a stored credential (airlock credential list)",
+    ),
+    (
+        "github.webhook_secret_credential",
+        Kind::Str,
+        "the name of a stored credential (airlock credential list)",
+    ),
+    (
+        "github.bot_login",
+        Kind::Str,
+        "the bot's GitHub login, e.g. airlock",
+    ),
+    (
+        "slack.api_url",
+        Kind::Str,
+        "an http(s) URL, e.g. https://slack.com/api",
+    ),
+    (
+        "slack.bot_token_credential",
+        Kind::Str,
+        "the name of a stored credential (airlock credential list)",
+    ),
+    (
+        "slack.signing_secret_credential",
+        Kind::Str,
+        "the name of a stored credential (airlock credential list)",
+    ),
+    (
+        "discord.api_url",
+        Kind::Str,
+        "an http(s) URL, e.g. https://discord.com/api/v10",
+    ),
+    (
+        "discord.bot_token_credential",
+        Kind::Str,
+        "the name of a stored credential (airlock credential list)",
+    ),
+    (
+        "discord.public_key",
+        Kind::Str,
+        "the application's Ed25519 public key in hex (64 characters)",
+    ),
+    (
+        "discord.application_id",
+        Kind::Str,
+        "the application's numeric id",
+    ),
+];
+
+fn env_name(key: &str) -> String {
+    format!("AIRLOCK_{}", key.replace('.', "_").to_uppercase())
+}
+
+fn expected(key: &str) -> Option<&'static str> {
+    KEYS.iter().find(|(k, _, _)| *k == key).map(|(_, _, e)| *e)
+}
+
+fn is_secret(key: &str) -> bool {
+    KEYS.iter()
+        .any(|(k, kind, _)| *k == key && *kind == Kind::Secret)
+}
+
+/// A configuration problem, displayed as one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key at fault (`server.listen`), or empty for a file-level problem.
+    pub key: String,
+    /// Where the value came from: a file path or an environment variable.
+    pub origin: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "config: {}: {}", self.origin, self.message)
+        } else {
+            write!(
+                f,
+                "config key `{}` (from {}): {}",
+                self.key, self.origin, self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A string that must never be printed: its `Debug` is redacted and it is skipped when the
+/// configuration is shown.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+impl Serialize for SecretString {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[REDACTED]")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where Airlock keeps its files (database, key file, certificates).
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub secrets: SecretsConfig,
+    pub docker: DockerConfig,
+    pub github: Option<GithubConfig>,
+    pub slack: Option<SlackConfig>,
+    pub discord: Option<DiscordConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./var"),
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            secrets: SecretsConfig::default(),
+            docker: DockerConfig::default(),
+            github: None,
+            slack: None,
+            discord: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// The address people and chat services use to reach this server; defaults to
+    /// `http://<listen>`.
+    pub public_url: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// Defaults to `sqlite://<data_dir>/airlock.db`.
+    pub url: Option<String>,
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// The master key itself (base64). When absent, the key file is used (and created).
+    pub master_key: Option<SecretString>,
+    /// Defaults to `<data_dir>/master.key`.
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DockerConfig {
+    pub host: String,
+    /// The repository of the sandbox base image; the tag is the hash of its recipe.
+    pub base_image: String,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        Self {
+            host: "unix:///var/run/docker.sock".into(),
+            base_image: "airlock/base".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GithubConfig {
+    #[serde(default = "default_github_api")]
+    pub api_url: String,
+    pub app_id: Option<u64>,
+    /// Credential holding the GitHub App's private key (PEM).
+    pub app_credential: Option<String>,
+    /// Credential holding a personal access token (small installs, instead of an App).
+    pub token_credential: Option<String>,
+    pub webhook_secret_credential: String,
+    #[serde(default = "default_bot_login")]
+    pub bot_login: String,
+}
+
+fn default_github_api() -> String {
+    "https://api.github.com".into()
+}
+fn default_bot_login() -> String {
+    "airlock".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SlackConfig {
+    #[serde(default = "default_slack_api")]
+    pub api_url: String,
+    pub bot_token_credential: String,
+    pub signing_secret_credential: String,
+}
+
+fn default_slack_api() -> String {
+    "https://slack.com/api".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DiscordConfig {
+    #[serde(default = "default_discord_api")]
+    pub api_url: String,
+    pub bot_token_credential: String,
+    pub public_key: String,
+    pub application_id: String,
+}
+
+fn default_discord_api() -> String {
+    "https://discord.com/api/v10".into()
+}
+
+impl Config {
+    /// Loads the configuration as `airlock` does: the file named by `path` (or, when `None`,
+    /// `./airlock.toml` if it exists), then the `AIRLOCK_*` variables in `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (text, origin) = match path {
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(t) => (Some(t), p.display().to_string()),
+                Err(e) => {
+                    return Err(ConfigError {
+                        key: String::new(),
+                        origin: p.display().to_string(),
+                        message: format!("cannot read the file: {e}"),
+                    })
+                }
+            },
+            None => {
+                let p = Path::new("airlock.toml");
+                match std::fs::read_to_string(p) {
+                    Ok(t) => (Some(t), p.display().to_string()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, String::new()),
+                    Err(e) => {
+                        return Err(ConfigError {
+                            key: String::new(),
+                            origin: p.display().to_string(),
+                            message: format!("cannot read the file: {e}"),
+                        })
+                    }
+                }
+            }
+        };
+        Self::from_parts(text.as_deref(), &origin, env)
+    }
+
+    /// Builds the configuration from file text (if any) and environment pairs.
+    pub fn from_parts(
+        file_text: Option<&str>,
+        file_origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file_text {
+            Some(text) => parse_toml(text, file_origin)?,
+            None => toml::Table::new(),
+        };
+        // Where each leaf came from, for error messages.
+        let mut origins: BTreeMap<String, String> = BTreeMap::new();
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("AIRLOCK_"))
+            .collect();
+        env.sort();
+        for (name, value) in env {
+            if RESERVED_ENV.contains(&name.as_str())
+                || RESERVED_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
+            {
+                continue;
+            }
+            let Some((key, kind, hint)) = KEYS.iter().find(|(k, _, _)| env_name(k) == name) else {
+                return Err(ConfigError {
+                    key: String::new(),
+                    origin: name.clone(),
+                    message: "is not a known setting; see docs/configuration.md for the list"
+                        .into(),
+                });
+            };
+            let v = match kind {
+                Kind::Str | Kind::Secret => toml::Value::String(value),
+                Kind::Int => match value.trim().parse::<i64>() {
+                    Ok(i) => toml::Value::Integer(i),
+                    Err(_) => {
+                        return Err(ConfigError {
+                            key: key.to_string(),
+                            origin: name,
+                            message: format!("expected {hint}"),
+                        })
+                    }
+                },
+            };
+            set_path(&mut table, key, v);
+            origins.insert(key.to_string(), name);
+        }
+        let origin_of = |key: &str| -> String {
+            origins.get(key).cloned().unwrap_or_else(|| {
+                if file_origin.is_empty() {
+                    "defaults".into()
+                } else {
+                    file_origin.to_string()
+                }
+            })
+        };
+        let value = toml::Value::Table(table);
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            let inner = e.into_inner().to_string();
+            let message = match (expected(&key), is_secret(&key)) {
+                (_, true) => "expected a string".to_string(),
+                (Some(hint), false) => format!("{}; expected {hint}", first_line(&inner)),
+                (None, false) => first_line(&inner).to_string(),
+            };
+            ConfigError {
+                origin: origin_of(&key),
+                key,
+                message,
+            }
+        })?;
+        config.validate().map_err(|(key, message)| ConfigError {
+            origin: origin_of(key),
+            key: key.to_string(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Semantic checks serde cannot express.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let want = |key: &'static str| (key, format!("expected {}", expected(key).unwrap_or("")));
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(want("data_dir"));
+        }
+        if let Some(url) = &self.server.public_url {
+            if !is_http_url(url) {
+                return Err(want("server.public_url"));
+            }
+        }
+        if let Some(url) = &self.database.url {
+            if DatabaseKind::of_url(url).is_none() {
+                return Err(want("database.url"));
+            }
+        }
+        if !(1..=1000).contains(&self.database.max_connections) {
+            return Err(want("database.max_connections"));
+        }
+        if let Some(key) = &self.secrets.master_key {
+            if crate::secrets::MasterKey::from_base64(key.expose()).is_err() {
+                return Err(want("secrets.master_key"));
+            }
+        }
+        let host = &self.docker.host;
+        if !(host.starts_with("unix://") && host.len() > "unix://".len()
+            || host.starts_with("tcp://") && host.len() > "tcp://".len()
+            || is_http_url(host))
+        {
+            return Err(want("docker.host"));
+        }
+        if !is_image_repo(&self.docker.base_image) {
+            return Err(want("docker.base_image"));
+        }
+        if let Some(gh) = &self.github {
+            if !is_http_url(&gh.api_url) {
+                return Err(want("github.api_url"));
+            }
+            match (gh.app_id, &gh.app_credential, &gh.token_credential) {
+                (Some(_), Some(_), _) | (None, None, Some(_)) => {}
+                (Some(_), None, _) => {
+                    return Err((
+                        "github.app_credential",
+                        "is required with github.app_id: name the credential that holds the App's private key".into(),
+                    ))
+                }
+                (None, Some(_), _) => {
+                    return Err(("github.app_id", "is required with github.app_credential".into()))
+                }
+                (None, None, None) => {
+                    return Err((
+                        "github.token_credential",
+                        "set either github.app_id and github.app_credential (GitHub App) or github.token_credential (personal access token)".into(),
+                    ))
+                }
+            }
+        }
+        if let Some(slack) = &self.slack {
+            if !is_http_url(&slack.api_url) {
+                return Err(want("slack.api_url"));
+            }
+        }
+        if let Some(discord) = &self.discord {
+            if !is_http_url(&discord.api_url) {
+                return Err(want("discord.api_url"));
+            }
+            let k = &discord.public_key;
+            if k.len() != 64 || !k.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(want("discord.public_key"));
+            }
+            if discord.application_id.is_empty()
+                || !discord.application_id.chars().all(|c| c.is_ascii_digit())
+            {
+                return Err(want("discord.application_id"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL in effect (the default is SQLite under `data_dir`).
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(u) => u.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("airlock.db").display()),
+        }
+    }
+
+    pub fn key_file(&self) -> PathBuf {
+        self.secrets
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("master.key"))
+    }
+
+    pub fn public_url(&self) -> String {
+        match &self.server.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.server.listen),
+        }
+    }
+
+    /// Names of the credentials the configured integrations expect to find in the store.
+    pub fn referenced_credentials(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(gh) = &self.github {
+            if let Some(c) = &gh.app_credential {
+                out.push(("github.app_credential", c.clone()));
+            }
+            if let Some(c) = &gh.token_credential {
+                out.push(("github.token_credential", c.clone()));
+            }
+            out.push((
+                "github.webhook_secret_credential",
+                gh.webhook_secret_credential.clone(),
+            ));
+        }
+        if let Some(s) = &self.slack {
+            out.push(("slack.bot_token_credential", s.bot_token_credential.clone()));
+            out.push((
+                "slack.signing_secret_credential",
+                s.signing_secret_credential.clone(),
+            ));
+        }
+        if let Some(d) = &self.discord {
+            out.push((
+                "discord.bot_token_credential",
+                d.bot_token_credential.clone(),
+            ));
+        }
+        out
+    }
+}
+
+/// The two supported database engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseKind {
+    Sqlite,
+    Postgres,
+}
+
+impl DatabaseKind {
+    pub fn of_url(url: &str) -> Option<DatabaseKind> {
+        if let Some(rest) = url.strip_prefix("sqlite:") {
+            (!rest.trim_start_matches('/').is_empty() || rest.contains(":memory:"))
+                .then_some(DatabaseKind::Sqlite)
+        } else if let Some(rest) = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+        {
+            (!rest.is_empty()).then_some(DatabaseKind::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+fn is_http_url(s: &str) -> bool {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
+    matches!(rest, Some(r) if !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace))
+}
+
+fn is_image_repo(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 200
+        && !s.contains(':')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c))
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("").trim()
+}
+
+fn parse_toml(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| {
+        let line = e.span().map(|span| line_of(text, span.start));
+        let message = match line {
+            Some(l) => format!("line {l}: {}", first_line(e.message())),
+            None => first_line(e.message()).to_string(),
+        };
+        ConfigError {
+            key: String::new(),
+            origin: origin.to_string(),
+            message,
+        }
+    })
+}
+
+fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().unwrap_or(key);
+    let mut cur = table;
+    for part in parts {
+        let entry = cur
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            _ => unreachable!("replaced by a table above"),
+        };
+    }
+    cur.insert(last.to_string(), value);
+}
+
+/// The environment variable that sets `key`, for documentation and error messages.
+pub fn env_var_for(key: &str) -> Option<String> {
+    KEYS.iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|(k, _, _)| env_name(k))
+}
+
+/// All configuration keys with their environment variables and expected values.
+pub fn documented_keys() -> Vec<(&'static str, String, &'static str)> {
+    KEYS.iter().map(|(k, _, e)| (*k, env_name(k), *e)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn err(file: Option<&str>, pairs: &[(&str, &str)]) -> String {
+        Config::from_parts(file, "airlock.toml", env(pairs))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn no_file_and_no_env_gives_the_documented_defaults() {
+        let c = Config::from_parts(None, "", env(&[])).unwrap();
+        assert_eq!(c.database_url(), "sqlite://./var/airlock.db");
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.docker.host, "unix:///var/run/docker.sock");
+        assert_eq!(c.key_file(), PathBuf::from("./var/master.key"));
+        assert_eq!(c.public_url(), "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn environment_overrides_the_file_key_by_key() {
+        let file = "[server]\nlisten = \"127.0.0.1:9000\"\n[database]\nmax_connections = 4\n";
+        let c = Config::from_parts(
+            Some(file),
+            "airlock.toml",
+            env(&[
+                ("AIRLOCK_DATABASE_URL", "postgres://u:p@127.0.0.1/db"),
+                ("AIRLOCK_DATABASE_MAX_CONNECTIONS", "7"),
+                ("AIRLOCK_CONFIG", "ignored.toml"),
+                ("AIRLOCK_TEST_POSTGRES_URL", "ignored"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.database_url(), "postgres://u:p@127.0.0.1/db");
+        assert_eq!(c.database.max_connections, 7);
+    }
+
+    #[test]
+    fn bad_values_name_the_key_the_origin_and_what_is_expected() {
+        let cases: &[(Option<&str>, &[(&str, &str)], &str)] = &[
+            (
+                Some("[server]\nlisten = \"localhost\"\n"),
+                &[],
+                "config key `server.listen` (from airlock.toml): invalid socket address syntax; expected an address and port, e.g. 127.0.0.1:8080",
+            ),
+            (
+                None,
+                &[("AIRLOCK_SERVER_LISTEN", "nope")],
+                "config key `server.listen` (from AIRLOCK_SERVER_LISTEN): invalid socket address syntax; expected an address and port, e.g. 127.0.0.1:8080",
+            ),
+            (
+                None,
+                &[("AIRLOCK_DATABASE_MAX_CONNECTIONS", "many")],
+                "config key `database.max_connections` (from AIRLOCK_DATABASE_MAX_CONNECTIONS): expected a whole number from 1 to 1000",
+            ),
+            (
+                None,
+                &[("AIRLOCK_DATABASE_MAX_CONNECTIONS", "0")],
+                "config key `database.max_connections` (from AIRLOCK_DATABASE_MAX_CONNECTIONS): expected a whole number from 1 to 1000",
+            ),
+            (
+                Some("[database]\nurl = \"mysql://x\"\n"),
+                &[],
+                "config key `database.url` (from airlock.toml): expected sqlite://PATH or postgres://USER:PASSWORD@HOST/DB",
+            ),
+            (
+                Some("[server]\nlisten = \"127.0.0.1:1\"\ncolour = \"blue\"\n"),
+                &[],
+                "config key `server.colour` (from airlock.toml): unknown field `colour`, expected `listen` or `public_url`",
+            ),
+            (
+                Some("[server\nlisten = 1"),
+                &[],
+                "config: airlock.toml: line 1: invalid table header",
+            ),
+            (
+                None,
+                &[("AIRLOCK_SERVR_LISTEN", "127.0.0.1:1")],
+                "config: AIRLOCK_SERVR_LISTEN: is not a known setting; see docs/configuration.md for the list",
+            ),
+            (
+                Some("[github]\nwebhook_secret_credential = \"gh-hook\"\n"),
+                &[],
+                "config key `github.token_credential` (from airlock.toml): set either github.app_id and github.app_credential (GitHub App) or github.token_credential (personal access token)",
+            ),
+            (
+                Some("[docker]\nhost = \"/var/run/docker.sock\"\n"),
+                &[],
+                "config key `docker.host` (from airlock.toml): expected unix:///var/run/docker.sock or tcp://HOST:PORT",
+            ),
+        ];
+        for (file, pairs, want) in cases {
+            assert_eq!(&err(*file, pairs), want, "file={file:?} env={pairs:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_master_key_is_reported_without_echoing_it() {
+        let msg = err(
+            None,
+            &[("AIRLOCK_SECRETS_MASTER_KEY", "hunter2-not-base64")],
+        );
+        assert!(msg.starts_with("config key `secrets.master_key` (from AIRLOCK_SECRETS_MASTER_KEY): expected 32 random bytes"), "{msg}");
+        assert!(!msg.contains("hunter2"));
+        let msg = err(Some("[secrets]\nmaster_key = 42\n"), &[]);
+        assert!(!msg.contains("42"), "{msg}");
+    }
+
+    #[test]
+    fn the_master_key_never_appears_when_the_config_is_shown() {
+        let key = crate::secrets::MasterKey::generate().to_base64();
+        let c = Config::from_parts(None, "", env(&[("AIRLOCK_SECRETS_MASTER_KEY", &key)])).unwrap();
+        assert!(!format!("{c:?}").contains(&key));
+        assert!(!toml::to_string(&c).unwrap().contains(&key));
+    }
+
+    #[test]
+    fn every_key_has_a_distinct_environment_variable_and_is_accepted() {
+        let mut names: Vec<String> = KEYS.iter().map(|(k, _, _)| env_name(k)).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), KEYS.len());
+        // A file that sets every key is accepted: the list matches the struct.
+        let key = crate::secrets::MasterKey::generate().to_base64();
+        let file = format!(
+            r#"data_dir = "/srv/airlock"
+[server]
+listen = "0.0.0.0:80"
+public_url = "https://airlock.example.com"
+[database]
+url = "postgres://a:b@db/airlock"
+max_connections = 20
+[secrets]
+master_key = "{key}"
+key_file = "/srv/key"
+[docker]
+host = "tcp://127.0.0.1:2375"
+base_image = "registry.local/airlock/base"
+[github]
+api_url = "https://ghe.example.com/api/v3"
+app_id = 12
+app_credential = "gh-app"
+token_credential = "gh-pat"
+webhook_secret_credential = "gh-hook"
+bot_login = "airlock-bot"
+[slack]
+api_url = "https://slack.example.com/api"
+bot_token_credential = "slack-bot"
+signing_secret_credential = "slack-signing"
+[discord]
+api_url = "https://discord.example.com/api/v10"
+bot_token_credential = "discord-bot"
+public_key = "{pk}"
+application_id = "1234"
+"#,
+            pk = "ab".repeat(32)
+        );
+        let c = Config::from_parts(Some(&file), "airlock.toml", env(&[])).unwrap();
+        let shown = toml::Value::try_from(&c).unwrap();
+        let mut leaves = Vec::new();
+        fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+            match v {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        let p = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        walk(&p, v, out);
+                    }
+                }
+                _ => out.push(prefix.to_string()),
+            }
+        }
+        walk("", &shown, &mut leaves);
+        leaves.sort();
+        let mut keys: Vec<String> = KEYS.iter().map(|(k, _, _)| k.to_string()).collect();
+        keys.sort();
+        assert_eq!(leaves, keys);
+    }
+
+    proptest! {
+        #[test]
+        fn any_file_text_gives_a_config_or_one_line_error(text in "\\PC{0,200}") {
+            if let Err(e) = Config::from_parts(Some(&text), "airlock.toml", Vec::new()) {
+                prop_assert!(!e.to_string().contains('\n'));
+            }
+        }
+
+        #[test]
+        fn any_env_value_gives_a_config_or_one_line_error(
+            idx in 0..KEYS.len(), value in "\\PC{0,80}"
+        ) {
+            let name = env_name(KEYS[idx].0);
+            if let Err(e) = Config::from_parts(None, "", vec![(name, value)]) {
+                prop_assert!(!e.to_string().contains('\n'));
+            }
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Airlock's core: the domain model, configuration, storage and (later) the broker and the
+//! sandbox runtime.
+//!
+//! This crate owns every word of the domain (Human, Identity, Profile, Session, Event,
+//! Credential, Trigger, Delivery, Audit) and every byte Airlock keeps. It never logs,
+//! returns or formats a credential value: those exist in clear only inside
+//! [`secrets::SecretValue`], whose `Debug` is redacted.
+
+pub mod config;
+pub mod docker;
+pub mod domain;
+pub mod ids;
+pub mod image;
+pub mod secrets;
+pub mod store;
+pub mod timefmt;
+
+pub use config::Config;
+pub use store::{Store, StoreError};

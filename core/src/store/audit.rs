@@ -1,0 +1,319 @@
+//! The audit log: append-only, each row hash-chained to the one before it.
+//!
+//! `hash = SHA-256(JSON [seq, at, actor, action, target, session_id, detail, prev_hash])`.
+//! The chain's head (last seq and hash) is kept in `audit_head`; appends lock it, so
+//! concurrent writers extend the chain one at a time. [`Store::verify_audit`] recomputes the
+//! chain: an edited row, a removed row and a removed tail are each reported. Callers must never
+//! put a credential value into `detail`.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{Result, Store, StoreError};
+use crate::ids::now_ms;
+
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub session_id: Option<String>,
+    pub detail: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewAudit {
+    /// Who did it: `human:hum_…`, `cli:root`, `system`, `trigger:trg_…`.
+    pub actor: String,
+    /// What was done, dotted: `credential.set`, `session.cancel`, `egress.request`.
+    pub action: String,
+    /// What it was done to: a name or id.
+    pub target: String,
+    pub session_id: Option<String>,
+    pub detail: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditVerdict {
+    pub rows_checked: i64,
+    /// Problems found, in log order; empty when the chain is intact.
+    pub problems: Vec<String>,
+}
+
+impl AuditVerdict {
+    pub fn is_intact(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+fn chain_hash(
+    seq: i64,
+    at: i64,
+    actor: &str,
+    action: &str,
+    target: &str,
+    session_id: Option<&str>,
+    detail: &str,
+    prev_hash: &str,
+) -> String {
+    let canonical =
+        serde_json::json!([seq, at, actor, action, target, session_id, detail, prev_hash]);
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+const COLS: &str = "seq, at, actor, action, target, session_id, detail, prev_hash, hash";
+
+/// A row as stored: `detail` kept as its exact text, since the hash covers those bytes.
+struct RawRow {
+    seq: i64,
+    at: i64,
+    actor: String,
+    action: String,
+    target: String,
+    session_id: Option<String>,
+    detail: String,
+    prev_hash: String,
+    hash: String,
+}
+
+fn raw(row: &AnyRow) -> Result<RawRow> {
+    Ok(RawRow {
+        seq: row.try_get("seq")?,
+        at: row.try_get("at")?,
+        actor: row.try_get("actor")?,
+        action: row.try_get("action")?,
+        target: row.try_get("target")?,
+        session_id: row.try_get("session_id")?,
+        detail: row.try_get("detail")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+impl RawRow {
+    fn computed_hash(&self) -> String {
+        chain_hash(
+            self.seq,
+            self.at,
+            &self.actor,
+            &self.action,
+            &self.target,
+            self.session_id.as_deref(),
+            &self.detail,
+            &self.prev_hash,
+        )
+    }
+
+    fn into_entry(self) -> AuditEntry {
+        AuditEntry {
+            detail: serde_json::from_str(&self.detail)
+                .unwrap_or(serde_json::Value::String(self.detail)),
+            seq: self.seq,
+            at: self.at,
+            actor: self.actor,
+            action: self.action,
+            target: self.target,
+            session_id: self.session_id,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        }
+    }
+}
+
+impl Store {
+    /// Appends one entry.
+    pub async fn audit(&self, entry: NewAudit) -> Result<AuditEntry> {
+        let mut out = self.audit_batch(std::slice::from_ref(&entry)).await?;
+        out.pop()
+            .ok_or_else(|| StoreError::Invalid("audit append returned nothing".into()))
+    }
+
+    /// Appends entries in one transaction, in order.
+    pub async fn audit_batch(&self, entries: &[NewAudit]) -> Result<Vec<AuditEntry>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = entries.len() as i64;
+        let mut tx = self.pool().begin().await?;
+        // Reserve n sequence numbers; the row lock (or SQLite's write lock) is held to commit.
+        let head =
+            sqlx::query("UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash")
+                .bind(n)
+                .fetch_one(&mut *tx)
+                .await?;
+        let last: i64 = head.try_get("seq")?;
+        let mut prev: String = head.try_get("hash")?;
+        let now = now_ms();
+        let mut out = Vec::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            let seq = last - n + 1 + i as i64;
+            let detail = e.detail.to_string();
+            let hash = chain_hash(
+                seq,
+                now,
+                &e.actor,
+                &e.action,
+                &e.target,
+                e.session_id.as_deref(),
+                &detail,
+                &prev,
+            );
+            sqlx::query(&format!(
+                "INSERT INTO audit_log ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            ))
+            .bind(seq)
+            .bind(now)
+            .bind(&e.actor)
+            .bind(&e.action)
+            .bind(&e.target)
+            .bind(&e.session_id)
+            .bind(&detail)
+            .bind(&prev)
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await?;
+            out.push(AuditEntry {
+                seq,
+                at: now,
+                actor: e.actor.clone(),
+                action: e.action.clone(),
+                target: e.target.clone(),
+                session_id: e.session_id.clone(),
+                detail: e.detail.clone(),
+                prev_hash: prev.clone(),
+                hash: hash.clone(),
+            });
+            prev = hash;
+        }
+        sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+            .bind(&prev)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// The last `n` entries, oldest first.
+    pub async fn audit_tail(&self, n: i64) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLS} FROM audit_log ORDER BY seq DESC LIMIT $1"
+        ))
+        .bind(n.clamp(1, 100_000))
+        .fetch_all(self.pool())
+        .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| raw(r).map(RawRow::into_entry))
+            .collect::<Result<Vec<_>>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Entries with `seq > after`, oldest first, at most `limit`.
+    pub async fn audit_page(&self, after: i64, limit: i64) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2"
+        ))
+        .bind(after)
+        .bind(limit.clamp(1, 100_000))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| raw(r).map(RawRow::into_entry))
+            .collect()
+    }
+
+    /// Recomputes the whole chain and compares it with the stored head.
+    pub async fn verify_audit(&self) -> Result<AuditVerdict> {
+        const PAGE: i64 = 1000;
+        const MAX_PROBLEMS: usize = 50;
+        let mut problems = Vec::new();
+        let mut checked = 0i64;
+        let mut expected_seq = 1i64;
+        let mut prev_hash = GENESIS_HASH.to_string();
+        let mut after = 0i64;
+        loop {
+            let rows = sqlx::query(&format!(
+                "SELECT {COLS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2"
+            ))
+            .bind(after)
+            .bind(PAGE)
+            .fetch_all(self.pool())
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                let r = raw(row)?;
+                checked += 1;
+                after = r.seq;
+                if r.seq != expected_seq {
+                    let missing = if r.seq == expected_seq + 1 {
+                        format!("row {expected_seq} is missing")
+                    } else if r.seq > expected_seq {
+                        format!("rows {expected_seq} to {} are missing", r.seq - 1)
+                    } else {
+                        format!("row {} is out of order", r.seq)
+                    };
+                    problems.push(missing);
+                }
+                if r.prev_hash != prev_hash && r.seq == expected_seq {
+                    problems.push(format!(
+                        "row {} does not follow row {}: the earlier row was changed or replaced",
+                        r.seq,
+                        r.seq - 1
+                    ));
+                }
+                if r.computed_hash() != r.hash {
+                    problems.push(format!(
+                        "row {} was edited: its content does not match its hash",
+                        r.seq
+                    ));
+                }
+                prev_hash = r.hash;
+                expected_seq = r.seq + 1;
+                if problems.len() >= MAX_PROBLEMS {
+                    break;
+                }
+            }
+            if problems.len() >= MAX_PROBLEMS {
+                break;
+            }
+        }
+        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(self.pool())
+            .await?;
+        let head_seq: i64 = head.try_get("seq")?;
+        let head_hash: String = head.try_get("hash")?;
+        if problems.len() < MAX_PROBLEMS {
+            let last = expected_seq - 1;
+            if head_seq > last {
+                problems.push(if head_seq == last + 1 {
+                    format!("the last row ({head_seq}) is missing")
+                } else {
+                    format!("the last rows ({} to {head_seq}) are missing", last + 1)
+                });
+            } else if head_seq < last {
+                problems.push(format!(
+                    "rows after {head_seq} were added outside Airlock (the chain head says {head_seq}, the log ends at {last})"
+                ));
+            } else if head_hash != prev_hash {
+                problems.push(format!(
+                    "row {last} was replaced: it does not match the chain head"
+                ));
+            }
+        }
+        Ok(AuditVerdict {
+            rows_checked: checked,
+            problems,
+        })
+    }
+}

@@ -1,0 +1,346 @@
+//! Sessions and their events. Events are append-only and numbered per session without gaps:
+//! each append takes the next number from the session row inside the same transaction, which
+//! serialises concurrent writers of one session on both engines. Events are the one source
+//! for thread updates, the admin page and the audit of a session.
+
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{parse_col, Result, Store, StoreError};
+use crate::domain::{is_repo, EventKind, SessionState, Surface};
+use crate::ids::{new_id, now_ms};
+
+/// The largest prompt accepted, in bytes.
+pub const MAX_PROMPT_BYTES: usize = 64 * 1024;
+/// The largest event payload accepted, in bytes (agent output is bounded before storage).
+pub const MAX_EVENT_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Session {
+    pub id: String,
+    pub requester_id: String,
+    pub surface: Surface,
+    /// Where updates go: a Slack thread, a GitHub issue comment, a Discord thread…
+    pub thread_ref: serde_json::Value,
+    pub repo: String,
+    pub profile_id: String,
+    pub profile_version: i64,
+    pub prompt: String,
+    pub state: SessionState,
+    /// Why the session ended (or was cancelled), in words a person can act on.
+    pub reason: Option<String>,
+    pub trigger_id: Option<String>,
+    pub last_event_seq: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub requester_id: String,
+    pub surface: Surface,
+    pub thread_ref: serde_json::Value,
+    pub repo: String,
+    pub profile_id: String,
+    pub profile_version: i64,
+    pub prompt: String,
+    pub trigger_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionEvent {
+    pub session_id: String,
+    pub seq: i64,
+    pub at: i64,
+    pub kind: EventKind,
+    pub payload: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    pub state: Option<SessionState>,
+    pub requester_id: Option<String>,
+    pub surface: Option<Surface>,
+    pub limit: Option<i64>,
+}
+
+const SESSION_COLS: &str = "id, requester_id, surface, thread_ref, repo, profile_id, \
+    profile_version, prompt, state, reason, trigger_id, last_event_seq, created_at, updated_at, \
+    started_at, finished_at";
+
+fn json_col(row: &AnyRow, col: &str) -> Result<serde_json::Value> {
+    let text: String = row.try_get(col)?;
+    serde_json::from_str(&text)
+        .map_err(|e| StoreError::Invalid(format!("stored {col} is not valid JSON: {e}")))
+}
+
+fn session(row: &AnyRow) -> Result<Session> {
+    Ok(Session {
+        id: row.try_get("id")?,
+        requester_id: row.try_get("requester_id")?,
+        surface: parse_col(row.try_get("surface")?)?,
+        thread_ref: json_col(row, "thread_ref")?,
+        repo: row.try_get("repo")?,
+        profile_id: row.try_get("profile_id")?,
+        profile_version: row.try_get("profile_version")?,
+        prompt: row.try_get("prompt")?,
+        state: parse_col(row.try_get("state")?)?,
+        reason: row.try_get("reason")?,
+        trigger_id: row.try_get("trigger_id")?,
+        last_event_seq: row.try_get("last_event_seq")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+fn event(row: &AnyRow) -> Result<SessionEvent> {
+    Ok(SessionEvent {
+        session_id: row.try_get("session_id")?,
+        seq: row.try_get("seq")?,
+        at: row.try_get("at")?,
+        kind: parse_col(row.try_get("kind")?)?,
+        payload: json_col(row, "payload")?,
+    })
+}
+
+fn no_session(id: &str) -> StoreError {
+    StoreError::NotFound(format!(
+        "no session `{}`; see `airlock session list`",
+        id.chars().take(80).collect::<String>()
+    ))
+}
+
+impl Store {
+    /// Records a new session in state `queued`, with its first event.
+    pub async fn create_session(&self, new: NewSession) -> Result<Session> {
+        if !is_repo(&new.repo) {
+            return Err(StoreError::Invalid(format!(
+                "`{}` is not a repository; expected OWNER/NAME",
+                new.repo.chars().take(120).collect::<String>()
+            )));
+        }
+        if new.prompt.trim().is_empty() {
+            return Err(StoreError::Invalid(
+                "the prompt is empty: say what the agent should do".into(),
+            ));
+        }
+        if new.prompt.len() > MAX_PROMPT_BYTES {
+            return Err(StoreError::Invalid(format!(
+                "the prompt is {} bytes; at most {MAX_PROMPT_BYTES} are accepted",
+                new.prompt.len()
+            )));
+        }
+        let id = new_id("ses");
+        let now = now_ms();
+        let thread_ref = new.thread_ref.to_string();
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(&format!(
+            "INSERT INTO sessions ({SESSION_COLS}) VALUES \
+             ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', NULL, $9, 1, $10, $10, NULL, NULL)"
+        ))
+        .bind(&id)
+        .bind(&new.requester_id)
+        .bind(new.surface.as_str())
+        .bind(&thread_ref)
+        .bind(&new.repo)
+        .bind(&new.profile_id)
+        .bind(new.profile_version)
+        .bind(&new.prompt)
+        .bind(&new.trigger_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_foreign_key_violation() => StoreError::Invalid(
+                "the requester, profile version or trigger of the session does not exist".into(),
+            ),
+            _ => StoreError::Db(e),
+        })?;
+        let payload = serde_json::json!({ "from": null, "to": "queued" }).to_string();
+        sqlx::query(
+            "INSERT INTO session_events (session_id, seq, at, kind, payload) VALUES ($1, 1, $2, 'state', $3)",
+        )
+        .bind(&id)
+        .bind(now)
+        .bind(&payload)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.session(&id).await
+    }
+
+    pub async fn session(&self, id: &str) -> Result<Session> {
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_COLS} FROM sessions WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref()
+            .map(session)
+            .transpose()?
+            .ok_or_else(|| no_session(id))
+    }
+
+    /// Sessions, newest first.
+    pub async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>> {
+        let mut conds = Vec::new();
+        let mut args: Vec<String> = Vec::new();
+        if let Some(s) = filter.state {
+            args.push(s.as_str().to_string());
+            conds.push(format!("state = ${}", args.len()));
+        }
+        if let Some(h) = &filter.requester_id {
+            args.push(h.clone());
+            conds.push(format!("requester_id = ${}", args.len()));
+        }
+        if let Some(s) = filter.surface {
+            args.push(s.as_str().to_string());
+            conds.push(format!("surface = ${}", args.len()));
+        }
+        let where_ = if conds.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conds.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT {SESSION_COLS} FROM sessions {where_} ORDER BY created_at DESC, id DESC LIMIT ${}",
+            args.len() + 1
+        );
+        let mut q = sqlx::query(&sql);
+        for a in &args {
+            q = q.bind(a);
+        }
+        let rows = q
+            .bind(filter.limit.unwrap_or(100).clamp(1, 10_000))
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(session).collect()
+    }
+
+    /// Appends an event and returns it with its number.
+    pub async fn append_event(
+        &self,
+        session_id: &str,
+        kind: EventKind,
+        payload: &serde_json::Value,
+    ) -> Result<SessionEvent> {
+        let text = payload.to_string();
+        if text.len() > MAX_EVENT_BYTES {
+            return Err(StoreError::Invalid(format!(
+                "event payload is {} bytes; at most {MAX_EVENT_BYTES} are stored (bound agent output first)",
+                text.len()
+            )));
+        }
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        // The first statement writes, so on SQLite the transaction takes the write lock at
+        // once (waiting its turn) and on PostgreSQL the session row stays locked until commit.
+        let seq: i64 = sqlx::query_scalar(
+            "UPDATE sessions SET last_event_seq = last_event_seq + 1, updated_at = $2 \
+             WHERE id = $1 RETURNING last_event_seq",
+        )
+        .bind(session_id)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| no_session(session_id))?;
+        sqlx::query(
+            "INSERT INTO session_events (session_id, seq, at, kind, payload) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(session_id)
+        .bind(seq)
+        .bind(now)
+        .bind(kind.as_str())
+        .bind(&text)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(SessionEvent {
+            session_id: session_id.to_string(),
+            seq,
+            at: now,
+            kind,
+            payload: payload.clone(),
+        })
+    }
+
+    /// Events after `after_seq`, in order.
+    pub async fn events(
+        &self,
+        session_id: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<SessionEvent>> {
+        let rows = sqlx::query(
+            "SELECT session_id, seq, at, kind, payload FROM session_events \
+             WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(session_id)
+        .bind(after_seq)
+        .bind(limit.clamp(1, 100_000))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(event).collect()
+    }
+
+    /// Moves a session to `to` if the state machine allows it, recording a `state` event.
+    pub async fn transition(
+        &self,
+        session_id: &str,
+        to: SessionState,
+        reason: Option<&str>,
+    ) -> Result<Session> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        let row = sqlx::query(
+            "UPDATE sessions SET last_event_seq = last_event_seq + 1, updated_at = $2 \
+             WHERE id = $1 RETURNING state, last_event_seq",
+        )
+        .bind(session_id)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| no_session(session_id))?;
+        let from: SessionState = parse_col(row.try_get("state")?)?;
+        let seq: i64 = row.try_get("last_event_seq")?;
+        if !from.can_become(to) {
+            tx.rollback().await?;
+            return Err(StoreError::Conflict(format!(
+                "session {session_id} is {from}; it cannot become {to}"
+            )));
+        }
+        let started = (to == SessionState::Starting).then_some(now);
+        let finished = to.is_terminal().then_some(now);
+        sqlx::query(
+            "UPDATE sessions SET state = $2, reason = $3, \
+               started_at = COALESCE($4, started_at), \
+               finished_at = $5 \
+             WHERE id = $1",
+        )
+        .bind(session_id)
+        .bind(to.as_str())
+        .bind(reason)
+        .bind(started)
+        .bind(finished)
+        .execute(&mut *tx)
+        .await?;
+        let payload = serde_json::json!({ "from": from, "to": to, "reason": reason }).to_string();
+        sqlx::query(
+            "INSERT INTO session_events (session_id, seq, at, kind, payload) VALUES ($1, $2, $3, 'state', $4)",
+        )
+        .bind(session_id)
+        .bind(seq)
+        .bind(now)
+        .bind(&payload)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.session(session_id).await
+    }
+}

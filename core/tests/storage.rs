@@ -1,0 +1,806 @@
+//! The storage suite: every test runs unchanged on SQLite and on PostgreSQL.
+//!
+//! PostgreSQL tests need `AIRLOCK_TEST_POSTGRES_URL` (scripts/test starts a throw-away server
+//! and sets it); each test gets a fresh database of its own.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use airlock_core::domain::{
+    CredentialKind, EventKind, ProfileSpec, Provider, Role, SessionState, Surface, TriggerKind,
+};
+use airlock_core::secrets::{MasterKey, SecretValue};
+use airlock_core::store::{
+    AccountRef, ApplyOutcome, DatabaseKind, NewAudit, NewDelivery, NewSession, NewTrigger, Session,
+};
+use airlock_core::{Store, StoreError};
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyPool;
+
+/// A migrated store plus a raw connection to the same database, to play the attacker or to
+/// look at stored bytes.
+struct Db {
+    store: Store,
+    url: String,
+    raw: AnyPool,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn raw_pool(url: &str) -> AnyPool {
+    sqlx::any::install_default_drivers();
+    AnyPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await
+        .unwrap()
+}
+
+async fn sqlite_db(key: MasterKey) -> Db {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("airlock.db").display());
+    let store = Store::connect(&url, 8, key).await.unwrap();
+    store.migrate().await.unwrap();
+    let raw = raw_pool(&url).await;
+    Db {
+        store,
+        url,
+        raw,
+        _dir: Some(dir),
+    }
+}
+
+async fn postgres_db(key: MasterKey) -> Db {
+    let admin_url = std::env::var("AIRLOCK_TEST_POSTGRES_URL").expect(
+        "AIRLOCK_TEST_POSTGRES_URL is not set: run scripts/test, which starts a throw-away PostgreSQL",
+    );
+    let admin = raw_pool(&admin_url).await;
+    let name = format!(
+        "airlock_test_{}",
+        ulid::Ulid::new().to_string().to_lowercase()
+    );
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    let url = format!("{base}/{name}");
+    let store = Store::connect(&url, 8, key).await.unwrap();
+    store.migrate().await.unwrap();
+    let raw = raw_pool(&url).await;
+    Db {
+        store,
+        url,
+        raw,
+        _dir: None,
+    }
+}
+
+/// Declares each test once per engine: `sqlite::NAME` and `postgres::NAME`.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::sqlite_db(airlock_core::secrets::MasterKey::generate()).await).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::postgres_db(airlock_core::secrets::MasterKey::generate()).await).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_engines!(
+    a_human_with_identities_on_all_three_providers,
+    profile_versions_are_immutable,
+    a_credential_round_trips_sealed_and_a_wrong_master_key_is_named,
+    session_events_keep_their_order_under_concurrent_writers,
+    sessions_follow_the_state_machine,
+    audit_verify_detects_an_edited_row,
+    audit_verify_detects_a_deleted_row_and_a_deleted_tail,
+    concurrent_audit_writers_keep_one_chain,
+    deliveries_survive_a_sender_that_dies,
+    concurrent_senders_never_claim_one_delivery_twice,
+    a_schedule_slot_fires_once,
+    migrations_apply_again_to_a_database_with_data,
+);
+
+const PROFILE: &str = r#"
+name = "rust-ci"
+[agent]
+kind = "command"
+command = "cargo test"
+"#;
+
+async fn session_fixture(store: &Store) -> Session {
+    let human = store
+        .add_human("Ada Lovelace", "ada@example.com", Role::Member)
+        .await
+        .unwrap();
+    let spec = ProfileSpec::from_toml(PROFILE).unwrap();
+    let (profile_id, version) = match store.apply_profile(&spec, None).await.unwrap() {
+        ApplyOutcome::Created {
+            profile_id,
+            version,
+        } => (profile_id, version),
+        other => panic!("unexpected {other:?}"),
+    };
+    store
+        .create_session(NewSession {
+            requester_id: human.id,
+            surface: Surface::Cli,
+            thread_ref: serde_json::json!({}),
+            repo: "acme/web".into(),
+            profile_id,
+            profile_version: version,
+            prompt: "fix the flaky login test".into(),
+            trigger_id: None,
+        })
+        .await
+        .unwrap()
+}
+
+async fn a_human_with_identities_on_all_three_providers(db: Db) {
+    let s = &db.store;
+    let ada = s
+        .add_human("Ada Lovelace", "ada@example.com", Role::Admin)
+        .await
+        .unwrap();
+    let bob = s
+        .add_human("Bob", "bob@example.com", Role::Member)
+        .await
+        .unwrap();
+    let accounts = [
+        (Provider::Slack, "T0001", "U0ADA", "ada"),
+        (Provider::Github, "github.com", "583231", "octocat"),
+        (Provider::Discord, "G42", "80351110224678912", "ada#0001"),
+    ];
+    for (provider, workspace, external_id, handle) in accounts {
+        s.link_identity(
+            &ada.email,
+            AccountRef {
+                provider,
+                workspace,
+                external_id,
+            },
+            handle,
+            true,
+        )
+        .await
+        .unwrap();
+    }
+    for (provider, workspace, external_id, _) in accounts {
+        let who = s
+            .human_for_account(AccountRef {
+                provider,
+                workspace,
+                external_id,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            who.as_ref().map(|h| h.id.as_str()),
+            Some(ada.id.as_str()),
+            "{provider}"
+        );
+    }
+    let linked = s.list_identities(Some(&ada.id)).await.unwrap();
+    let providers: Vec<Provider> = linked.iter().map(|i| i.provider).collect();
+    assert_eq!(
+        providers,
+        vec![Provider::Discord, Provider::Github, Provider::Slack]
+    );
+    assert!(linked.iter().all(|i| i.verified_at.is_some()));
+
+    // One account belongs to one human.
+    let e = s
+        .link_identity(
+            &bob.id,
+            AccountRef {
+                provider: Provider::Github,
+                workspace: "github.com",
+                external_id: "583231",
+            },
+            "octocat",
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "the github account 583231 is already linked to a human; unlink it first"
+    );
+    // The same user id in another Slack workspace is another account.
+    let other = AccountRef {
+        provider: Provider::Slack,
+        workspace: "T0002",
+        external_id: "U0ADA",
+    };
+    s.link_identity(&bob.id, other.clone(), "bob", false)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.human_for_account(other).await.unwrap().unwrap().id,
+        bob.id
+    );
+
+    let e = s
+        .add_human("Ada again", "ADA@example.com", Role::Member)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "a human with email ADA@example.com already exists"
+    );
+
+    let slack = linked
+        .iter()
+        .find(|i| i.provider == Provider::Slack)
+        .unwrap();
+    s.unlink_identity(&slack.id).await.unwrap();
+    let gone = AccountRef {
+        provider: Provider::Slack,
+        workspace: "T0001",
+        external_id: "U0ADA",
+    };
+    assert_eq!(s.human_for_account(gone).await.unwrap(), None);
+    assert!(matches!(
+        s.unlink_identity(&slack.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.find_human("ADA@EXAMPLE.COM").await.unwrap().id, ada.id);
+}
+
+async fn profile_versions_are_immutable(db: Db) {
+    let s = &db.store;
+    let v1 = ProfileSpec::from_toml(PROFILE).unwrap();
+    let ApplyOutcome::Created {
+        profile_id,
+        version: 1,
+    } = s.apply_profile(&v1, Some("cli:root")).await.unwrap()
+    else {
+        panic!("first apply should create version 1")
+    };
+    // Same content, different formatting: nothing changes.
+    let same = ProfileSpec::from_toml(&format!("# a comment\n{PROFILE}\n\n")).unwrap();
+    assert_eq!(
+        s.apply_profile(&same, None).await.unwrap(),
+        ApplyOutcome::Unchanged {
+            profile_id: profile_id.clone(),
+            version: 1
+        }
+    );
+    let mut v2 = v1.clone();
+    v2.limits.memory_mb = 1024;
+    assert_eq!(
+        s.apply_profile(&v2, None).await.unwrap(),
+        ApplyOutcome::Updated {
+            profile_id: profile_id.clone(),
+            version: 2
+        }
+    );
+    assert_eq!(
+        s.profile_version(&profile_id, Some(1)).await.unwrap().spec,
+        v1
+    );
+    assert_eq!(s.profile_version(&profile_id, None).await.unwrap().spec, v2);
+    assert_eq!(s.find_profile("rust-ci").await.unwrap().current_version, 2);
+    assert_eq!(s.list_profile_versions(&profile_id).await.unwrap().len(), 2);
+
+    // The database itself refuses to rewrite or remove a version.
+    let update = sqlx::query("UPDATE profile_versions SET spec = '{}' WHERE version = 1")
+        .execute(&db.raw)
+        .await;
+    assert!(update.is_err(), "an UPDATE of a profile version must fail");
+    let delete = sqlx::query("DELETE FROM profile_versions WHERE version = 1")
+        .execute(&db.raw)
+        .await;
+    assert!(delete.is_err(), "a DELETE of a profile version must fail");
+    assert_eq!(
+        s.profile_version(&profile_id, Some(1)).await.unwrap().spec,
+        v1
+    );
+}
+
+async fn a_credential_round_trips_sealed_and_a_wrong_master_key_is_named(db: Db) {
+    let s = &db.store;
+    let value = "ghp_R0undTr1pSecretValue0123456789abcdef";
+    let replaced = s
+        .set_credential(
+            "github",
+            CredentialKind::GithubToken,
+            &SecretValue::new(value.into()),
+            Some("cli:root"),
+        )
+        .await
+        .unwrap();
+    assert!(!replaced);
+    assert_eq!(
+        s.reveal_credential("github").await.unwrap().expose(),
+        value.as_bytes()
+    );
+
+    // What is stored is not the value, nor contains it.
+    let stored: Vec<u8> =
+        sqlx::query_scalar("SELECT sealed FROM credentials WHERE name = 'github'")
+            .fetch_one(&db.raw)
+            .await
+            .unwrap();
+    assert_ne!(stored, value.as_bytes());
+    assert!(!stored.windows(value.len()).any(|w| w == value.as_bytes()));
+    // Listing shows the name and kind only.
+    let listed = serde_json::to_string(&s.list_credentials().await.unwrap()).unwrap();
+    assert!(listed.contains("github-token") && !listed.contains(value));
+
+    // Rotation replaces the value.
+    assert!(s
+        .set_credential(
+            "github",
+            CredentialKind::GithubToken,
+            &SecretValue::new(b"ghp_new".to_vec()),
+            None
+        )
+        .await
+        .unwrap());
+    assert_eq!(
+        s.reveal_credential("github").await.unwrap().expose(),
+        b"ghp_new"
+    );
+
+    // The same database opened with another master key: refused at start-up, clearly.
+    let other = Store::connect(&db.url, 2, MasterKey::generate())
+        .await
+        .unwrap();
+    let e = other.migrate().await.unwrap_err().to_string();
+    assert!(
+        e.starts_with("the master key (")
+            && e.contains("is not the one this database was set up with"),
+        "{e}"
+    );
+    let e = other
+        .reveal_credential("github")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cannot be decrypted with the configured master key"),
+        "{e}"
+    );
+    assert!(!e.contains("ghp_new"));
+
+    s.delete_credential("github").await.unwrap();
+    assert_eq!(
+        s.reveal_credential("github").await.unwrap_err().to_string(),
+        "no credential `github`; see `airlock credential list`"
+    );
+    let e = s
+        .set_credential(
+            "bad name",
+            CredentialKind::Generic,
+            &SecretValue::new(b"x".to_vec()),
+            None,
+        )
+        .await;
+    assert!(matches!(e, Err(StoreError::Invalid(_))));
+}
+
+async fn session_events_keep_their_order_under_concurrent_writers(db: Db) {
+    const WRITERS: usize = 8;
+    const EACH: usize = 40;
+    let session = session_fixture(&db.store).await;
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let store = db.store.clone();
+        let id = session.id.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                store
+                    .append_event(
+                        &id,
+                        EventKind::CommandOutput,
+                        &serde_json::json!({ "writer": w, "i": i }),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let events = db.store.events(&session.id, 0, 10_000).await.unwrap();
+    assert_eq!(events.len(), 1 + WRITERS * EACH);
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=(1 + WRITERS * EACH) as i64).collect::<Vec<_>>(),
+        "gap-free and ordered"
+    );
+    assert_eq!(events[0].kind, EventKind::State);
+    // Each writer's own events appear in the order it wrote them.
+    let mut last = vec![-1i64; WRITERS];
+    for e in &events[1..] {
+        let w = e.payload["writer"].as_u64().unwrap() as usize;
+        let i = e.payload["i"].as_i64().unwrap();
+        assert_eq!(i, last[w] + 1, "writer {w} out of order at seq {}", e.seq);
+        last[w] = i;
+    }
+    assert_eq!(
+        db.store.session(&session.id).await.unwrap().last_event_seq,
+        (1 + WRITERS * EACH) as i64
+    );
+    // Events are append-only.
+    assert!(sqlx::query("UPDATE session_events SET payload = '{}'")
+        .execute(&db.raw)
+        .await
+        .is_err());
+}
+
+async fn sessions_follow_the_state_machine(db: Db) {
+    let s = &db.store;
+    let session = session_fixture(s).await;
+    assert_eq!(session.state, SessionState::Queued);
+    let e = s
+        .transition(&session.id, SessionState::Running, None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("session {} is queued; it cannot become running", session.id)
+    );
+    s.transition(&session.id, SessionState::Starting, None)
+        .await
+        .unwrap();
+    let running = s
+        .transition(&session.id, SessionState::Running, None)
+        .await
+        .unwrap();
+    assert!(running.started_at.is_some() && running.finished_at.is_none());
+    let done = s
+        .transition(
+            &session.id,
+            SessionState::Cancelled,
+            Some("cancelled by ada@example.com from the CLI"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.state, SessionState::Cancelled);
+    assert_eq!(
+        done.reason.as_deref(),
+        Some("cancelled by ada@example.com from the CLI")
+    );
+    assert!(done.finished_at.is_some());
+    assert!(s
+        .transition(&session.id, SessionState::Failed, Some("x"))
+        .await
+        .is_err());
+    let states: Vec<String> = s
+        .events(&session.id, 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == EventKind::State)
+        .map(|e| e.payload["to"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(states, ["queued", "starting", "running", "cancelled"]);
+    // A follow-up turn reopens it.
+    let again = s
+        .transition(&session.id, SessionState::Queued, None)
+        .await
+        .unwrap();
+    assert!(again.finished_at.is_none());
+
+    let listed = s
+        .list_sessions(&airlock_core::store::SessionFilter {
+            state: Some(SessionState::Queued),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    let bad = NewSession {
+        repo: "not a repo".into(),
+        ..new_session_like(&session)
+    };
+    assert!(matches!(
+        s.create_session(bad).await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+fn new_session_like(s: &Session) -> NewSession {
+    NewSession {
+        requester_id: s.requester_id.clone(),
+        surface: s.surface,
+        thread_ref: s.thread_ref.clone(),
+        repo: s.repo.clone(),
+        profile_id: s.profile_id.clone(),
+        profile_version: s.profile_version,
+        prompt: s.prompt.clone(),
+        trigger_id: None,
+    }
+}
+
+fn audit_entry(i: usize) -> NewAudit {
+    NewAudit {
+        actor: "cli:root".into(),
+        action: "credential.set".into(),
+        target: format!("cred-{i}"),
+        session_id: None,
+        detail: serde_json::json!({ "i": i }),
+    }
+}
+
+/// Lets the test play an attacker with database access: the append-only triggers go first.
+async fn disable_audit_protection(db: &Db) {
+    let stmts: &[&str] = match db.store.kind() {
+        DatabaseKind::Sqlite => &[
+            "DROP TRIGGER audit_log_no_update",
+            "DROP TRIGGER audit_log_no_delete",
+        ],
+        DatabaseKind::Postgres => &["ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only"],
+    };
+    for sql in stmts {
+        sqlx::query(sql).execute(&db.raw).await.unwrap();
+    }
+}
+
+async fn audit_verify_detects_an_edited_row(db: Db) {
+    let s = &db.store;
+    for i in 1..=10 {
+        s.audit(audit_entry(i)).await.unwrap();
+    }
+    let verdict = s.verify_audit().await.unwrap();
+    assert!(verdict.is_intact(), "{:?}", verdict.problems);
+    assert_eq!(verdict.rows_checked, 10);
+    // Without tampering tools, the log cannot be changed at all.
+    assert!(
+        sqlx::query("UPDATE audit_log SET target = 'x' WHERE seq = 4")
+            .execute(&db.raw)
+            .await
+            .is_err()
+    );
+
+    disable_audit_protection(&db).await;
+    sqlx::query("UPDATE audit_log SET detail = '{\"i\":400}' WHERE seq = 4")
+        .execute(&db.raw)
+        .await
+        .unwrap();
+    let verdict = s.verify_audit().await.unwrap();
+    assert_eq!(
+        verdict.problems,
+        vec!["row 4 was edited: its content does not match its hash"]
+    );
+}
+
+async fn audit_verify_detects_a_deleted_row_and_a_deleted_tail(db: Db) {
+    let s = &db.store;
+    s.audit_batch(&(1..=10).map(audit_entry).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert!(s.verify_audit().await.unwrap().is_intact());
+    disable_audit_protection(&db).await;
+    sqlx::query("DELETE FROM audit_log WHERE seq = 6")
+        .execute(&db.raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.verify_audit().await.unwrap().problems,
+        vec!["row 6 is missing"]
+    );
+    sqlx::query("DELETE FROM audit_log WHERE seq = 10")
+        .execute(&db.raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.verify_audit().await.unwrap().problems,
+        vec!["row 6 is missing", "the last row (10) is missing"]
+    );
+}
+
+async fn concurrent_audit_writers_keep_one_chain(db: Db) {
+    let mut tasks = Vec::new();
+    for w in 0..6 {
+        let store = db.store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..15 {
+                if i % 5 == 0 {
+                    store
+                        .audit_batch(&[audit_entry(w * 100 + i), audit_entry(w * 100 + i + 50)])
+                        .await
+                        .unwrap();
+                } else {
+                    store.audit(audit_entry(w * 100 + i)).await.unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let verdict = db.store.verify_audit().await.unwrap();
+    assert!(verdict.is_intact(), "{:?}", verdict.problems);
+    assert_eq!(verdict.rows_checked, 6 * 18);
+    let tail = db.store.audit_tail(3).await.unwrap();
+    assert_eq!(
+        tail.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![106, 107, 108]
+    );
+}
+
+fn delivery(n: usize) -> NewDelivery {
+    NewDelivery {
+        session_id: None,
+        surface: Surface::Slack,
+        target: serde_json::json!({ "channel": "C1", "thread_ts": "1.2" }),
+        payload: serde_json::json!({ "text": format!("update {n}") }),
+    }
+}
+
+async fn deliveries_survive_a_sender_that_dies(db: Db) {
+    let s = &db.store;
+    for n in 0..3 {
+        s.enqueue_delivery(&delivery(n)).await.unwrap();
+    }
+    let claimed = s.claim_deliveries("server-a", 10, 300).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    assert_eq!(claimed[0].payload["text"], "update 0");
+    // While server-a holds the lease nobody else gets them.
+    assert!(s
+        .claim_deliveries("server-b", 10, 60_000)
+        .await
+        .unwrap()
+        .is_empty());
+    // server-a dies without finishing; after the lease runs out server-b sends them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reclaimed = loop {
+        let got = s.claim_deliveries("server-b", 10, 60_000).await.unwrap();
+        if !got.is_empty() || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(reclaimed.len(), 3);
+    assert!(reclaimed.iter().all(|d| d.attempts == 2));
+    assert!(
+        s.complete_delivery(reclaimed[0].id, "server-a")
+            .await
+            .is_err(),
+        "a lost lease cannot complete"
+    );
+    s.complete_delivery(reclaimed[0].id, "server-b")
+        .await
+        .unwrap();
+    s.fail_delivery(
+        reclaimed[1].id,
+        "server-b",
+        "429 Too Many Requests",
+        Some(0),
+    )
+    .await
+    .unwrap();
+    s.fail_delivery(reclaimed[2].id, "server-b", "channel_not_found", None)
+        .await
+        .unwrap();
+    let again = s.claim_deliveries("server-b", 10, 60_000).await.unwrap();
+    assert_eq!(
+        again.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![reclaimed[1].id]
+    );
+    assert_eq!(
+        again[0].last_error.as_deref(),
+        Some("429 Too Many Requests")
+    );
+    let failed = s.delivery(reclaimed[2].id).await.unwrap();
+    assert_eq!(failed.state, airlock_core::domain::DeliveryState::Failed);
+}
+
+async fn concurrent_senders_never_claim_one_delivery_twice(db: Db) {
+    for n in 0..60 {
+        db.store.enqueue_delivery(&delivery(n)).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let store = db.store.clone();
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("sender-{w}");
+            let mut mine = Vec::new();
+            loop {
+                let got = store.claim_deliveries(&owner, 4, 60_000).await.unwrap();
+                if got.is_empty() {
+                    break mine;
+                }
+                for d in got {
+                    store.complete_delivery(d.id, &owner).await.unwrap();
+                    mine.push(d.id);
+                }
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let unique: HashSet<i64> = all.iter().copied().collect();
+    assert_eq!(all.len(), 60, "every delivery sent once");
+    assert_eq!(unique.len(), 60);
+}
+
+async fn a_schedule_slot_fires_once(db: Db) {
+    let s = &db.store;
+    let session = session_fixture(s).await;
+    let trigger = s
+        .create_trigger(&NewTrigger {
+            name: "weekly-deps".into(),
+            kind: TriggerKind::Schedule,
+            config: serde_json::json!({ "cron": "0 9 * * MON", "tz": "Europe/Paris" }),
+            profile_id: session.profile_id.clone(),
+            repo: "acme/web".into(),
+            reply: serde_json::json!({ "slack": { "channel": "C1" } }),
+            owner_id: session.requester_id.clone(),
+            secret_credential: None,
+        })
+        .await
+        .unwrap();
+    assert!(trigger.enabled);
+    assert!(s.claim_trigger_fire(&trigger.id, 1_000).await.unwrap());
+    assert!(
+        !s.claim_trigger_fire(&trigger.id, 1_000).await.unwrap(),
+        "same slot twice"
+    );
+    assert!(s.claim_trigger_fire(&trigger.id, 2_000).await.unwrap());
+    assert_eq!(
+        s.trigger("weekly-deps").await.unwrap().last_fired_at,
+        Some(2_000)
+    );
+    let dup = s
+        .create_trigger(&NewTrigger {
+            name: "weekly-deps".into(),
+            kind: TriggerKind::Webhook,
+            config: serde_json::json!({}),
+            profile_id: session.profile_id,
+            repo: "acme/web".into(),
+            reply: serde_json::json!({}),
+            owner_id: session.requester_id,
+            secret_credential: Some("hook-secret".into()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        dup.to_string(),
+        "a trigger named weekly-deps already exists"
+    );
+}
+
+async fn migrations_apply_again_to_a_database_with_data(db: Db) {
+    let session = session_fixture(&db.store).await;
+    db.store.audit(audit_entry(1)).await.unwrap();
+    // Opening again (any key: only migrations are looked at here) finds nothing pending, and
+    // migrating again, as every `airlock up` does, keeps everything.
+    let again = Store::connect(&db.url, 2, MasterKey::generate())
+        .await
+        .unwrap();
+    assert!(again.pending_migrations().await.unwrap().is_empty());
+    assert_eq!(
+        db.store.session(&session.id).await.unwrap().prompt,
+        "fix the flaky login test"
+    );
+    assert!(db.store.verify_audit().await.unwrap().is_intact());
+    db.store.migrate().await.unwrap();
+    assert_eq!(
+        db.store
+            .list_sessions(&Default::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
