@@ -1,1 +1,175 @@
-//! placeholder
+//! Helpers for end-to-end tests: run the real `airlock` binary in a scratch directory against a
+//! real database (SQLite, or a fresh PostgreSQL database when `AIRLOCK_TEST_POSTGRES_URL` is
+//! set), as a person at a terminal would. Fakes of the external services join this crate as
+//! the integrations land.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// The `airlock` binary, built (once per test run) from the current sources.
+pub fn airlock_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "airlock", "--bin", "airlock"])
+            .status()
+            .expect("cannot run cargo to build the airlock binary");
+        assert!(status.success(), "building the airlock binary failed");
+        // target/debug/deps/<test> -> target/debug/airlock
+        let exe = std::env::current_exe().expect("no current exe");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("unexpected test binary location");
+        let bin = dir.join("airlock");
+        assert!(bin.exists(), "{} is missing after the build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// Which database a scratch installation uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A scratch installation: its own directory (data dir, key file, SQLite file) and database.
+pub struct Install {
+    pub dir: tempfile::TempDir,
+    pub database_url: String,
+    env: Vec<(String, String)>,
+}
+
+impl Install {
+    pub async fn new(engine: Engine) -> Install {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database_url = match engine {
+            Engine::Sqlite => format!("sqlite://{}", dir.path().join("var/airlock.db").display()),
+            Engine::Postgres => fresh_postgres_database().await,
+        };
+        let env = vec![("AIRLOCK_DATABASE_URL".to_string(), database_url.clone())];
+        Install {
+            dir,
+            database_url,
+            env,
+        }
+    }
+
+    /// Adds an environment variable for every command run in this installation.
+    pub fn env(&mut self, key: &str, value: &str) -> &mut Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `airlock ARGS` in the installation's directory, with `stdin` piped in.
+    pub fn run_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut cmd = Command::new(airlock_bin());
+        cmd.args(args).current_dir(self.dir.path()).env_clear();
+        for (k, v) in std::env::vars() {
+            if k == "PATH" || k == "HOME" {
+                cmd.env(k, v);
+            }
+        }
+        cmd.env("AIRLOCK_LOG", "warn").env("USER", "tester");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start airlock");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin)
+            .expect("write stdin");
+        child.wait_with_output().expect("airlock did not finish")
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with_stdin(args, b"")
+    }
+
+    /// Runs and expects success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "airlock {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs with `--json` and parses stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let text = self.ok(&all);
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("airlock {args:?} printed invalid JSON ({e}): {text}"))
+    }
+
+    /// A raw connection to the installation's database, to inspect or tamper with it.
+    pub async fn raw_db(&self) -> sqlx::AnyPool {
+        sqlx::any::install_default_drivers();
+        sqlx::any::AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&self.database_url)
+            .await
+            .expect("connect to the test database")
+    }
+}
+
+/// A new, empty database on the test PostgreSQL server.
+pub async fn fresh_postgres_database() -> String {
+    let admin_url = std::env::var("AIRLOCK_TEST_POSTGRES_URL").expect(
+        "AIRLOCK_TEST_POSTGRES_URL is not set: run scripts/test, which starts a throw-away PostgreSQL",
+    );
+    sqlx::any::install_default_drivers();
+    let admin = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin_url)
+        .await
+        .expect("connect to the test PostgreSQL");
+    let name = format!(
+        "airlock_e2e_{}",
+        ulid::Ulid::new().to_string().to_lowercase()
+    );
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    admin.close().await;
+    let (base, _) = admin_url.rsplit_once('/').expect("database URL has a path");
+    format!("{base}/{name}")
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}

@@ -91,6 +91,14 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// How many migrations the schema has on this engine.
+pub fn migration_count(kind: DatabaseKind) -> usize {
+    match kind {
+        DatabaseKind::Sqlite => SQLITE_MIGRATIONS.iter().count(),
+        DatabaseKind::Postgres => POSTGRES_MIGRATIONS.iter().count(),
+    }
+}
+
 /// A database URL with any password replaced by `***`, safe to show.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

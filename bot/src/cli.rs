@@ -1,0 +1,214 @@
+//! The command line, parsed with clap's derive API. Help text lives on the types, so it cannot
+//! drift from what the commands accept.
+
+use std::path::PathBuf;
+
+use airlock_core::domain::{CredentialKind, Provider, Role, SessionState, Surface};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "airlock",
+    version,
+    about = "Run autonomous coding agents from chat and GitHub, in sandboxes that hold no credentials"
+)]
+pub struct Cli {
+    /// Configuration file [default: ./airlock.toml if present]
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "AIRLOCK_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the server (migrates the database first)
+    Up,
+    /// Apply pending database migrations
+    Migrate,
+    /// Check configuration, database, Docker, the base image, ports and integrations
+    Doctor,
+    /// People who may use Airlock
+    #[command(subcommand)]
+    Human(HumanCmd),
+    /// Chat and GitHub accounts linked to humans
+    #[command(subcommand)]
+    Identity(IdentityCmd),
+    /// Sandbox profiles (immutable, numbered versions)
+    #[command(subcommand)]
+    Profile(ProfileCmd),
+    /// Secrets the gateway injects; values can be set, never read back
+    #[command(subcommand)]
+    Credential(CredentialCmd),
+    /// Agent sessions
+    #[command(subcommand)]
+    Session(SessionCmd),
+    /// The hash-chained audit log
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// The sandbox base image
+    #[command(subcommand)]
+    Image(ImageCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HumanCmd {
+    /// Add a human
+    Add {
+        /// Display name, e.g. "Ada Lovelace"
+        #[arg(long)]
+        name: String,
+        /// Email address, used in commit trailers
+        #[arg(long)]
+        email: String,
+        /// Role [default: member]
+        #[arg(long, value_parser = parse_enum::<Role>, conflicts_with = "admin")]
+        role: Option<Role>,
+        /// Shorthand for --role admin
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List humans
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCmd {
+    /// Link an account to a human
+    Link {
+        /// The human: id (hum_…) or email
+        #[arg(long)]
+        human: String,
+        #[arg(long, value_parser = parse_enum::<Provider>)]
+        provider: Provider,
+        /// Slack team id, Discord guild id, or GitHub host [github: github.com]
+        #[arg(long)]
+        workspace: Option<String>,
+        /// The provider's user id (Slack U…, GitHub numeric id, Discord snowflake)
+        #[arg(long)]
+        external_id: String,
+        /// The account's handle, for display
+        #[arg(long)]
+        handle: Option<String>,
+    },
+    /// Remove a link
+    Unlink {
+        /// Identity id (idn_…), from `airlock identity list`
+        id: String,
+    },
+    /// List linked accounts
+    List {
+        /// Only this human's (id or email)
+        #[arg(long)]
+        human: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProfileCmd {
+    /// Create a profile or add a version from a TOML file
+    Apply {
+        #[arg(long, short = 'f', value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// List profiles
+    List,
+    /// Show a profile version
+    Show {
+        /// Profile name
+        name: String,
+        /// Version [default: the current one]
+        #[arg(long)]
+        version: Option<i64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CredentialCmd {
+    /// Store or rotate a credential; the value is read from stdin or --from-file
+    Set {
+        name: String,
+        #[arg(long, value_parser = parse_enum::<CredentialKind>, default_value = "generic")]
+        kind: CredentialKind,
+        /// Read the value from this file instead of stdin
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+    },
+    /// List credentials (names and kinds; never values)
+    List,
+    /// Delete a credential
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCmd {
+    /// List sessions, newest first
+    List(SessionListArgs),
+    /// Show a session and its events
+    Show { id: String },
+    /// Cancel a session
+    Cancel {
+        id: String,
+        /// Why, shown to the requester
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SessionListArgs {
+    #[arg(long, value_parser = parse_enum::<SessionState>)]
+    pub state: Option<SessionState>,
+    /// Requester (id or email)
+    #[arg(long)]
+    pub human: Option<String>,
+    #[arg(long, value_parser = parse_enum::<Surface>)]
+    pub surface: Option<Surface>,
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=10000))]
+    pub limit: i64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// The newest entries
+    Tail {
+        #[arg(short = 'n', long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=100000))]
+        lines: i64,
+    },
+    /// Recompute the hash chain; exits non-zero if any row was edited or removed
+    Verify,
+    /// Write every entry as JSON lines
+    Export {
+        /// File to write [default: stdout]
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Build the sandbox base image unless the current recipe's image exists
+    Build,
+}
+
+fn parse_enum<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T, String> {
+    s.parse()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // clap checks names, flags and defaults only when asked (or on first use in debug).
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}

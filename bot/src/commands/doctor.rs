@@ -1,0 +1,364 @@
+//! `airlock doctor`: checks a deployment and says what to fix. It never stops at the first
+//! problem, never waits long on a dead service, and exits non-zero when anything failed.
+
+use std::net::TcpListener;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use airlock_core::secrets::MasterKey;
+use airlock_core::store::redact_url;
+use airlock_core::{Store, StoreError};
+use serde::Serialize;
+
+use super::Ctx;
+use crate::output::safe;
+
+#[derive(Debug, Serialize, PartialEq, Eq, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Serialize)]
+struct Check {
+    name: &'static str,
+    status: Status,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fix: Option<String>,
+}
+
+fn check(
+    name: &'static str,
+    status: Status,
+    detail: impl Into<String>,
+    fix: Option<String>,
+) -> Check {
+    Check {
+        name,
+        status,
+        detail: detail.into(),
+        fix,
+    }
+}
+
+fn print(checks: &[Check], json: bool) -> ExitCode {
+    let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
+    if json {
+        let _ = crate::output::json(&serde_json::json!({ "ok": failed == 0, "checks": checks }));
+    } else {
+        for c in checks {
+            let mark = match c.status {
+                Status::Ok => "ok  ",
+                Status::Warn => "warn",
+                Status::Fail => "FAIL",
+            };
+            println!("[{mark}] {:<12} {}", c.name, safe(&c.detail));
+            if let Some(fix) = &c.fix {
+                println!("       {:<12} fix: {}", "", safe(fix));
+            }
+        }
+        println!();
+        if failed == 0 {
+            println!("Everything Airlock needs is in place.");
+        } else {
+            println!("{failed} check(s) failed; fix them and run `airlock doctor` again.");
+        }
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The configuration did not load: that is the one finding.
+pub fn report_config_error(error: &str, json: bool) -> ExitCode {
+    print(
+        &[check(
+            "config",
+            Status::Fail,
+            error,
+            Some("correct the key named above in airlock.toml or the AIRLOCK_* variable (docs/configuration.md)".into()),
+        )],
+        json,
+    )
+}
+
+pub async fn run(ctx: &Ctx) -> ExitCode {
+    let cfg = &ctx.config;
+    let mut checks = vec![check("config", Status::Ok, "loaded and valid", None)];
+
+    // Master key.
+    let key = match &cfg.secrets.master_key {
+        Some(k) => match MasterKey::from_base64(k.expose()) {
+            Ok(key) => {
+                checks.push(check(
+                    "master key",
+                    Status::Ok,
+                    format!("from configuration (id {})", key.id()),
+                    None,
+                ));
+                Some(key)
+            }
+            Err(e) => {
+                checks.push(check("master key", Status::Fail, e.to_string(), None));
+                None
+            }
+        },
+        None => {
+            let path = cfg.key_file();
+            if path.exists() {
+                match MasterKey::load_or_create(&path) {
+                    Ok((key, _)) => {
+                        checks.push(check(
+                            "master key",
+                            Status::Ok,
+                            format!("{} (id {})", path.display(), key.id()),
+                            None,
+                        ));
+                        Some(key)
+                    }
+                    Err(e) => {
+                        checks.push(check("master key", Status::Fail, e.to_string(), None));
+                        None
+                    }
+                }
+            } else {
+                checks.push(check(
+                    "master key",
+                    Status::Warn,
+                    format!("{} does not exist yet; `airlock up` creates it", path.display()),
+                    Some("back the key file up once created: stored credentials cannot be read without it".into()),
+                ));
+                None
+            }
+        }
+    };
+
+    // Database.
+    let url = cfg.database_url();
+    let probe_key = key.clone().unwrap_or_else(MasterKey::generate);
+    let store =
+        tokio::time::timeout(Duration::from_secs(10), Store::connect(&url, 2, probe_key)).await;
+    let store = match store {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            checks.push(check(
+                "database",
+                Status::Fail,
+                e.to_string(),
+                Some(database_fix(&url)),
+            ));
+            None
+        }
+        Err(_) => {
+            checks.push(check(
+                "database",
+                Status::Fail,
+                format!("{} did not answer within 10 s", redact_url(&url)),
+                Some(database_fix(&url)),
+            ));
+            None
+        }
+    };
+    if let Some(store) = &store {
+        match store.pending_migrations().await {
+            Ok(p) if p.is_empty() => {
+                let key_state = match &key {
+                    Some(_) => match store.check_master_key().await {
+                        Ok(()) => Ok("master key matches"),
+                        Err(e @ StoreError::WrongMasterKey { .. }) => Err(e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    },
+                    None => Ok("master key not checked"),
+                };
+                match key_state {
+                    Ok(note) => checks.push(check(
+                        "database",
+                        Status::Ok,
+                        format!(
+                            "{} ({}, schema up to date, {note})",
+                            redact_url(&url),
+                            kind_name(store)
+                        ),
+                        None,
+                    )),
+                    Err(e) => checks.push(check("database", Status::Fail, e, None)),
+                }
+            }
+            Ok(p) => checks.push(check(
+                "database",
+                Status::Warn,
+                format!(
+                    "{} reachable; {} migration(s) pending",
+                    redact_url(&url),
+                    p.len()
+                ),
+                Some("run `airlock migrate` (`airlock up` also migrates)".into()),
+            )),
+            Err(e) => checks.push(check(
+                "database",
+                Status::Fail,
+                e.to_string(),
+                Some(database_fix(&url)),
+            )),
+        }
+        store.close().await;
+    }
+
+    // Docker and the base image.
+    match airlock_core::docker::connect(&cfg.docker.host).await {
+        Ok(docker) => {
+            let version = docker
+                .version()
+                .await
+                .ok()
+                .and_then(|v| v.version)
+                .unwrap_or_else(|| "unknown".into());
+            checks.push(check(
+                "docker",
+                Status::Ok,
+                format!("engine {version} at {}", cfg.docker.host),
+                None,
+            ));
+            let reference = airlock_core::image::base_image_ref(&cfg.docker.base_image);
+            match airlock_core::docker::image_exists(&docker, &reference).await {
+                Ok(true) => checks.push(check("base image", Status::Ok, reference, None)),
+                Ok(false) => checks.push(check(
+                    "base image",
+                    Status::Fail,
+                    format!("{reference} is missing"),
+                    Some("run `airlock image build` (about two minutes; needs debootstrap)".into()),
+                )),
+                Err(e) => checks.push(check("base image", Status::Fail, e.to_string(), None)),
+            }
+        }
+        Err(e) => {
+            checks.push(check(
+                "docker",
+                Status::Fail,
+                "the Docker engine is not running or not reachable",
+                Some(e.to_string()),
+            ));
+            checks.push(check(
+                "base image",
+                Status::Fail,
+                "not checked: Docker is not reachable",
+                None,
+            ));
+        }
+    }
+
+    // The listening port.
+    let listen = cfg.server.listen;
+    match TcpListener::bind(listen) {
+        Ok(l) => {
+            drop(l);
+            checks.push(check(
+                "listen",
+                Status::Ok,
+                format!("{listen} is free"),
+                None,
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            if crate::server::is_airlock_at(listen).await {
+                checks.push(check(
+                    "listen",
+                    Status::Ok,
+                    format!("{listen}: Airlock is already serving here"),
+                    None,
+                ));
+            } else {
+                checks.push(check(
+                    "listen",
+                    Status::Fail,
+                    format!("{listen} is in use by another program"),
+                    Some("stop that program or set server.listen (AIRLOCK_SERVER_LISTEN) to a free address".into()),
+                ));
+            }
+        }
+        Err(e) => checks.push(check(
+            "listen",
+            Status::Fail,
+            format!("cannot listen on {listen}: {e}"),
+            Some("set server.listen to an address of this machine".into()),
+        )),
+    }
+
+    // Integrations: the credentials they name must be stored.
+    let wanted = cfg.referenced_credentials();
+    if wanted.is_empty() {
+        checks.push(check(
+            "integrations",
+            Status::Ok,
+            "none configured (add [github], [slack] or [discord] to airlock.toml)",
+            None,
+        ));
+    } else if let (Some(key), true) = (key, store.is_some()) {
+        match Store::connect(&url, 2, key).await {
+            Ok(store) => {
+                let mut missing = Vec::new();
+                for (setting, name) in &wanted {
+                    match store.credential_info(name).await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => missing.push(format!("{name} (named by {setting})")),
+                        Err(e) => missing.push(format!("{name}: {e}")),
+                    }
+                }
+                let names: Vec<&str> = ["github", "slack", "discord"]
+                    .into_iter()
+                    .filter(|n| match *n {
+                        "github" => cfg.github.is_some(),
+                        "slack" => cfg.slack.is_some(),
+                        _ => cfg.discord.is_some(),
+                    })
+                    .collect();
+                if missing.is_empty() {
+                    checks.push(check(
+                        "integrations",
+                        Status::Ok,
+                        format!("{}: credentials present", names.join(", ")),
+                        None,
+                    ));
+                } else {
+                    checks.push(check(
+                        "integrations",
+                        Status::Fail,
+                        format!("missing credentials: {}", missing.join(", ")),
+                        Some("store each with `airlock credential set NAME < value-file`".into()),
+                    ));
+                }
+                store.close().await;
+            }
+            Err(e) => checks.push(check("integrations", Status::Fail, e.to_string(), None)),
+        }
+    } else {
+        checks.push(check(
+            "integrations",
+            Status::Warn,
+            "not checked: the database or master key is not available",
+            None,
+        ));
+    }
+
+    print(&checks, ctx.json)
+}
+
+fn kind_name(store: &Store) -> &'static str {
+    match store.kind() {
+        airlock_core::store::DatabaseKind::Sqlite => "SQLite",
+        airlock_core::store::DatabaseKind::Postgres => "PostgreSQL",
+    }
+}
+
+fn database_fix(url: &str) -> String {
+    if url.starts_with("sqlite:") {
+        "check that the directory of the database file is writable, or set database.url".into()
+    } else {
+        "check that PostgreSQL is running and database.url (AIRLOCK_DATABASE_URL) has the right host, user and password".into()
+    }
+}
