@@ -730,7 +730,9 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key_the_origin_and_what_is_expected() {
-        let cases: &[(Option<&str>, &[(&str, &str)], &str)] = &[
+        // (airlock.toml, environment, the one line expected)
+        type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             (
                 Some("[server]\nlisten = \"localhost\"\n"),
                 &[],

@@ -426,7 +426,7 @@ async fn session_events_keep_their_order_under_concurrent_writers(db: Db) {
     );
     assert_eq!(events[0].kind, EventKind::State);
     // Each writer's own events appear in the order it wrote them.
-    let mut last = vec![-1i64; WRITERS];
+    let mut last = [-1i64; WRITERS];
     for e in &events[1..] {
         let w = e.payload["writer"].as_u64().unwrap() as usize;
         let i = e.payload["i"].as_i64().unwrap();

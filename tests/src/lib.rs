@@ -8,10 +8,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-/// The `airlock` binary, built (once per test run) from the current sources.
+/// The `airlock` binary: `AIRLOCK_TEST_BIN` when set (scripts/test builds the workspace first
+/// and sets it), otherwise built once per test run from the current sources.
 pub fn airlock_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("AIRLOCK_TEST_BIN") {
+            let bin = PathBuf::from(bin);
+            assert!(
+                bin.exists(),
+                "AIRLOCK_TEST_BIN={} does not exist",
+                bin.display()
+            );
+            return bin;
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--quiet", "-p", "airlock", "--bin", "airlock"])

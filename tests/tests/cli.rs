@@ -422,7 +422,9 @@ async fn bad_command_lines_give_one_line_errors() {
 
 #[tokio::test]
 async fn bad_configuration_gives_one_line_errors() {
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    // (airlock.toml, environment, the one line expected)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         ("[server]\nlisten = \"localhost\"\n", &[], "error: config key `server.listen` (from airlock.toml): invalid socket address syntax; expected an address and port, e.g. 127.0.0.1:8080"),
         ("[database]\nmax_connections = \"ten\"\n", &[], "error: config key `database.max_connections` (from airlock.toml): invalid type: string \"ten\", expected u32; expected a whole number from 1 to 1000"),
         ("[server\n", &[], "error: config: airlock.toml: line 1: invalid table header"),

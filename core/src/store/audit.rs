@@ -54,21 +54,6 @@ impl AuditVerdict {
     }
 }
 
-fn chain_hash(
-    seq: i64,
-    at: i64,
-    actor: &str,
-    action: &str,
-    target: &str,
-    session_id: Option<&str>,
-    detail: &str,
-    prev_hash: &str,
-) -> String {
-    let canonical =
-        serde_json::json!([seq, at, actor, action, target, session_id, detail, prev_hash]);
-    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
-}
-
 const COLS: &str = "seq, at, actor, action, target, session_id, detail, prev_hash, hash";
 
 /// A row as stored: `detail` kept as its exact text, since the hash covers those bytes.
@@ -99,17 +84,19 @@ fn raw(row: &AnyRow) -> Result<RawRow> {
 }
 
 impl RawRow {
+    /// The hash this row must carry: over every other column, in a fixed JSON layout.
     fn computed_hash(&self) -> String {
-        chain_hash(
+        let canonical = serde_json::json!([
             self.seq,
             self.at,
-            &self.actor,
-            &self.action,
-            &self.target,
-            self.session_id.as_deref(),
-            &self.detail,
-            &self.prev_hash,
-        )
+            self.actor,
+            self.action,
+            self.target,
+            self.session_id,
+            self.detail,
+            self.prev_hash
+        ]);
+        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
     }
 
     fn into_entry(self) -> AuditEntry {
@@ -155,43 +142,34 @@ impl Store {
         let mut out = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
             let seq = last - n + 1 + i as i64;
-            let detail = e.detail.to_string();
-            let hash = chain_hash(
-                seq,
-                now,
-                &e.actor,
-                &e.action,
-                &e.target,
-                e.session_id.as_deref(),
-                &detail,
-                &prev,
-            );
-            sqlx::query(&format!(
-                "INSERT INTO audit_log ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-            ))
-            .bind(seq)
-            .bind(now)
-            .bind(&e.actor)
-            .bind(&e.action)
-            .bind(&e.target)
-            .bind(&e.session_id)
-            .bind(&detail)
-            .bind(&prev)
-            .bind(&hash)
-            .execute(&mut *tx)
-            .await?;
-            out.push(AuditEntry {
+            let mut row = RawRow {
                 seq,
                 at: now,
                 actor: e.actor.clone(),
                 action: e.action.clone(),
                 target: e.target.clone(),
                 session_id: e.session_id.clone(),
-                detail: e.detail.clone(),
-                prev_hash: prev.clone(),
-                hash: hash.clone(),
-            });
-            prev = hash;
+                detail: e.detail.to_string(),
+                prev_hash: prev,
+                hash: String::new(),
+            };
+            row.hash = row.computed_hash();
+            sqlx::query(&format!(
+                "INSERT INTO audit_log ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            ))
+            .bind(row.seq)
+            .bind(row.at)
+            .bind(&row.actor)
+            .bind(&row.action)
+            .bind(&row.target)
+            .bind(&row.session_id)
+            .bind(&row.detail)
+            .bind(&row.prev_hash)
+            .bind(&row.hash)
+            .execute(&mut *tx)
+            .await?;
+            prev = row.hash.clone();
+            out.push(row.into_entry());
         }
         sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
             .bind(&prev)

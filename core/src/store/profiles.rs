@@ -205,12 +205,12 @@ impl Store {
                 .await?
             }
             None => {
-                sqlx::query(&format!(
+                sqlx::query(
                     "SELECT v.profile_id, v.version, v.spec, v.spec_hash, v.created_by, v.created_at \
                      FROM profile_versions v JOIN profiles p \
                        ON p.id = v.profile_id AND p.current_version = v.version \
-                     WHERE p.id = $1"
-                ))
+                     WHERE p.id = $1",
+                )
                 .bind(profile_id)
                 .fetch_optional(self.pool())
                 .await?
