@@ -162,14 +162,7 @@ impl Store {
             _ => StoreError::Db(e),
         })?;
         let payload = serde_json::json!({ "from": null, "to": "queued" }).to_string();
-        sqlx::query(
-            "INSERT INTO session_events (session_id, seq, at, kind, payload) VALUES ($1, 1, $2, 'state', $3)",
-        )
-        .bind(&id)
-        .bind(now)
-        .bind(&payload)
-        .execute(&mut *tx)
-        .await?;
+        insert_event(&mut tx, &id, 1, now, EventKind::State, &payload).await?;
         tx.commit().await?;
         self.session(&id).await
     }
@@ -239,27 +232,8 @@ impl Store {
         }
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
-        // The first statement writes, so on SQLite the transaction takes the write lock at
-        // once (waiting its turn) and on PostgreSQL the session row stays locked until commit.
-        let seq: i64 = sqlx::query_scalar(
-            "UPDATE sessions SET last_event_seq = last_event_seq + 1, updated_at = $2 \
-             WHERE id = $1 RETURNING last_event_seq",
-        )
-        .bind(session_id)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| no_session(session_id))?;
-        sqlx::query(
-            "INSERT INTO session_events (session_id, seq, at, kind, payload) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(session_id)
-        .bind(seq)
-        .bind(now)
-        .bind(kind.as_str())
-        .bind(&text)
-        .execute(&mut *tx)
-        .await?;
+        let (_, seq) = next_event_seq(&mut tx, session_id, now).await?;
+        insert_event(&mut tx, session_id, seq, now, kind, &text).await?;
         tx.commit().await?;
         Ok(SessionEvent {
             session_id: session_id.to_string(),
@@ -298,17 +272,7 @@ impl Store {
     ) -> Result<Session> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
-        let row = sqlx::query(
-            "UPDATE sessions SET last_event_seq = last_event_seq + 1, updated_at = $2 \
-             WHERE id = $1 RETURNING state, last_event_seq",
-        )
-        .bind(session_id)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| no_session(session_id))?;
-        let from: SessionState = parse_col(row.try_get("state")?)?;
-        let seq: i64 = row.try_get("last_event_seq")?;
+        let (from, seq) = next_event_seq(&mut tx, session_id, now).await?;
         if !from.can_become(to) {
             tx.rollback().await?;
             return Err(StoreError::Conflict(format!(
@@ -331,16 +295,52 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let payload = serde_json::json!({ "from": from, "to": to, "reason": reason }).to_string();
-        sqlx::query(
-            "INSERT INTO session_events (session_id, seq, at, kind, payload) VALUES ($1, $2, $3, 'state', $4)",
-        )
-        .bind(session_id)
-        .bind(seq)
-        .bind(now)
-        .bind(&payload)
-        .execute(&mut *tx)
-        .await?;
+        insert_event(&mut tx, session_id, seq, now, EventKind::State, &payload).await?;
         tx.commit().await?;
         self.session(session_id).await
     }
+}
+
+/// Takes the session's next event number. The statement writes, so it is the transaction's
+/// first lock: on SQLite the transaction takes the write lock at once (waiting its turn), and
+/// on PostgreSQL the session row stays locked until commit. Returns the session's state too.
+async fn next_event_seq(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    session_id: &str,
+    now: i64,
+) -> Result<(SessionState, i64)> {
+    let row = sqlx::query(
+        "UPDATE sessions SET last_event_seq = last_event_seq + 1, updated_at = $2 \
+         WHERE id = $1 RETURNING state, last_event_seq",
+    )
+    .bind(session_id)
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| no_session(session_id))?;
+    Ok((
+        parse_col(row.try_get("state")?)?,
+        row.try_get("last_event_seq")?,
+    ))
+}
+
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    session_id: &str,
+    seq: i64,
+    now: i64,
+    kind: EventKind,
+    payload: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO session_events (session_id, seq, at, kind, payload) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(session_id)
+    .bind(seq)
+    .bind(now)
+    .bind(kind.as_str())
+    .bind(payload)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
