@@ -58,6 +58,62 @@ pub enum Command {
     /// The sandbox base image
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Ask an agent to work on a repository and follow the session here
+    Run(RunArgs),
+    /// Prepared profile snapshots and kept session snapshots
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Sandboxes that exist now
+    #[command(subcommand)]
+    Sandbox(SandboxCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The repository, OWNER/NAME
+    #[arg(long, required_unless_present = "session")]
+    pub repo: Option<String>,
+    /// The profile [default: the only profile, if there is one]
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Who is asking (id or email) [default: the only admin]
+    #[arg(long = "as", value_name = "HUMAN")]
+    pub requester: Option<String>,
+    /// Continue an ended session with a follow-up
+    #[arg(long, conflicts_with_all = ["repo", "profile"])]
+    pub session: Option<String>,
+    /// Queue the session and return without following it
+    #[arg(long)]
+    pub detach: bool,
+    /// What the agent should do
+    #[arg(required = true, num_args = 1.., value_name = "PROMPT")]
+    pub prompt: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCmd {
+    /// Run a profile's setup steps in a build sandbox and commit the result
+    Build {
+        /// Profile name
+        profile: String,
+    },
+    /// List snapshots, newest first
+    List,
+    /// Remove outdated profile snapshots and old session snapshots
+    Prune {
+        /// Profile snapshots to keep per profile
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+        keep: u32,
+        /// Remove session snapshots older than this many days
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(0..=3650))]
+        session_days: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCmd {
+    /// List the sandboxes this deployment has, from the database and the runtime
+    List,
 }
 
 #[derive(Debug, Subcommand)]

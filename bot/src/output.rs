@@ -10,6 +10,19 @@ pub fn safe(s: &str) -> String {
         .collect()
 }
 
+/// Like [`safe`] but keeps newlines and tabs: for agent output printed as text.
+pub fn safe_multiline(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 /// Like [`safe`], and cut to `max` characters.
 pub fn cell(s: &str, max: usize) -> String {
     let s = safe(s);

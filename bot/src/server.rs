@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use airlock_core::broker::Broker;
 use airlock_core::Store;
 use anyhow::Context as _;
 use axum::extract::State;
@@ -23,6 +24,14 @@ struct AppState {
 pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
     let cfg = &ctx.config;
     let store = ctx.store(true).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut background = Vec::new();
     match airlock_core::docker::connect(&cfg.docker.host).await {
         Ok(docker) => {
             let image = airlock_core::image::base_image_ref(&cfg.docker.base_image);
@@ -32,6 +41,33 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
             {
                 tracing::warn!(%image, "the sandbox base image is missing; sessions cannot start until `airlock image build` has run");
             }
+            // Sandboxes are the product's wall: if the network or its firewall cannot be
+            // set up, refuse to start rather than run sessions without it.
+            let (sandboxes, network) = crate::commands::sandboxes::stack(ctx, &store).await?;
+            let addr = SocketAddr::from((network.host_address, cfg.sandbox.endpoint_port));
+            let endpoint = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen for sandboxes on {addr}: {e}; set sandbox.endpoint_port"
+                )
+            })?;
+            let owner = server_id(&cfg.data_dir)?;
+            let broker = Broker::new(store.clone(), sandboxes.clone(), owner);
+            broker
+                .recover()
+                .await
+                .context("cannot take back the sessions of the previous run")?;
+            let app = sandboxes.hub.router();
+            let stop = stopped();
+            background.push(tokio::spawn(async move {
+                let _ = axum::serve(
+                    endpoint,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(stop)
+                .await;
+            }));
+            background.push(tokio::spawn(broker.clone().run(stopped())));
+            tracing::info!(network = %network.name, endpoint = %addr, "sandboxes ready");
         }
         Err(e) => tracing::warn!("{e}; sessions cannot start until it is reachable"),
     }
@@ -55,9 +91,30 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("the HTTP server failed")?;
+    // Sandboxes keep running: the next start re-attaches to them.
+    let _ = stop_tx.send(true);
+    for task in background {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     store.close().await;
     tracing::info!("Airlock stopped");
     Ok(())
+}
+
+/// This installation's server id, kept in the data directory so a restarted server takes back
+/// its own sessions at once.
+fn server_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("server-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        _ => {
+            std::fs::create_dir_all(data_dir)?;
+            let id = airlock_core::ids::new_id("srv");
+            std::fs::write(&path, &id)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(id)
+        }
+    }
 }
 
 fn router(state: AppState) -> Router {

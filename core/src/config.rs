@@ -71,6 +71,31 @@ const KEYS: &[(&str, Kind, &str)] = &[
         "an image repository name, e.g. airlock/base",
     ),
     (
+        "sandbox.network",
+        Kind::Str,
+        "a Docker network name of at most 15 characters, e.g. airlock0",
+    ),
+    (
+        "sandbox.subnet",
+        Kind::Str,
+        "an IPv4 network for sandboxes, e.g. 10.203.0.0/24",
+    ),
+    (
+        "sandbox.endpoint_port",
+        Kind::Int,
+        "a TCP port from 1 to 65535 (sandboxd connects to it on the sandbox network)",
+    ),
+    (
+        "sandbox.gateway_port",
+        Kind::Int,
+        "a TCP port from 1 to 65535 (the gateway listens on it on the sandbox network)",
+    ),
+    (
+        "sandbox.sandboxd",
+        Kind::Str,
+        "the path of the sandboxd binary [default: next to the airlock binary]",
+    ),
+    (
         "github.api_url",
         Kind::Str,
         "an http(s) URL, e.g. https://api.github.com",
@@ -212,6 +237,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub secrets: SecretsConfig,
     pub docker: DockerConfig,
+    pub sandbox: SandboxConfig,
     pub github: Option<GithubConfig>,
     pub slack: Option<SlackConfig>,
     pub discord: Option<DiscordConfig>,
@@ -225,6 +251,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             secrets: SecretsConfig::default(),
             docker: DockerConfig::default(),
+            sandbox: SandboxConfig::default(),
             github: None,
             slack: None,
             discord: None,
@@ -290,6 +317,42 @@ impl Default for DockerConfig {
             host: "unix:///var/run/docker.sock".into(),
             base_image: "airlock/base".into(),
         }
+    }
+}
+
+/// Where sandboxes live: an internal Docker network whose only reachable host address is the
+/// bridge's own, with the sandbox endpoint and the gateway listening there (decision 0003).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    pub network: String,
+    pub subnet: String,
+    pub endpoint_port: u16,
+    pub gateway_port: u16,
+    pub sandboxd: Option<PathBuf>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            network: "airlock0".into(),
+            subnet: "10.203.0.0/24".into(),
+            endpoint_port: 7480,
+            gateway_port: 7481,
+            sandboxd: None,
+        }
+    }
+}
+
+impl SandboxConfig {
+    /// The sandboxd binary: configured, or next to the running executable.
+    pub fn sandboxd_path(&self) -> PathBuf {
+        self.sandboxd.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("sandboxd")))
+                .unwrap_or_else(|| PathBuf::from("sandboxd"))
+        })
     }
 }
 
@@ -491,6 +554,28 @@ impl Config {
         }
         if !is_image_repo(&self.docker.base_image) {
             return Err(want("docker.base_image"));
+        }
+        let sb = &self.sandbox;
+        if sb.network.is_empty()
+            || sb.network.len() > 15
+            || !sb
+                .network
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(want("sandbox.network"));
+        }
+        if crate::sandbox::docker::host_address(&sb.subnet).is_none() {
+            return Err(want("sandbox.subnet"));
+        }
+        if sb.endpoint_port == 0 {
+            return Err(want("sandbox.endpoint_port"));
+        }
+        if sb.gateway_port == 0 || sb.gateway_port == sb.endpoint_port {
+            return Err((
+                "sandbox.gateway_port",
+                "expected a TCP port from 1 to 65535, different from sandbox.endpoint_port".into(),
+            ));
         }
         if let Some(gh) = &self.github {
             if !is_http_url(&gh.api_url) {

@@ -6,11 +6,13 @@
 //! returns or formats a credential value: those exist in clear only inside
 //! [`secrets::SecretValue`], whose `Debug` is redacted.
 
+pub mod broker;
 pub mod config;
 pub mod docker;
 pub mod domain;
 pub mod ids;
 pub mod image;
+pub mod sandbox;
 pub mod secrets;
 pub mod store;
 pub mod timefmt;

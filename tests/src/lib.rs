@@ -183,3 +183,185 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// A running `airlock up` of an installation, on its own sandbox network (random name and
+/// subnet, so tests can run side by side), killed and cleaned up on drop.
+pub struct Server {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub network: String,
+    pub subnet_prefix: String,
+    pub endpoint_port: u16,
+    pub gateway_port: u16,
+    env: Vec<(String, String)>,
+    dir: PathBuf,
+}
+
+impl Server {
+    /// Settings for a fresh sandbox network; call before [`Server::start`].
+    pub fn configure(install: &mut Install) -> (String, String) {
+        let n: u32 = rand_u32();
+        let network = format!("alk{:06x}", n & 0xff_ffff);
+        let prefix = format!("10.{}.{}", 100 + (n >> 8) % 150, n % 250);
+        install
+            .env("AIRLOCK_SANDBOX_NETWORK", &network)
+            .env("AIRLOCK_SANDBOX_SUBNET", &format!("{prefix}.0/24"))
+            .env("AIRLOCK_SANDBOX_ENDPOINT_PORT", &free_port().to_string())
+            .env("AIRLOCK_SANDBOX_GATEWAY_PORT", &free_port().to_string())
+            .env(
+                "AIRLOCK_SERVER_LISTEN",
+                &format!("127.0.0.1:{}", free_port()),
+            );
+        (network, prefix)
+    }
+
+    /// Starts `airlock up` and waits until it answers.
+    pub fn start(install: &Install) -> Server {
+        let get = |k: &str| {
+            install
+                .env
+                .iter()
+                .rev()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("{k} is not configured; call Server::configure first"))
+        };
+        let listen = get("AIRLOCK_SERVER_LISTEN");
+        let port: u16 = listen.rsplit(':').next().unwrap().parse().unwrap();
+        let network = get("AIRLOCK_SANDBOX_NETWORK");
+        let subnet = get("AIRLOCK_SANDBOX_SUBNET");
+        let mut cmd = Command::new(airlock_bin());
+        cmd.arg("up").current_dir(install.path()).env_clear();
+        for (k, v) in std::env::vars() {
+            if k == "PATH" || k == "HOME" {
+                cmd.env(k, v);
+            }
+        }
+        cmd.env("AIRLOCK_LOG", "info").env("USER", "tester");
+        for (k, v) in &install.env {
+            cmd.env(k, v);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(install.path().join("server.log"))
+            .expect("server log");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start airlock up");
+        let mut server = Server {
+            child,
+            port,
+            network,
+            subnet_prefix: subnet.trim_end_matches(".0/24").to_string(),
+            endpoint_port: get("AIRLOCK_SANDBOX_ENDPOINT_PORT").parse().unwrap(),
+            gateway_port: get("AIRLOCK_SANDBOX_GATEWAY_PORT").parse().unwrap(),
+            env: install.env.clone(),
+            dir: install.path().to_path_buf(),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("airlock up exited with {status}:\n{}", server.log());
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "airlock up did not answer within 60 s:\n{}",
+                server.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// The host's address on the sandbox network.
+    pub fn host_address(&self) -> String {
+        format!("{}.1", self.subnet_prefix)
+    }
+
+    /// `kill -9`: no shutdown code runs.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The containers of this deployment (by label), as `docker ps` sees them.
+    pub fn containers(&self) -> Vec<String> {
+        let deployment = self.deployment();
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=org.airlock.deployment={deployment}"),
+            ])
+            .output()
+            .expect("docker ps");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn deployment(&self) -> String {
+        let out = Command::new("docker")
+            .args([
+                "network",
+                "inspect",
+                "-f",
+                "{{index .Labels \"org.airlock.deployment\"}}",
+                &self.network,
+            ])
+            .output()
+            .expect("docker network inspect");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    #[doc(hidden)]
+    pub fn env_of(&self, key: &str) -> Option<String> {
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill_hard();
+        let deployment = self.deployment();
+        if !deployment.is_empty() {
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "docker ps -aq --filter label=org.airlock.deployment={deployment} | xargs -r docker rm -f >/dev/null 2>&1; \
+                     docker images -q --filter label=org.airlock.deployment={deployment} | xargs -r docker rmi -f >/dev/null 2>&1"
+                ))
+                .status();
+        }
+        let net = &self.network;
+        let chain = format!("AIRLOCK-{net}");
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "docker network rm {net} >/dev/null 2>&1; iptables -w -D INPUT -i {net} -j {chain} 2>/dev/null; \
+                 iptables -w -F {chain} 2>/dev/null; iptables -w -X {chain} 2>/dev/null; true"
+            ))
+            .status();
+    }
+}
+
+fn rand_u32() -> u32 {
+    let u = ulid::Ulid::new();
+    (u.random() as u32) ^ std::process::id()
+}

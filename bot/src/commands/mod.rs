@@ -3,6 +3,7 @@
 
 mod admin;
 mod doctor;
+pub mod sandboxes;
 
 use std::process::ExitCode;
 
@@ -99,6 +100,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Session(c) => admin::session(&ctx, c).await,
         Command::Audit(c) => admin::audit_cmd(&ctx, c).await,
         Command::Image(ImageCmd::Build) => image_build(&ctx).await,
+        Command::Run(a) => sandboxes::run(&ctx, a).await,
+        Command::Snapshot(c) => sandboxes::snapshot(&ctx, c).await,
+        Command::Sandbox(c) => sandboxes::sandbox(&ctx, c).await,
     }
 }
 

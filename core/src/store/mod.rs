@@ -14,6 +14,7 @@ mod credentials;
 mod deliveries;
 mod humans;
 mod profiles;
+mod sandboxes;
 mod sessions;
 mod triggers;
 
@@ -29,6 +30,10 @@ pub use credentials::CredentialInfo;
 pub use deliveries::{Delivery, NewDelivery};
 pub use humans::AccountRef;
 pub use profiles::{ApplyOutcome, Profile, ProfileVersion};
+pub use sandboxes::{
+    token_hash, NewSandbox, NewSnapshot, Sandbox, Snapshot, TokenBinding, TokenKind,
+    BOOTSTRAP_TTL_MS,
+};
 pub use sessions::{NewSession, Session, SessionEvent, SessionFilter};
 pub use triggers::{NewTrigger, Trigger};
 

@@ -301,6 +301,50 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Queues an ended session again with a follow-up prompt (a `turn` event), in one
+    /// transaction, so the broker always sees the new prompt with the new state.
+    pub async fn follow_up(&self, session_id: &str, prompt: &str) -> Result<Session> {
+        if prompt.trim().is_empty() {
+            return Err(StoreError::Invalid(
+                "the prompt is empty: say what the agent should do".into(),
+            ));
+        }
+        if prompt.len() > MAX_PROMPT_BYTES {
+            return Err(StoreError::Invalid(format!(
+                "the prompt is {} bytes; at most {MAX_PROMPT_BYTES} are accepted",
+                prompt.len()
+            )));
+        }
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        let (from, seq) = next_event_seq(&mut tx, session_id, now).await?;
+        if !from.can_become(SessionState::Queued) {
+            tx.rollback().await?;
+            return Err(StoreError::Conflict(format!(
+                "session {session_id} is {from}; send a follow-up once it has ended"
+            )));
+        }
+        let turn = serde_json::json!({ "prompt": prompt }).to_string();
+        insert_event(&mut tx, session_id, seq, now, EventKind::Turn, &turn).await?;
+        let (_, seq) = next_event_seq(&mut tx, session_id, now).await?;
+        sqlx::query(
+            "UPDATE sessions SET state = $2, reason = NULL, finished_at = NULL, \
+               lease_owner = NULL, lease_until = NULL WHERE id = $1",
+        )
+        .bind(session_id)
+        .bind(SessionState::Queued.as_str())
+        .execute(&mut *tx)
+        .await?;
+        let state =
+            serde_json::json!({ "from": from, "to": SessionState::Queued, "reason": "follow-up" })
+                .to_string();
+        insert_event(&mut tx, session_id, seq, now, EventKind::State, &state).await?;
+        tx.commit().await?;
+        self.session(session_id).await
+    }
+}
+
 /// Takes the session's next event number. The statement writes, so it is the transaction's
 /// first lock: on SQLite the transaction takes the write lock at once (waiting its turn), and
 /// on PostgreSQL the session row stays locked until commit. Returns the session's state too.

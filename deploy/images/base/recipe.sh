@@ -23,6 +23,11 @@ DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get install -y --no-install-re
 chroot "$root" useradd --create-home --uid 1000 --user-group --shell /bin/bash agent
 mkdir -p "$root/workspace"
 chroot "$root" chown agent:agent /workspace
+# Sandboxes run with no capabilities as the agent user, so sandboxd (also the agent user) can
+# add the deployment CA to the system trust store at start only if the agent owns the bundle.
+# This grants nothing: the sandbox trusts what it likes; the gateway decides what leaves.
+mkdir -p "$root/usr/local/share/ca-certificates/airlock"
+chroot "$root" chown agent:agent /etc/ssl/certs/ca-certificates.crt /usr/local/share/ca-certificates/airlock
 
 chroot "$root" apt-get clean
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/tmp/* "$root"/root/.npm

@@ -1,0 +1,311 @@
+//! `airlock run`, `airlock snapshot …`, `airlock sandbox list`, and the wiring of the sandbox
+//! stack (runtime, network, hub, manager) that the server shares.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use airlock_core::domain::{EventKind, Role, SessionState, Surface};
+use airlock_core::sandbox::docker::{DockerRuntime, DockerRuntimeConfig};
+use airlock_core::sandbox::{Hub, Network, Runtime, SandboxSettings, Sandboxes};
+use airlock_core::store::{NewSession, SessionEvent};
+use airlock_core::Store;
+use anyhow::{bail, Context as _};
+
+use super::Ctx;
+use crate::cli::{RunArgs, SandboxCmd, SnapshotCmd};
+use crate::output;
+
+/// Connects to Docker, prepares the sandbox network and firewall, and builds the manager.
+pub async fn stack(ctx: &Ctx, store: &Store) -> anyhow::Result<(Arc<Sandboxes>, Network)> {
+    let cfg = &ctx.config;
+    let docker = airlock_core::docker::connect(&cfg.docker.host).await?;
+    let deployment = store.deployment_id().await?;
+    let runtime = Arc::new(DockerRuntime::new(
+        docker,
+        DockerRuntimeConfig {
+            deployment,
+            network: cfg.sandbox.network.clone(),
+            subnet: cfg.sandbox.subnet.clone(),
+            allowed_ports: vec![cfg.sandbox.endpoint_port, cfg.sandbox.gateway_port],
+        },
+    ));
+    let network = runtime.prepare().await?;
+    let sandboxd = cfg.sandbox.sandboxd_path();
+    if !sandboxd.is_file() {
+        bail!(
+            "the sandboxd binary is not at {}; build it (`cargo build -p airlock-sandboxd`) or set sandbox.sandboxd",
+            sandboxd.display()
+        );
+    }
+    let sandboxd = sandboxd.canonicalize()?;
+    let ca = cfg.data_dir.join("gateway-ca.pem");
+    let settings = SandboxSettings {
+        endpoint: format!(
+            "ws://{}:{}",
+            network.host_address, cfg.sandbox.endpoint_port
+        ),
+        gateway: None,
+        sandboxd,
+        ca_cert: ca.is_file().then(|| ca.canonicalize()).transpose()?,
+        base_image: airlock_core::image::base_image_ref(&cfg.docker.base_image),
+        connect_timeout: Duration::from_secs(30),
+    };
+    let runtime: Arc<dyn Runtime> = runtime;
+    let sandboxes = Arc::new(Sandboxes {
+        hub: Hub::new(store.clone()),
+        store: store.clone(),
+        runtime,
+        settings,
+    });
+    Ok((sandboxes, network))
+}
+
+pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let store = ctx.store(false).await?;
+    let prompt = args.prompt.join(" ");
+    let session = if let Some(id) = &args.session {
+        store.follow_up(id, &prompt).await?
+    } else {
+        let requester = match &args.requester {
+            Some(h) => store.find_human(h).await?,
+            None => {
+                let admins: Vec<_> = store
+                    .list_humans()
+                    .await?
+                    .into_iter()
+                    .filter(|h| h.role == Role::Admin)
+                    .collect();
+                match admins.len() {
+                    1 => admins.into_iter().next().expect("one admin"),
+                    0 => bail!("say who is asking with --as EMAIL (there is no admin to default to; add one with `airlock human add --admin`)"),
+                    _ => bail!("say who is asking with --as EMAIL (there are several admins)"),
+                }
+            }
+        };
+        let profile = match &args.profile {
+            Some(p) => store.find_profile(p).await?,
+            None => {
+                let all = store.list_profiles().await?;
+                match all.len() {
+                    1 => all.into_iter().next().expect("one profile"),
+                    0 => bail!(
+                        "there are no profiles yet; add one with `airlock profile apply -f FILE`"
+                    ),
+                    _ => bail!("choose a profile with --profile NAME (see `airlock profile list`)"),
+                }
+            }
+        };
+        let repo = args.repo.clone().unwrap_or_default();
+        if !profile_allows(&store, &profile.id, &repo).await? {
+            bail!(
+                "profile {} may not work on {repo}; see its `repos` list",
+                profile.name
+            );
+        }
+        store
+            .create_session(NewSession {
+                requester_id: requester.id.clone(),
+                surface: Surface::Cli,
+                thread_ref: serde_json::json!({ "cli": ctx.actor() }),
+                repo,
+                profile_id: profile.id.clone(),
+                profile_version: profile.current_version,
+                prompt: prompt.clone(),
+                trigger_id: None,
+            })
+            .await?
+    };
+    if ctx.json && args.detach {
+        output::json(&session)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !ctx.json {
+        eprintln!("Session {} queued.", session.id);
+    }
+    if args.detach {
+        println!("{}", session.id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow(ctx, &store, &session.id).await
+}
+
+async fn profile_allows(store: &Store, profile_id: &str, repo: &str) -> anyhow::Result<bool> {
+    let pv = store.profile_version(profile_id, None).await?;
+    Ok(pv.spec.allows_repo(repo))
+}
+
+/// Prints a session's events as they arrive until it ends; exit 0 only if it succeeded.
+async fn follow(ctx: &Ctx, store: &Store, id: &str) -> anyhow::Result<ExitCode> {
+    let mut after = store
+        .events(id, 0, 100_000)
+        .await?
+        .last()
+        .map(|e| e.seq)
+        .unwrap_or(0);
+    let started = Instant::now();
+    let mut hinted = false;
+    loop {
+        let events = store.events(id, after, 1000).await?;
+        for e in &events {
+            after = e.seq;
+            print_event(ctx, e)?;
+        }
+        let s = store.session(id).await?;
+        if s.state.is_terminal() && events.is_empty() {
+            if !ctx.json {
+                let reason = s.reason.as_deref().unwrap_or("");
+                eprintln!("Session {} {}: {}", s.id, s.state, output::safe(reason));
+            }
+            return Ok(if s.state == SessionState::Succeeded {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        if !hinted && s.state == SessionState::Queued && started.elapsed() > Duration::from_secs(10)
+        {
+            eprintln!(
+                "The session is still queued: is `airlock up` running against this database?"
+            );
+            hinted = true;
+        }
+        if events.is_empty() {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+}
+
+fn print_event(ctx: &Ctx, e: &SessionEvent) -> anyhow::Result<()> {
+    if ctx.json {
+        return output::json(e);
+    }
+    let text = |k: &str| e.payload.get(k).and_then(|v| v.as_str()).unwrap_or("");
+    match e.kind {
+        EventKind::CommandOutput => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            out.write_all(output::safe_multiline(text("text")).as_bytes())?;
+            out.flush()?;
+        }
+        EventKind::State => eprintln!("[{}]", output::safe(text("to"))),
+        EventKind::Note => eprintln!("· {}", output::safe(text("text"))),
+        _ => {}
+    }
+    Ok(())
+}
+
+pub async fn snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
+    let store = ctx.store(false).await?;
+    match cmd {
+        SnapshotCmd::Build { profile } => {
+            let profile = store.find_profile(&profile).await?;
+            let pv = store.profile_version(&profile.id, None).await?;
+            if pv.spec.sandbox.setup.is_empty() {
+                bail!(
+                    "profile {} has no setup steps; its sessions start from the image itself",
+                    profile.name
+                );
+            }
+            let (sandboxes, _) = stack(ctx, &store).await?;
+            let json = ctx.json;
+            let mut log = move |line: &str| {
+                if !json {
+                    eprintln!("{}", output::safe(line));
+                }
+            };
+            let snap = sandboxes
+                .build_snapshot(&profile, &pv, &mut log)
+                .await
+                .context("the snapshot build failed")?;
+            if ctx.json {
+                output::json(&snap)?;
+            } else {
+                println!("Built {}.", snap.image);
+            }
+        }
+        SnapshotCmd::List => {
+            let snaps = store.list_snapshots().await?;
+            let names: std::collections::HashMap<String, String> = store
+                .list_profiles()
+                .await?
+                .into_iter()
+                .map(|p| (p.id, p.name))
+                .collect();
+            if ctx.json {
+                output::json(&snaps)?;
+            } else {
+                let rows = snaps
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            output::cell(&s.image, 80),
+                            s.kind.clone(),
+                            names.get(&s.profile_id).cloned().unwrap_or_default(),
+                            s.profile_version.to_string(),
+                            s.session_id.clone().unwrap_or_default(),
+                            format!("{} MB", s.size_bytes.unwrap_or(0) / 1_000_000),
+                            airlock_core::timefmt::rfc3339(s.created_at),
+                        ]
+                    })
+                    .collect();
+                output::table(
+                    &[
+                        "IMAGE", "KIND", "PROFILE", "VERSION", "SESSION", "SIZE", "CREATED",
+                    ],
+                    rows,
+                );
+            }
+        }
+        SnapshotCmd::Prune { keep, session_days } => {
+            let (sandboxes, _) = stack(ctx, &store).await?;
+            let removed = sandboxes
+                .prune(keep as usize, session_days as i64 * 24 * 3600 * 1000)
+                .await?;
+            if ctx.json {
+                output::json(&serde_json::json!({ "removed": removed }))?;
+            } else if removed.is_empty() {
+                println!("Nothing to prune.");
+            } else {
+                for r in &removed {
+                    println!("removed {r}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn sandbox(ctx: &Ctx, cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
+    let store = ctx.store(false).await?;
+    match cmd {
+        SandboxCmd::List => {
+            let live = store.live_sandboxes().await?;
+            if ctx.json {
+                output::json(&live)?;
+            } else {
+                let rows = live
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.id.clone(),
+                            s.role.clone(),
+                            s.state.clone(),
+                            s.session_id.clone().unwrap_or_default(),
+                            s.address.clone().unwrap_or_default(),
+                            output::cell(&s.image, 60),
+                            airlock_core::timefmt::rfc3339(s.created_at),
+                        ]
+                    })
+                    .collect();
+                output::table(
+                    &[
+                        "SANDBOX", "ROLE", "STATE", "SESSION", "ADDRESS", "IMAGE", "CREATED",
+                    ],
+                    rows,
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

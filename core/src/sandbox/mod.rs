@@ -1,0 +1,25 @@
+//! Sandboxes: the runtime trait and its Docker provider, the sandbox endpoint that sandboxd
+//! connects to, and the manager the broker uses (snapshots, warm pools, reconciliation).
+
+pub mod docker;
+pub mod hub;
+pub mod manager;
+pub mod runtime;
+
+pub use crate::docker::LABEL_MANAGED;
+pub use hub::{ExecEvent, ExecRequest, ExecStream, Hub, HubError};
+pub use manager::{Origin, Reconciled, SandboxError, SandboxSettings, Sandboxes};
+pub use runtime::{ContainerSpec, Instance, Network, Runtime, RuntimeError};
+
+/// The deployment a container, network or image belongs to.
+pub const LABEL_DEPLOYMENT: &str = "org.airlock.deployment";
+pub const LABEL_SANDBOX: &str = "org.airlock.sandbox";
+pub const LABEL_SESSION: &str = "org.airlock.session";
+pub const LABEL_PROFILE: &str = "org.airlock.profile";
+pub const LABEL_PROFILE_VERSION: &str = "org.airlock.profile-version";
+/// `session`, `warm` or `build`.
+pub const LABEL_ROLE: &str = "org.airlock.role";
+/// On snapshot images: `profile` or `session`.
+pub const LABEL_SNAPSHOT: &str = "org.airlock.snapshot";
+/// On profile snapshots: the hash of the base image and setup steps.
+pub const LABEL_SETUP: &str = "org.airlock.setup";

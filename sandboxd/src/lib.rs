@@ -1,0 +1,3 @@
+//! The sandbox protocol, shared by sandboxd (inside each sandbox) and the server.
+
+pub mod proto;

@@ -1,0 +1,412 @@
+//! Sandboxes against a real Docker engine, through the real server (`airlock up`) and CLI:
+//! the network wall, the limits, snapshots, warm starts, and recovery after `kill -9`.
+//!
+//! Needs root, a running Docker engine and the base image (scripts/test provides all three).
+
+use std::time::{Duration, Instant};
+
+use airlock_tests::{stderr, stdout, Engine, Install, Server};
+
+const BASE_PROFILE: &str = r#"
+[sandbox]
+snapshot = true
+"#;
+
+/// An installation with an admin and the given profiles (name, agent command, extra TOML).
+async fn install_with(profiles: &[(&str, &str, &str)]) -> Install {
+    let mut install = Install::new(Engine::Sqlite).await;
+    Server::configure(&mut install);
+    install.ok(&["migrate"]);
+    install.ok(&[
+        "human",
+        "add",
+        "--name",
+        "Ada Lovelace",
+        "--email",
+        "ada@example.com",
+        "--admin",
+    ]);
+    for (name, command, extra) in profiles {
+        let text = format!(
+            "name = \"{name}\"\n[agent]\nkind = \"command\"\ncommand = '''{command}'''\n{extra}\n"
+        );
+        let text = if extra.contains("[sandbox]") {
+            text
+        } else {
+            format!("{text}{BASE_PROFILE}")
+        };
+        let path = install.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        install.ok(&["profile", "apply", "-f", path.to_str().unwrap()]);
+    }
+    install
+}
+
+fn run(install: &Install, profile: &str, prompt: &str) -> std::process::Output {
+    install.run(&["run", "--repo", "acme/web", "--profile", profile, prompt])
+}
+
+fn detach(install: &Install, profile: &str, prompt: &str) -> String {
+    install
+        .ok(&[
+            "run",
+            "--repo",
+            "acme/web",
+            "--profile",
+            profile,
+            "--detach",
+            prompt,
+        ])
+        .trim()
+        .to_string()
+}
+
+fn show(install: &Install, id: &str) -> serde_json::Value {
+    install.json(&["session", "show", id])
+}
+
+fn output_of(shown: &serde_json::Value) -> String {
+    shown["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "command_output")
+        .map(|e| e["payload"]["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn notes_of(shown: &serde_json::Value) -> Vec<String> {
+    shown["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "note")
+        .map(|e| e["payload"]["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn state_of(install: &Install, id: &str) -> String {
+    show(install, id)["session"]["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_inside_a_sandbox_only_the_allowed_host_ports_answer() {
+    let install = install_with(&[
+        ("peer", "python3 -m http.server 8000 --bind 0.0.0.0 >/dev/null 2>&1 & echo serving; sleep 60", ""),
+        ("probe", r#"probe() { if timeout 3 bash -c "echo > /dev/tcp/$2/$3" 2>/dev/null; then echo "$1: reached"; else echo "$1: blocked"; fi; }
+probe gateway-port "$HOST" "$GATEWAY_PORT"
+probe host-other-port "$HOST" "$HOST_PORT"
+probe host-main-address "$MAIN_IP" "$HOST_PORT"
+probe other-sandbox "$PEER" 8000
+probe outside 1.1.1.1 80
+if getent hosts example.com >/dev/null 2>&1; then echo "dns: resolved"; else echo "dns: blocked"; fi
+if [ -e /var/run/docker.sock ] || [ -e /run/docker.sock ]; then echo "docker-socket: present"; else echo "docker-socket: absent"; fi
+echo "uid: $(id -u)"
+grep -E '^CapEff' /proc/self/status
+grep -E '^NoNewPrivs' /proc/self/status
+touch /etc/should-not-write 2>/dev/null && echo "etc: writable" || echo "etc: read-only to the agent"
+"#, ""),
+    ])
+    .await;
+    let server = Server::start(&install);
+    let host = server.host_address();
+    // Listeners on the host: one on the gateway port of the bridge address (the one address a
+    // sandbox may reach: the control that shows the probe works), one on every address.
+    let gateway = std::net::TcpListener::bind((host.as_str(), server.gateway_port)).unwrap();
+    let other = std::net::TcpListener::bind(("0.0.0.0", 0)).unwrap();
+    let host_port = other.local_addr().unwrap().port();
+    let main_ip = String::from_utf8(
+        std::process::Command::new("hostname")
+            .arg("-I")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .split_whitespace()
+    .next()
+    .unwrap_or("127.0.0.1")
+    .to_string();
+    std::thread::spawn(move || for _ in gateway.incoming() {});
+    std::thread::spawn(move || for _ in other.incoming() {});
+
+    let peer = detach(&install, "peer", "serve");
+    wait_for("the peer sandbox to serve", Duration::from_secs(60), || {
+        output_of(&show(&install, &peer)).contains("serving")
+    });
+    let sandboxes = install.json(&["sandbox", "list"]);
+    let peer_ip = sandboxes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["session_id"] == peer.as_str())
+        .and_then(|s| s["address"].as_str())
+        .expect("the peer sandbox has an address")
+        .to_string();
+
+    // The probe reads its targets from the profile's environment.
+    let probe_profile = format!(
+        "name = \"probe\"\n[agent]\nkind = \"command\"\ncommand = '''{}'''\n[env]\nHOST = \"{host}\"\nGATEWAY_PORT = \"{}\"\nHOST_PORT = \"{host_port}\"\nMAIN_IP = \"{main_ip}\"\nPEER = \"{peer_ip}\"\n",
+        std::fs::read_to_string(install.path().join("probe.toml"))
+            .unwrap()
+            .split("'''")
+            .nth(1)
+            .unwrap(),
+        server.gateway_port
+    );
+    std::fs::write(install.path().join("probe2.toml"), probe_profile).unwrap();
+    install.ok(&[
+        "profile",
+        "apply",
+        "-f",
+        install.path().join("probe2.toml").to_str().unwrap(),
+    ]);
+    let out = run(&install, "probe", "probe");
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    for line in [
+        "gateway-port: reached",
+        "host-other-port: blocked",
+        "host-main-address: blocked",
+        "other-sandbox: blocked",
+        "outside: blocked",
+        "dns: blocked",
+        "docker-socket: absent",
+        "uid: 1000",
+        "CapEff:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "etc: read-only to the agent",
+    ] {
+        assert!(
+            text.contains(line),
+            "expected `{line}` in the probe's output:\n{text}"
+        );
+    }
+    install.ok(&["session", "cancel", &peer]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_stop_fork_bombs_memory_hogs_and_long_runs() {
+    let install = install_with(&[
+        (
+            "forks",
+            r#"python3 -c '
+import os, time
+n = 0
+try:
+    while True:
+        if os.fork() == 0:
+            time.sleep(30); os._exit(0)
+        n += 1
+except OSError as e:
+    print("fork failed after", n, "processes:", e.strerror, flush=True)
+'"#,
+            "[limits]\npids = 64",
+        ),
+        (
+            "hog",
+            "python3 -c 'x = bytearray(600 * 1024 * 1024); print(len(x))'",
+            "[limits]\nmemory_mb = 128",
+        ),
+        (
+            "slow",
+            "echo started; sleep 120",
+            "[limits]\nwall_clock_secs = 10",
+        ),
+    ])
+    .await;
+    let server = Server::start(&install);
+
+    let out = run(&install, "forks", "fork");
+    let text = stdout(&out);
+    let n: u64 = text
+        .split("fork failed after ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the fork bomb was not stopped:\n{text}\n{}", stderr(&out)));
+    assert!(n < 64, "{n} processes started under a limit of 64");
+
+    let out = run(&install, "hog", "eat memory");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("failed") && err.contains("ran out of memory"),
+        "{err}"
+    );
+
+    let started = Instant::now();
+    let out = run(&install, "slow", "take your time");
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("timed_out")
+            && err.contains("ran longer than the wall-clock limit of 10 s")
+            && err.contains("limits.wall_clock_secs"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(stdout(&out).contains("started"));
+    // Nothing is left running.
+    wait_for("sandboxes to be removed", Duration::from_secs(10), || {
+        server.containers().is_empty()
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_start_from_the_snapshot_and_follow_ups_resume_the_files() {
+    let install = install_with(&[(
+        "prepared",
+        r#"cat /home/agent/setup-marker; bash /workspace/tools/hello.sh; echo "$AIRLOCK_PROMPT" >> notes.txt; echo "--"; cat notes.txt"#,
+        r#"[sandbox]
+setup = [
+  "date +%s%N > /home/agent/setup-marker",
+  "mkdir -p /workspace/tools && echo 'echo the tool works' > /workspace/tools/hello.sh",
+]"#,
+    )])
+    .await;
+    let built = install.run(&["snapshot", "build", "prepared"]);
+    assert!(built.status.success(), "{}", stderr(&built));
+    assert!(stdout(&built).contains("Built airlock-snapshot/prepared:1"));
+    let marker = |text: &str| text.lines().next().unwrap_or("").to_string();
+
+    let _server = Server::start(&install);
+    let first = detach(&install, "prepared", "first note");
+    wait_for("the first session", Duration::from_secs(60), || {
+        state_of(&install, &first) == "succeeded"
+    });
+    let shown = show(&install, &first);
+    let text = output_of(&shown);
+    assert!(text.contains("the tool works"), "{text}");
+    assert!(
+        notes_of(&shown)
+            .iter()
+            .any(|n| n.contains("started a sandbox from airlock-snapshot/prepared:1")),
+        "{:?}",
+        notes_of(&shown)
+    );
+    let out = run(&install, "prepared", "another");
+    assert!(out.status.success());
+    assert_eq!(
+        marker(&stdout(&out)),
+        marker(&text),
+        "setup ran again instead of starting from the snapshot"
+    );
+
+    // A follow-up resumes the first session's files.
+    let out = install.run(&["run", "--session", &first, "second note"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let notes: Vec<&str> = text.split("--\n").nth(1).unwrap().lines().collect();
+    assert_eq!(notes, ["first note", "second note"], "{text}");
+
+    let list = install.ok(&["snapshot", "list"]);
+    assert!(
+        list.contains("airlock-snapshot/prepared:1") && list.contains("session"),
+        "{list}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_pool_sandbox_is_claimed_and_refilled() {
+    let install = install_with(&[(
+        "warm",
+        "echo hello from $AIRLOCK_SESSION",
+        "[sandbox]\nwarm_pool = 1",
+    )])
+    .await;
+    let _server = Server::start(&install);
+    let ready = || {
+        install
+            .json(&["sandbox", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["role"] == "warm" && s["state"] == "ready")
+            .count()
+    };
+    wait_for("a warm sandbox", Duration::from_secs(60), || ready() == 1);
+    let id = detach(&install, "warm", "hi");
+    wait_for("the session", Duration::from_secs(30), || {
+        state_of(&install, &id) == "succeeded"
+    });
+    let shown = show(&install, &id);
+    assert!(
+        notes_of(&shown)
+            .iter()
+            .any(|n| n.starts_with("claimed a warm sandbox")),
+        "{:?}",
+        notes_of(&shown)
+    );
+    // Bound at claim time: the session's own id reached the agent's environment.
+    assert!(output_of(&shown).contains(&format!("hello from {id}")));
+    wait_for("the pool to refill", Duration::from_secs(60), || {
+        ready() == 1
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_the_server_continues_live_sessions_and_removes_what_vanished() {
+    let install = install_with(&[(
+        "ticks",
+        "for i in $(seq 1 10); do echo tick $i; sleep 1; done",
+        "",
+    )])
+    .await;
+    let mut server = Server::start(&install);
+    let keep = detach(&install, "ticks", "count");
+    let lose = detach(&install, "ticks", "count too");
+    wait_for("both sessions to tick", Duration::from_secs(60), || {
+        output_of(&show(&install, &keep)).contains("tick 2")
+            && output_of(&show(&install, &lose)).contains("tick 2")
+    });
+    server.kill_hard();
+    // While the server is down, one sandbox disappears for good.
+
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "docker rm -f $(docker ps -q --filter label=org.airlock.session={lose}) >/dev/null"
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_secs(2));
+    let server = Server::start(&install);
+
+    wait_for(
+        "the surviving session to end",
+        Duration::from_secs(60),
+        || state_of(&install, &keep) == "succeeded",
+    );
+    let text = output_of(&show(&install, &keep));
+    for i in 1..=10 {
+        assert_eq!(
+            text.matches(&format!("tick {i}\n")).count(),
+            1,
+            "tick {i} lost or repeated across the restart:\n{text}"
+        );
+    }
+    wait_for("the lost session to fail", Duration::from_secs(30), || {
+        state_of(&install, &lose) == "failed"
+    });
+    let reason = show(&install, &lose)["session"]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("vanished"), "{reason}");
+    wait_for("no container to remain", Duration::from_secs(15), || {
+        server.containers().is_empty()
+    });
+}
