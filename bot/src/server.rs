@@ -31,6 +31,16 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    let listener = tokio::net::TcpListener::bind(cfg.server.listen).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "cannot listen on {}: the address is in use; stop the other program or set server.listen (AIRLOCK_SERVER_LISTEN)",
+                cfg.server.listen
+            )
+        } else {
+            anyhow::anyhow!("cannot listen on {}: {e}", cfg.server.listen)
+        }
+    })?;
     let mut background = Vec::new();
     match airlock_core::docker::connect(&cfg.docker.host).await {
         Ok(docker) => {
@@ -71,16 +81,6 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
         }
         Err(e) => tracing::warn!("{e}; sessions cannot start until it is reachable"),
     }
-    let listener = tokio::net::TcpListener::bind(cfg.server.listen).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            anyhow::anyhow!(
-                "cannot listen on {}: the address is in use; stop the other program or set server.listen (AIRLOCK_SERVER_LISTEN)",
-                cfg.server.listen
-            )
-        } else {
-            anyhow::anyhow!("cannot listen on {}: {e}", cfg.server.listen)
-        }
-    })?;
     let local = listener.local_addr()?;
     let app = router(AppState {
         store: store.clone(),

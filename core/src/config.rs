@@ -923,6 +923,8 @@ app_credential = "gh-app"
 token_credential = "gh-pat"
 webhook_secret_credential = "gh-hook"
 bot_login = "airlock-bot"
+[sandbox]
+sandboxd = "/opt/airlock/sandboxd"
 [slack]
 api_url = "https://slack.example.com/api"
 bot_token_credential = "slack-bot"

@@ -365,3 +365,104 @@ fn rand_u32() -> u32 {
     let u = ulid::Ulid::new();
     (u.random() as u32) ^ std::process::id()
 }
+
+/// The sandbox stack in-process, without the server: a SQLite store, the Docker runtime on its
+/// own network and firewall, the sandbox endpoint, and the manager. For tests and benchmarks
+/// that talk to sandboxd directly. Cleans up its containers, images and network on drop.
+pub struct LocalStack {
+    pub dir: tempfile::TempDir,
+    pub store: airlock_core::Store,
+    pub sandboxes: std::sync::Arc<airlock_core::sandbox::Sandboxes>,
+    pub network: airlock_core::sandbox::Network,
+    pub endpoint_port: u16,
+    pub deployment: String,
+}
+
+impl LocalStack {
+    /// `gateway_port`: a host port sandboxes may also reach (given to them as their proxy).
+    pub async fn start(gateway_port: Option<u16>, ca_cert: Option<PathBuf>) -> LocalStack {
+        use airlock_core::sandbox::docker::{DockerRuntime, DockerRuntimeConfig};
+        use airlock_core::sandbox::{Hub, Runtime, SandboxSettings, Sandboxes};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (key, _) =
+            airlock_core::secrets::MasterKey::load_or_create(&dir.path().join("key")).expect("key");
+        let url = format!("sqlite://{}", dir.path().join("airlock.db").display());
+        let store = airlock_core::Store::connect(&url, 5, key)
+            .await
+            .expect("store");
+        store.migrate().await.expect("migrate");
+        let docker = airlock_core::docker::connect("unix:///var/run/docker.sock")
+            .await
+            .expect("Docker is not running");
+        let endpoint_port = free_port();
+        let n = rand_u32();
+        let deployment = store.deployment_id().await.expect("deployment");
+        let mut allowed = vec![endpoint_port];
+        allowed.extend(gateway_port);
+        let runtime = std::sync::Arc::new(DockerRuntime::new(
+            docker,
+            DockerRuntimeConfig {
+                deployment: deployment.clone(),
+                network: format!("alks{:06x}", n & 0xff_ffff),
+                subnet: format!("10.{}.{}.0/24", 100 + (n >> 8) % 150, n % 250),
+                allowed_ports: allowed,
+            },
+        ));
+        let network = runtime.prepare().await.expect("sandbox network");
+        let hub = Hub::new(store.clone());
+        let listener = tokio::net::TcpListener::bind((network.host_address, endpoint_port))
+            .await
+            .expect("endpoint");
+        let app = hub.router();
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await
+        });
+        let sandboxd = airlock_bin()
+            .parent()
+            .map(|d| d.join("sandboxd"))
+            .filter(|p| p.is_file())
+            .expect("sandboxd is not built next to airlock: cargo build --workspace --bins");
+        let runtime: std::sync::Arc<dyn Runtime> = runtime;
+        let sandboxes = std::sync::Arc::new(Sandboxes {
+            store: store.clone(),
+            runtime,
+            hub,
+            settings: SandboxSettings {
+                endpoint: format!("ws://{}:{endpoint_port}", network.host_address),
+                gateway: gateway_port.map(|p| format!("{}:{p}", network.host_address)),
+                sandboxd,
+                ca_cert,
+                base_image: airlock_core::image::base_image_ref("airlock/base"),
+                connect_timeout: std::time::Duration::from_secs(30),
+            },
+        });
+        LocalStack {
+            dir,
+            store,
+            sandboxes,
+            network,
+            endpoint_port,
+            deployment,
+        }
+    }
+}
+
+impl Drop for LocalStack {
+    fn drop(&mut self) {
+        let d = &self.deployment;
+        let net = &self.network.name;
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "docker ps -aq --filter label=org.airlock.deployment={d} | xargs -r docker rm -f >/dev/null 2>&1; \
+                 docker images -q --filter label=org.airlock.deployment={d} | xargs -r docker rmi -f >/dev/null 2>&1; \
+                 docker network rm {net} >/dev/null 2>&1; iptables -w -D INPUT -i {net} -j AIRLOCK-{net} 2>/dev/null; \
+                 iptables -w -F AIRLOCK-{net} 2>/dev/null; iptables -w -X AIRLOCK-{net} 2>/dev/null; true"
+            ))
+            .status();
+    }
+}

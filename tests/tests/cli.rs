@@ -431,7 +431,7 @@ async fn bad_configuration_gives_one_line_errors() {
         ("", &[("AIRLOCK_DATABASE_URL", "mysql://db")], "error: config key `database.url` (from AIRLOCK_DATABASE_URL): expected sqlite://PATH or postgres://USER:PASSWORD@HOST/DB"),
         ("", &[("AIRLOCK_SECRETS_MASTER_KEY", "too-short")], "error: config key `secrets.master_key` (from AIRLOCK_SECRETS_MASTER_KEY): expected 32 random bytes in base64 (e.g. `openssl rand -base64 32`)"),
         ("", &[("AIRLOCK_LISTEN", "127.0.0.1:1")], "error: config: AIRLOCK_LISTEN: is not a known setting; see docs/configuration.md for the list"),
-        ("colour = \"blue\"\n", &[], "error: config key `colour` (from airlock.toml): unknown field `colour`, expected one of `data_dir`, `server`, `database`, `secrets`, `docker`, `github`, `slack`, `discord`"),
+        ("colour = \"blue\"\n", &[], "error: config key `colour` (from airlock.toml): unknown field `colour`, expected one of `data_dir`, `server`, `database`, `secrets`, `docker`, `sandbox`, `github`, `slack`, `discord`"),
     ];
     for (file, env, want) in cases {
         let mut install = Install::new(Engine::Sqlite).await;
@@ -485,6 +485,11 @@ async fn up_serves_health_and_stops_cleanly_on_sigterm() {
         .current_dir(install.path())
         .env("AIRLOCK_DATABASE_URL", &install.database_url)
         .env("AIRLOCK_SERVER_LISTEN", format!("127.0.0.1:{port}"))
+        // This test is about the HTTP side; sandboxes are tested in sandboxes.rs.
+        .env(
+            "AIRLOCK_DOCKER_HOST",
+            format!("unix://{}/no-docker.sock", install.path().display()),
+        )
         .env("AIRLOCK_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

@@ -14,7 +14,11 @@ snapshot = true
 
 /// An installation with an admin and the given profiles (name, agent command, extra TOML).
 async fn install_with(profiles: &[(&str, &str, &str)]) -> Install {
-    let mut install = Install::new(Engine::Sqlite).await;
+    install_on(Engine::Sqlite, profiles).await
+}
+
+async fn install_on(engine: Engine, profiles: &[(&str, &str, &str)]) -> Install {
+    let mut install = Install::new(engine).await;
     Server::configure(&mut install);
     install.ok(&["migrate"]);
     install.ok(&[
@@ -320,11 +324,38 @@ setup = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_pool_sandbox_is_claimed_and_refilled() {
-    let install = install_with(&[(
-        "warm",
-        "echo hello from $AIRLOCK_SESSION",
-        "[sandbox]\nwarm_pool = 1",
-    )])
+    warm_pool(Engine::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_the_server_continues_live_sessions_and_removes_what_vanished() {
+    kill_9(Engine::Sqlite).await
+}
+
+/// The claim, lease and recovery queries on PostgreSQL.
+mod postgres {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_warm_pool_sandbox_is_claimed_and_refilled() {
+        warm_pool(Engine::Postgres).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_kill_9_the_server_continues_live_sessions_and_removes_what_vanished() {
+        kill_9(Engine::Postgres).await
+    }
+}
+
+async fn warm_pool(engine: Engine) {
+    let install = install_on(
+        engine,
+        &[(
+            "warm",
+            "echo hello from $AIRLOCK_SESSION",
+            "[sandbox]\nwarm_pool = 1",
+        )],
+    )
     .await;
     let _server = Server::start(&install);
     let ready = || {
@@ -356,13 +387,15 @@ async fn a_warm_pool_sandbox_is_claimed_and_refilled() {
     });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_kill_9_the_server_continues_live_sessions_and_removes_what_vanished() {
-    let install = install_with(&[(
-        "ticks",
-        "for i in $(seq 1 10); do echo tick $i; sleep 1; done",
-        "",
-    )])
+async fn kill_9(engine: Engine) {
+    let install = install_on(
+        engine,
+        &[(
+            "ticks",
+            "for i in $(seq 1 10); do echo tick $i; sleep 1; done",
+            "",
+        )],
+    )
     .await;
     let mut server = Server::start(&install);
     let keep = detach(&install, "ticks", "count");
