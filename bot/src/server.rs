@@ -2,6 +2,8 @@
 //! SIGINT or SIGTERM. Adapters, the gateway and the admin page are mounted here as they land.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_core::broker::Broker;
@@ -18,7 +20,9 @@ use crate::commands::Ctx;
 #[derive(Clone)]
 struct AppState {
     store: Store,
-    docker_host: String,
+    /// Whether the Docker engine answered the last check (made every 10 s in the background,
+    /// so a health probe never waits on Docker).
+    docker_ok: Arc<AtomicBool>,
 }
 
 pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
@@ -82,9 +86,26 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
         Err(e) => tracing::warn!("{e}; sessions cannot start until it is reachable"),
     }
     let local = listener.local_addr()?;
+    let docker_ok = Arc::new(AtomicBool::new(false));
+    {
+        let docker_ok = docker_ok.clone();
+        let host = cfg.docker.host.clone();
+        let stop = stopped();
+        background.push(tokio::spawn(async move {
+            tokio::pin!(stop);
+            loop {
+                let ok = airlock_core::docker::connect(&host).await.is_ok();
+                docker_ok.store(ok, Ordering::Relaxed);
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                }
+            }
+        }));
+    }
     let app = router(AppState {
         store: store.clone(),
-        docker_host: cfg.docker.host.clone(),
+        docker_ok: docker_ok.clone(),
     });
     tracing::info!(address = %local, public_url = %cfg.public_url(), database = %airlock_core::store::redact_url(&cfg.database_url()), "Airlock is up");
     axum::serve(listener, app)
@@ -127,9 +148,7 @@ fn router(state: AppState) -> Router {
 async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
     let database = tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await;
     let database_ok = matches!(database, Ok(Ok(())));
-    let docker_ok = airlock_core::docker::connect(&state.docker_host)
-        .await
-        .is_ok();
+    let docker_ok = state.docker_ok.load(Ordering::Relaxed);
     let status = if database_ok {
         StatusCode::OK
     } else {

@@ -127,9 +127,20 @@ impl Broker {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut warm = tokio::time::interval(Duration::from_secs(5));
+        let hour = Duration::from_secs(3600);
+        let mut prune = tokio::time::interval_at(tokio::time::Instant::now() + hour, hour);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = prune.tick() => {
+                    // Outdated profile snapshots, and session snapshots older than a week.
+                    match self.sandboxes.prune(2, 7 * 24 * 3600 * 1000).await {
+                        Ok(gone) if !gone.is_empty() => tracing::info!(count = gone.len(), "pruned snapshots"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("cannot prune snapshots: {e}"),
+                    }
+                    continue;
+                }
                 _ = tick.tick() => {}
                 _ = self.wake.notified() => {}
                 _ = warm.tick() => {

@@ -252,6 +252,34 @@ pub async fn run(ctx: &Ctx) -> ExitCode {
         }
     }
 
+    // What sandboxes need besides Docker: sandboxd next to airlock, and iptables for the
+    // firewall that keeps them off the host.
+    let sandboxd = cfg.sandbox.sandboxd_path();
+    checks.push(if sandboxd.is_file() {
+        check("sandboxd", Status::Ok, sandboxd.display().to_string(), None)
+    } else {
+        check(
+            "sandboxd",
+            Status::Fail,
+            format!("{} does not exist", sandboxd.display()),
+            Some("build it (`cargo build -p airlock-sandboxd`, scripts/up does) or set sandbox.sandboxd".into()),
+        )
+    });
+    checks.push(match airlock_core::image::which("iptables") {
+        Some(p) => check(
+            "firewall",
+            Status::Ok,
+            format!("iptables at {}", p.display()),
+            None,
+        ),
+        None => check(
+            "firewall",
+            Status::Fail,
+            "iptables is not installed: sandboxes cannot be kept off the host",
+            Some("apt-get install iptables (and run airlock as root or with CAP_NET_ADMIN)".into()),
+        ),
+    });
+
     // The listening port.
     let listen = cfg.server.listen;
     match TcpListener::bind(listen) {
