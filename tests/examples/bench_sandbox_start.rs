@@ -5,20 +5,16 @@
 //! The agent's command is `date +%s%N`: the moment it runs is read off the shared clock by the
 //! command itself, so neither side pays for output batching or polling.
 //!
-//!     cargo build -p airlock-sandboxd && cargo run -p airlock-tests --example bench_sandbox_start [-- N]
+//!     cargo build --workspace --bins && AIRLOCK_TEST_BIN=target/debug/airlock \
+//!       cargo run -p airlock-tests --example bench_sandbox_start [-- N]
 //!
 //! Needs root, a running Docker engine and the base image (`airlock image build`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_core::broker::Broker;
 use airlock_core::domain::{ProfileSpec, Role, SessionState, Surface};
-use airlock_core::sandbox::docker::{DockerRuntime, DockerRuntimeConfig};
-use airlock_core::sandbox::{Hub, Runtime, SandboxSettings, Sandboxes};
-use airlock_core::secrets::MasterKey;
 use airlock_core::store::{ApplyOutcome, NewSession};
-use airlock_core::Store;
 
 fn now_ns() -> i128 {
     std::time::SystemTime::now()
@@ -44,63 +40,12 @@ async fn main() -> anyhow::Result<()> {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(15);
-    let dir = tempfile::tempdir()?;
-    let (key, _) = MasterKey::load_or_create(&dir.path().join("master.key"))?;
-    let url = format!("sqlite://{}", dir.path().join("airlock.db").display());
-    let store = Store::connect(&url, 5, key).await?;
-    store.migrate().await?;
+    let stack = airlock_tests::LocalStack::start(None, None).await;
+    let store = stack.store.clone();
+    let sandboxes = stack.sandboxes.clone();
     let ada = store
         .add_human("Bench", "bench@example.com", Role::Admin)
         .await?;
-
-    let docker = airlock_core::docker::connect("unix:///var/run/docker.sock").await?;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.port()
-    };
-    let network_name = format!("alkb{}", std::process::id() % 100_000);
-    let runtime = Arc::new(DockerRuntime::new(
-        docker,
-        DockerRuntimeConfig {
-            deployment: store.deployment_id().await?,
-            network: network_name.clone(),
-            subnet: "10.251.9.0/24".into(),
-            allowed_ports: vec![port],
-        },
-    ));
-    let network = runtime.prepare().await?;
-    let hub = Hub::new(store.clone());
-    let endpoint = tokio::net::TcpListener::bind((network.host_address, port)).await?;
-    let app = hub.router();
-    tokio::spawn(async move {
-        axum::serve(
-            endpoint,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-    });
-    let exe = std::env::current_exe()?;
-    let sandboxd = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join("sandboxd"))
-        .filter(|p| p.is_file())
-        .expect("build sandboxd first: cargo build -p airlock-sandboxd");
-    let base = airlock_core::image::base_image_ref("airlock/base");
-    let runtime_dyn: Arc<dyn Runtime> = runtime.clone();
-    let sandboxes = Arc::new(Sandboxes {
-        store: store.clone(),
-        runtime: runtime_dyn,
-        hub,
-        settings: SandboxSettings {
-            endpoint: format!("ws://{}:{port}", network.host_address),
-            gateway: None,
-            sandboxd,
-            ca_cert: None,
-            base_image: base.clone(),
-            connect_timeout: Duration::from_secs(30),
-        },
-    });
 
     let mut profiles = Vec::new();
     for (name, warm) in [("cold", 0), ("warm", 1)] {
@@ -239,19 +184,6 @@ async fn main() -> anyhow::Result<()> {
     for sb in store.live_sandboxes().await? {
         sandboxes.release(&sb, "benchmark over").await;
     }
-    for inst in runtime.list().await? {
-        runtime.remove(&inst.id).await?;
-    }
-    for img in runtime.images().await? {
-        for t in img.tags {
-            runtime.remove_image(&t).await?;
-        }
-    }
-    let _ = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "docker network rm {network_name} >/dev/null; iptables -w -D INPUT -i {network_name} -j AIRLOCK-{network_name}; iptables -w -F AIRLOCK-{network_name}; iptables -w -X AIRLOCK-{network_name}"
-        ))
-        .status();
+    drop(stack);
     Ok(())
 }
