@@ -228,9 +228,16 @@ except OSError as e:
             "echo started; sleep 120",
             "[limits]\nwall_clock_secs = 10",
         ),
+        (
+            "quiet",
+            "echo started; sleep 120",
+            "[limits]\nwall_clock_secs = 600\nidle_secs = 10",
+        ),
     ])
     .await;
     let server = Server::start(&install);
+    // Runs meanwhile: a command that goes silent.
+    let quiet = detach(&install, "quiet", "say nothing");
 
     let out = run(&install, "forks", "fork");
     let text = stdout(&out);
@@ -262,6 +269,18 @@ except OSError as e:
     );
     assert!(started.elapsed() < Duration::from_secs(60));
     assert!(stdout(&out).contains("started"));
+
+    wait_for("the silent session to end", Duration::from_secs(60), || {
+        state_of(&install, &quiet) == "timed_out"
+    });
+    let reason = show(&install, &quiet)["session"]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("produced no output for 10 s") && reason.contains("limits.idle_secs"),
+        "{reason}"
+    );
     // Nothing is left running.
     wait_for("sandboxes to be removed", Duration::from_secs(10), || {
         server.containers().is_empty()
