@@ -57,14 +57,15 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
             }
             // Sandboxes are the product's wall: if the network or its firewall cannot be
             // set up, refuse to start rather than run sessions without it.
-            let (sandboxes, network) = crate::commands::sandboxes::stack(ctx, &store).await?;
+            let owner = server_id(&cfg.data_dir)?;
+            let (sandboxes, network) =
+                crate::commands::sandboxes::stack(ctx, &store, &owner).await?;
             let addr = SocketAddr::from((network.host_address, cfg.sandbox.endpoint_port));
             let endpoint = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                 anyhow::anyhow!(
                     "cannot listen for sandboxes on {addr}: {e}; set sandbox.endpoint_port"
                 )
             })?;
-            let owner = server_id(&cfg.data_dir)?;
             let broker = Broker::new(store.clone(), sandboxes.clone(), owner);
             broker
                 .recover()

@@ -80,6 +80,11 @@ impl Install {
         self.dir.path()
     }
 
+    /// The environment variables set for this installation's commands.
+    pub fn env_pairs(&self) -> Vec<(String, String)> {
+        self.env.clone()
+    }
+
     /// Runs `airlock ARGS` in the installation's directory, with `stdin` piped in.
     pub fn run_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
         let mut cmd = Command::new(airlock_bin());
@@ -438,6 +443,7 @@ impl LocalStack {
                 ca_cert,
                 base_image: airlock_core::image::base_image_ref("airlock/base"),
                 connect_timeout: std::time::Duration::from_secs(30),
+                owner: "srv_local".into(),
             },
         });
         LocalStack {

@@ -462,3 +462,46 @@ async fn kill_9(engine: Engine) {
         server.containers().is_empty()
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_starting_leaves_a_running_cli_snapshot_build_alone() {
+    let install = install_with(&[(
+        "slowsetup",
+        "cat /home/agent/done",
+        "[sandbox]\nsetup = [\"sleep 6 && echo built > /home/agent/done\"]",
+    )])
+    .await;
+    let mut build = std::process::Command::new(airlock_tests::airlock_bin());
+    build
+        .args(["snapshot", "build", "slowsetup"])
+        .current_dir(install.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("AIRLOCK_LOG", "warn");
+    for (k, v) in install.env_pairs() {
+        build.env(k, v);
+    }
+    let build = build
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Start the server while the build sandbox runs its setup.
+    wait_for("the build sandbox", Duration::from_secs(30), || {
+        install
+            .json(&["sandbox", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["role"] == "build")
+    });
+    let _server = Server::start(&install);
+    let out = build.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the build was disturbed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&install, "slowsetup", "check");
+    assert_eq!(stdout(&out).trim(), "built");
+}

@@ -17,7 +17,11 @@ use crate::cli::{RunArgs, SandboxCmd, SnapshotCmd};
 use crate::output;
 
 /// Connects to Docker, prepares the sandbox network and firewall, and builds the manager.
-pub async fn stack(ctx: &Ctx, store: &Store) -> anyhow::Result<(Arc<Sandboxes>, Network)> {
+pub async fn stack(
+    ctx: &Ctx,
+    store: &Store,
+    owner: &str,
+) -> anyhow::Result<(Arc<Sandboxes>, Network)> {
     let cfg = &ctx.config;
     let docker = airlock_core::docker::connect(&cfg.docker.host).await?;
     let deployment = store.deployment_id().await?;
@@ -50,6 +54,7 @@ pub async fn stack(ctx: &Ctx, store: &Store) -> anyhow::Result<(Arc<Sandboxes>, 
         ca_cert: ca.is_file().then(|| ca.canonicalize()).transpose()?,
         base_image: airlock_core::image::base_image_ref(&cfg.docker.base_image),
         connect_timeout: Duration::from_secs(30),
+        owner: owner.to_string(),
     };
     let runtime: Arc<dyn Runtime> = runtime;
     let sandboxes = Arc::new(Sandboxes {
@@ -207,7 +212,7 @@ pub async fn snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
                     profile.name
                 );
             }
-            let (sandboxes, _) = stack(ctx, &store).await?;
+            let (sandboxes, _) = stack(ctx, &store, "cli").await?;
             let json = ctx.json;
             let mut log = move |line: &str| {
                 if !json {
@@ -258,7 +263,7 @@ pub async fn snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
             }
         }
         SnapshotCmd::Prune { keep, session_days } => {
-            let (sandboxes, _) = stack(ctx, &store).await?;
+            let (sandboxes, _) = stack(ctx, &store, "cli").await?;
             let removed = sandboxes
                 .prune(keep as usize, session_days as i64 * 24 * 3600 * 1000)
                 .await?;

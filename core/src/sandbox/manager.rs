@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 use super::hub::Hub;
 use super::runtime::{ContainerSpec, ExecOutput, Runtime, RuntimeError};
 use super::{
-    LABEL_PROFILE, LABEL_PROFILE_VERSION, LABEL_ROLE, LABEL_SANDBOX, LABEL_SESSION, LABEL_SETUP,
-    LABEL_SNAPSHOT,
+    LABEL_PROFILE, LABEL_PROFILE_VERSION, LABEL_ROLE, LABEL_SANDBOX, LABEL_SERVER, LABEL_SESSION,
+    LABEL_SETUP, LABEL_SNAPSHOT,
 };
 use crate::domain::ProfileSpec;
 use crate::ids::now_ms;
@@ -51,6 +51,9 @@ pub struct SandboxSettings {
     pub base_image: String,
     /// How long a started sandbox may take to connect.
     pub connect_timeout: Duration,
+    /// Who creates sandboxes here: the server's id, or `cli` for `airlock snapshot build`.
+    /// Reconciliation leaves other owners' live sandboxes alone.
+    pub owner: String,
 }
 
 pub struct Sandboxes {
@@ -171,6 +174,7 @@ impl Sandboxes {
             (LABEL_PROFILE.to_string(), pv.profile_id.clone()),
             (LABEL_PROFILE_VERSION.to_string(), pv.version.to_string()),
             (LABEL_ROLE.to_string(), role.to_string()),
+            (LABEL_SERVER.to_string(), self.settings.owner.clone()),
         ])
     }
 
@@ -523,6 +527,24 @@ impl Sandboxes {
             .collect();
         for inst in &instances {
             let sandbox = inst.label(LABEL_SANDBOX).unwrap_or("");
+            // Another owner's sandbox (a snapshot build running from the CLI, say) is left
+            // alone unless the database says it is over, or it is a build older than a day.
+            if inst
+                .label(LABEL_SERVER)
+                .is_some_and(|o| o != self.settings.owner)
+                && !wanted.contains_key(sandbox)
+            {
+                let stale = match self.store.sandbox(sandbox).await {
+                    Ok(row) => {
+                        row.state == "gone"
+                            || (row.role == "build" && now_ms() - row.created_at > 24 * 3600 * 1000)
+                    }
+                    Err(_) => true,
+                };
+                if !stale {
+                    continue;
+                }
+            }
             let keep = inst.running && wanted.contains_key(sandbox);
             if !keep {
                 self.hub.forget(sandbox);
@@ -572,6 +594,9 @@ impl Sandboxes {
         }
         // Rows the runtime no longer knows.
         for sb in self.store.live_sandboxes().await? {
+            if sb.role == "build" {
+                continue; // a build in progress elsewhere records its own end
+            }
             let exists = instances
                 .iter()
                 .any(|i| i.label(LABEL_SANDBOX) == Some(sb.id.as_str()));

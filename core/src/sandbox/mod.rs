@@ -17,6 +17,8 @@ pub const LABEL_SANDBOX: &str = "org.airlock.sandbox";
 pub const LABEL_SESSION: &str = "org.airlock.session";
 pub const LABEL_PROFILE: &str = "org.airlock.profile";
 pub const LABEL_PROFILE_VERSION: &str = "org.airlock.profile-version";
+/// Who created a sandbox: a server id, or `cli`.
+pub const LABEL_SERVER: &str = "org.airlock.server";
 /// `session`, `warm` or `build`.
 pub const LABEL_ROLE: &str = "org.airlock.role";
 /// On snapshot images: `profile` or `session`.
