@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_sandboxd::proto::{
-    FromSandbox, PtySize, Stream, ToSandbox, CA_MOUNT, CONNECT_PATH, ENV_BOOTSTRAP, ENV_ENDPOINT,
-    ENV_SANDBOX, MAX_READ_BYTES, PROTOCOL_VERSION, SANDBOX_HEADER, WORKSPACE,
+    tool_env, FromSandbox, PtySize, Stream, ToSandbox, CA_MOUNT, CONNECT_PATH, ENV_BOOTSTRAP,
+    ENV_ENDPOINT, ENV_SANDBOX, MAX_READ_BYTES, PROTOCOL_VERSION, SANDBOX_HEADER, SYSTEM_BUNDLE,
+    WORKSPACE,
 };
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -26,8 +27,6 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-/// The system trust store that most tools read.
-const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Unacknowledged output kept for replay; past this, sandboxd stops reading from processes
 /// (they block on their pipes) until the server catches up.
 const OUTBOX_LIMIT: usize = 32 * 1024 * 1024;
@@ -518,41 +517,19 @@ impl Daemon {
     /// The environment of every process: a clean base, the CA and proxy variables, the
     /// session's environment, then the request's own.
     fn child_env(&self, extra: &BTreeMap<String, String>, pty: bool) -> BTreeMap<String, String> {
-        let mut env = BTreeMap::new();
+        let proxy = self.bound.as_ref().and_then(|b| b.proxy.as_deref());
+        let mut env = tool_env(proxy, Path::new(CA_MOUNT).exists());
         let (user, home) = current_user();
         let mut set = |k: &str, v: &str| {
             env.insert(k.to_string(), v.to_string());
         };
-        set(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        );
         set("HOME", &home);
         set("USER", &user);
         set("LOGNAME", &user);
-        set("LANG", "C.UTF-8");
         set("TERM", if pty { "xterm-256color" } else { "dumb" });
         set("AIRLOCK_SANDBOX", &self.sandbox);
-        for k in [
-            "SSL_CERT_FILE",
-            "REQUESTS_CA_BUNDLE",
-            "GIT_SSL_CAINFO",
-            "CURL_CA_BUNDLE",
-        ] {
-            set(k, SYSTEM_BUNDLE);
-        }
-        if Path::new(CA_MOUNT).exists() {
-            set("NODE_EXTRA_CA_CERTS", CA_MOUNT);
-        }
         if let Some(b) = &self.bound {
             set("AIRLOCK_SESSION", &b.session);
-            if let Some(proxy) = &b.proxy {
-                for k in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"] {
-                    set(k, proxy);
-                }
-                set("NO_PROXY", "localhost,127.0.0.1,::1");
-                set("no_proxy", "localhost,127.0.0.1,::1");
-            }
             for (k, v) in &b.env {
                 env.insert(k.clone(), v.clone());
             }

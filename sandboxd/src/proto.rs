@@ -183,6 +183,44 @@ impl FromSandbox {
     }
 }
 
+/// The system trust store most tools read (sandboxd adds the deployment CA to it).
+pub const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The environment every process in a sandbox starts from (sandboxd's processes and snapshot
+/// setup steps alike): a plain `PATH` and locale, the trust-store variables that tools read,
+/// the deployment CA for Node when it is mounted, and the gateway as proxy when there is one
+/// (upper and lower case: curl reads only the lower-case `http_proxy`).
+pub fn tool_env(proxy: Option<&str>, ca_mounted: bool) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    let mut set = |k: &str, v: &str| {
+        env.insert(k.to_string(), v.to_string());
+    };
+    set(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
+    set("LANG", "C.UTF-8");
+    for k in [
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "GIT_SSL_CAINFO",
+        "CURL_CA_BUNDLE",
+    ] {
+        set(k, SYSTEM_BUNDLE);
+    }
+    if ca_mounted {
+        set("NODE_EXTRA_CA_CERTS", CA_MOUNT);
+    }
+    if let Some(proxy) = proxy {
+        for k in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"] {
+            set(k, proxy);
+        }
+        set("NO_PROXY", "localhost,127.0.0.1,::1");
+        set("no_proxy", "localhost,127.0.0.1,::1");
+    }
+    env
+}
+
 /// Describes an exit for people: "exited with status 2", "was killed by signal 9 (SIGKILL)".
 pub fn describe_exit(code: Option<i32>, signal: Option<i32>, oom_killed: bool) -> String {
     if oom_killed && signal == Some(9) {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_sandboxd::proto::{ENV_BOOTSTRAP, ENV_ENDPOINT, ENV_SANDBOX};
+use airlock_sandboxd::proto::{tool_env, ENV_BOOTSTRAP, ENV_ENDPOINT, ENV_SANDBOX};
 use sha2::{Digest, Sha256};
 
 use super::hub::Hub;
@@ -251,16 +251,7 @@ impl Sandboxes {
         deadline_ms: i64,
     ) -> Result<()> {
         let ttl = (deadline_ms - now_ms()).max(60_000);
-        let proxy = match &self.settings.gateway {
-            Some(gw) => {
-                let token = self
-                    .store
-                    .issue_token(TokenKind::Egr, &sb.id, Some(&session.id), ttl)
-                    .await?;
-                Some(format!("http://airlock:{token}@{gw}"))
-            }
-            None => None,
-        };
+        let proxy = self.egress_proxy(&sb.id, Some(&session.id), ttl).await?;
         self.store
             .bind_tokens(&sb.id, &session.id, deadline_ms)
             .await?;
@@ -269,6 +260,23 @@ impl Sandboxes {
         env.insert("AIRLOCK_REPO".into(), session.repo.clone());
         self.hub.bind(&sb.id, &session.id, proxy, env)?;
         Ok(())
+    }
+
+    /// The proxy URL a sandbox uses, with a new egress token in it; `None` without a gateway.
+    async fn egress_proxy(
+        &self,
+        sandbox: &str,
+        session: Option<&str>,
+        ttl_ms: i64,
+    ) -> Result<Option<String>> {
+        let Some(gw) = &self.settings.gateway else {
+            return Ok(None);
+        };
+        let token = self
+            .store
+            .issue_token(TokenKind::Egr, sandbox, session, ttl_ms)
+            .await?;
+        Ok(Some(format!("http://airlock:{token}@{gw}")))
     }
 
     /// Saves a session's files as its session snapshot (for follow-ups).
@@ -379,32 +387,9 @@ impl Sandboxes {
         log: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Snapshot> {
         let cid = sb.container_id.clone().unwrap_or_default();
-        let mut env = BTreeMap::from([
-            ("HOME".to_string(), "/home/agent".to_string()),
-            (
-                "PATH".to_string(),
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-            ),
-            ("LANG".to_string(), "C.UTF-8".to_string()),
-        ]);
-        for k in [
-            "SSL_CERT_FILE",
-            "REQUESTS_CA_BUNDLE",
-            "GIT_SSL_CAINFO",
-            "CURL_CA_BUNDLE",
-        ] {
-            env.insert(k.into(), "/etc/ssl/certs/ca-certificates.crt".into());
-        }
-        if let Some(gw) = &self.settings.gateway {
-            let token = self
-                .store
-                .issue_token(TokenKind::Egr, &sb.id, None, 3600 * 1000)
-                .await?;
-            let proxy = format!("http://airlock:{token}@{gw}");
-            for k in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"] {
-                env.insert(k.into(), proxy.clone());
-            }
-        }
+        let proxy = self.egress_proxy(&sb.id, None, 3600 * 1000).await?;
+        let mut env = tool_env(proxy.as_deref(), self.settings.ca_cert.is_some());
+        env.insert("HOME".into(), "/home/agent".into());
         env.extend(pv.spec.env.clone());
         let steps = pv.spec.sandbox.setup.clone();
         for (i, step) in steps.iter().enumerate() {
