@@ -349,10 +349,7 @@ impl Broker {
         let mut last_output = Instant::now();
         let mut check = tokio::time::interval(Duration::from_millis(500));
         let mut flush = tokio::time::interval(COALESCE);
-        let mut pending: Vec<(Stream, Vec<u8>)> = Vec::new();
-        let mut pending_bytes = 0usize;
-        let mut pending_seq = 0u64;
-        let mut tail = String::new();
+        let mut out = Output::new(self.store.clone(), session.id.clone(), sb.id.clone());
         let mut disconnected_since: Option<Instant> = None;
         let store = &self.store;
         let sid = &session.id;
@@ -369,23 +366,17 @@ impl Broker {
                     match ev {
                         ExecEvent::Output { seq, stream: which, data } => {
                             last_output = Instant::now();
-                            pending_bytes += data.len();
-                            pending.push((which, data));
-                            pending_seq = seq;
-                            if pending_bytes >= EVENT_BYTES {
-                                flush_output(store, sid, &mut pending, &mut tail).await?;
-                                pending_bytes = 0;
-                                hub.done(&sb.id, pending_seq);
+                            if out.push(seq, which, data) >= EVENT_BYTES {
+                                out.flush(hub).await?;
                             }
                         }
                         ExecEvent::Exit { seq, code, signal, oom_killed, duration_ms } => {
-                            flush_output(store, sid, &mut pending, &mut tail).await?;
-                            hub.done(&sb.id, pending_seq);
+                            out.flush(hub).await?;
                             let what = describe_exit(code, signal, oom_killed);
                             let ok = code == Some(0);
                             store.append_event(sid, EventKind::Summary, &json!({
                                 "exit_code": code, "signal": signal, "oom_killed": oom_killed,
-                                "duration_ms": duration_ms, "text": tail,
+                                "duration_ms": duration_ms, "text": out.tail,
                             })).await?;
                             hub.done(&sb.id, seq);
                             let _ = store.set_sandbox_agent_exec(&sb.id, None).await;
@@ -396,21 +387,17 @@ impl Broker {
                             });
                         }
                         ExecEvent::Failed { seq, message } => {
-                            flush_output(store, sid, &mut pending, &mut tail).await?;
+                            out.flush(hub).await?;
                             hub.done(&sb.id, seq);
                             return Ok(Outcome { state: SessionState::Failed, reason: message, keep_snapshot: false });
                         }
                     }
                 }
                 _ = flush.tick() => {
-                    if !pending.is_empty() {
-                        flush_output(store, sid, &mut pending, &mut tail).await?;
-                        pending_bytes = 0;
-                        hub.done(&sb.id, pending_seq);
-                    }
+                    out.flush(hub).await?;
                 }
                 _ = &mut wall => {
-                    flush_output(store, sid, &mut pending, &mut tail).await?;
+                    out.flush(hub).await?;
                     let reason = stop(&format!(
                         "ran longer than the wall-clock limit of {} s and was stopped; raise limits.wall_clock_secs in profile `{}` if it needs longer",
                         limits.wall_clock_secs, profile.name
@@ -429,7 +416,7 @@ impl Broker {
                         });
                     }
                     if last_output.elapsed() > idle_limit {
-                        flush_output(store, sid, &mut pending, &mut tail).await?;
+                        out.flush(hub).await?;
                         let reason = stop(&format!(
                             "produced no output for {} s (the idle limit) and was stopped; raise limits.idle_secs in profile `{}` if it needs longer",
                             limits.idle_secs, profile.name
@@ -483,57 +470,90 @@ async fn turn_prompt(store: &Store, session: &Session) -> String {
     session.prompt.clone()
 }
 
-async fn flush_output(
-    store: &Store,
-    session: &str,
-    pending: &mut Vec<(Stream, Vec<u8>)>,
-    tail: &mut String,
-) -> anyhow::Result<()> {
-    if pending.is_empty() {
-        return Ok(());
-    }
-    // One event per run of the same stream.
-    let mut groups: Vec<(Stream, Vec<u8>)> = Vec::new();
-    for (s, d) in pending.drain(..) {
-        match groups.last_mut() {
-            Some((ls, ld)) if *ls == s => ld.extend_from_slice(&d),
-            _ => groups.push((s, d)),
+/// The agent's output not yet stored: gathered into events, and acknowledged to sandboxd once
+/// stored. Keeps the end of everything for the session's summary.
+struct Output {
+    store: Store,
+    session: String,
+    sandbox: String,
+    chunks: Vec<(Stream, Vec<u8>)>,
+    bytes: usize,
+    last_seq: u64,
+    tail: String,
+}
+
+impl Output {
+    fn new(store: Store, session: String, sandbox: String) -> Output {
+        Output {
+            store,
+            session,
+            sandbox,
+            chunks: Vec::new(),
+            bytes: 0,
+            last_seq: 0,
+            tail: String::new(),
         }
     }
-    for (s, d) in groups {
-        let text = String::from_utf8_lossy(&d).into_owned();
-        tail.push_str(&text);
-        if tail.len() > SUMMARY_TAIL {
-            let cut = tail.len() - SUMMARY_TAIL;
-            let cut = (cut..tail.len())
-                .find(|i| tail.is_char_boundary(*i))
-                .unwrap_or(tail.len());
-            tail.drain(..cut);
+
+    /// Adds a chunk; returns how many bytes wait to be stored.
+    fn push(&mut self, seq: u64, stream: Stream, data: Vec<u8>) -> usize {
+        self.bytes += data.len();
+        self.chunks.push((stream, data));
+        self.last_seq = seq;
+        self.bytes
+    }
+
+    /// Stores what waits as `command_output` events, then lets sandboxd forget it.
+    async fn flush(&mut self, hub: &crate::sandbox::Hub) -> anyhow::Result<()> {
+        if self.chunks.is_empty() {
+            return Ok(());
         }
-        let stream = match s {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-            Stream::Pty => "pty",
-        };
-        // Pieces small enough that even fully escaped JSON stays within an event's bound.
-        let mut rest = text.as_str();
-        while !rest.is_empty() {
-            let mut end = rest.len().min(32 * 1024);
-            while !rest.is_char_boundary(end) {
-                end -= 1;
+        // One event per run of the same stream.
+        let mut groups: Vec<(Stream, Vec<u8>)> = Vec::new();
+        for (s, d) in self.chunks.drain(..) {
+            match groups.last_mut() {
+                Some((ls, ld)) if *ls == s => ld.extend_from_slice(&d),
+                _ => groups.push((s, d)),
             }
-            let (piece, more) = rest.split_at(end);
-            store
-                .append_event(
-                    session,
-                    EventKind::CommandOutput,
-                    &json!({ "stream": stream, "text": piece }),
-                )
-                .await?;
-            rest = more;
         }
+        self.bytes = 0;
+        for (s, d) in groups {
+            let text = String::from_utf8_lossy(&d).into_owned();
+            let tail = &mut self.tail;
+            tail.push_str(&text);
+            if tail.len() > SUMMARY_TAIL {
+                let cut = tail.len() - SUMMARY_TAIL;
+                let cut = (cut..tail.len())
+                    .find(|i| tail.is_char_boundary(*i))
+                    .unwrap_or(tail.len());
+                tail.drain(..cut);
+            }
+            let stream = match s {
+                Stream::Stdout => "stdout",
+                Stream::Stderr => "stderr",
+                Stream::Pty => "pty",
+            };
+            // Pieces small enough that even fully escaped JSON stays within an event's bound.
+            let mut rest = text.as_str();
+            while !rest.is_empty() {
+                let mut end = rest.len().min(32 * 1024);
+                while !rest.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let (piece, more) = rest.split_at(end);
+                self.store
+                    .append_event(
+                        &self.session,
+                        EventKind::CommandOutput,
+                        &json!({ "stream": stream, "text": piece }),
+                    )
+                    .await?;
+                rest = more;
+            }
+        }
+        hub.done(&self.sandbox, self.last_seq);
+        Ok(())
     }
-    Ok(())
 }
 
 /// The process that runs a profile's agent.
