@@ -181,9 +181,10 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// A free TCP port on loopback.
+/// A TCP port free on every address (servers under test bind it on loopback or on a sandbox
+/// bridge address).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    std::net::TcpListener::bind("0.0.0.0:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
@@ -198,7 +199,6 @@ pub struct Server {
     pub subnet_prefix: String,
     pub endpoint_port: u16,
     pub gateway_port: u16,
-    env: Vec<(String, String)>,
     dir: PathBuf,
 }
 
@@ -264,7 +264,6 @@ impl Server {
             subnet_prefix: subnet.trim_end_matches(".0/24").to_string(),
             endpoint_port: get("AIRLOCK_SANDBOX_ENDPOINT_PORT").parse().unwrap(),
             gateway_port: get("AIRLOCK_SANDBOX_GATEWAY_PORT").parse().unwrap(),
-            env: install.env.clone(),
             dir: install.path().to_path_buf(),
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -330,40 +329,32 @@ impl Server {
             .expect("docker network inspect");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
-
-    #[doc(hidden)]
-    pub fn env_of(&self, key: &str) -> Option<String> {
-        self.env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill_hard();
-        let deployment = self.deployment();
-        if !deployment.is_empty() {
-            let _ = Command::new("sh")
-                .arg("-c")
-                .arg(format!(
-                    "docker ps -aq --filter label=org.airlock.deployment={deployment} | xargs -r docker rm -f >/dev/null 2>&1; \
-                     docker images -q --filter label=org.airlock.deployment={deployment} | xargs -r docker rmi -f >/dev/null 2>&1"
-                ))
-                .status();
-        }
-        let net = &self.network;
-        let chain = format!("AIRLOCK-{net}");
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "docker network rm {net} >/dev/null 2>&1; iptables -w -D INPUT -i {net} -j {chain} 2>/dev/null; \
-                 iptables -w -F {chain} 2>/dev/null; iptables -w -X {chain} 2>/dev/null; true"
-            ))
-            .status();
+        remove_deployment(&self.deployment(), &self.network);
     }
+}
+
+/// Removes what a test deployment left in Docker (containers and images by label), its
+/// network, and its firewall chain.
+fn remove_deployment(deployment: &str, network: &str) {
+    let mut script = String::new();
+    if !deployment.is_empty() {
+        let d = deployment;
+        script.push_str(&format!(
+            "docker ps -aq --filter label=org.airlock.deployment={d} | xargs -r docker rm -f >/dev/null 2>&1; \
+             docker images -q --filter label=org.airlock.deployment={d} | xargs -r docker rmi -f >/dev/null 2>&1; "
+        ));
+    }
+    let net = network;
+    script.push_str(&format!(
+        "docker network rm {net} >/dev/null 2>&1; iptables -w -D INPUT -i {net} -j AIRLOCK-{net} 2>/dev/null; \
+         iptables -w -F AIRLOCK-{net} 2>/dev/null; iptables -w -X AIRLOCK-{net} 2>/dev/null; true"
+    ));
+    let _ = Command::new("sh").arg("-c").arg(script).status();
 }
 
 fn rand_u32() -> u32 {
@@ -459,16 +450,6 @@ impl LocalStack {
 
 impl Drop for LocalStack {
     fn drop(&mut self) {
-        let d = &self.deployment;
-        let net = &self.network.name;
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "docker ps -aq --filter label=org.airlock.deployment={d} | xargs -r docker rm -f >/dev/null 2>&1; \
-                 docker images -q --filter label=org.airlock.deployment={d} | xargs -r docker rmi -f >/dev/null 2>&1; \
-                 docker network rm {net} >/dev/null 2>&1; iptables -w -D INPUT -i {net} -j AIRLOCK-{net} 2>/dev/null; \
-                 iptables -w -F AIRLOCK-{net} 2>/dev/null; iptables -w -X AIRLOCK-{net} 2>/dev/null; true"
-            ))
-            .status();
+        remove_deployment(&self.deployment, &self.network.name);
     }
 }

@@ -7,11 +7,6 @@ use std::time::{Duration, Instant};
 
 use airlock_tests::{stderr, stdout, Engine, Install, Server};
 
-const BASE_PROFILE: &str = r#"
-[sandbox]
-snapshot = true
-"#;
-
 /// An installation with an admin and the given profiles (name, agent command, extra TOML).
 async fn install_with(profiles: &[(&str, &str, &str)]) -> Install {
     install_on(Engine::Sqlite, profiles).await
@@ -34,11 +29,6 @@ async fn install_on(engine: Engine, profiles: &[(&str, &str, &str)]) -> Install 
         let text = format!(
             "name = \"{name}\"\n[agent]\nkind = \"command\"\ncommand = '''{command}'''\n{extra}\n"
         );
-        let text = if extra.contains("[sandbox]") {
-            text
-        } else {
-            format!("{text}{BASE_PROFILE}")
-        };
         let path = install.path().join(format!("{name}.toml"));
         std::fs::write(&path, text).unwrap();
         install.ok(&["profile", "apply", "-f", path.to_str().unwrap()]);
