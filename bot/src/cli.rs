@@ -33,6 +33,8 @@ pub struct Cli {
 pub enum Command {
     /// Start the server (migrates the database first)
     Up,
+    /// Run only the egress gateway (for gateway.mode = "separate")
+    Gateway,
     /// Apply pending database migrations
     Migrate,
     /// Check configuration, database, Docker, the base image, ports and integrations

@@ -66,6 +66,16 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
                     "cannot listen for sandboxes on {addr}: {e}; set sandbox.endpoint_port"
                 )
             })?;
+            if cfg.gateway.mode == airlock_core::config::GatewayMode::Embedded {
+                let (gateway, listener) = crate::commands::sandboxes::start_gateway(
+                    cfg,
+                    &store,
+                    network.host_address.into(),
+                )
+                .await?;
+                tracing::info!(address = %listener.local_addr()?, "gateway ready");
+                background.push(tokio::spawn(gateway.serve(listener, stopped())));
+            }
             let broker = Broker::new(store.clone(), sandboxes.clone(), owner);
             broker
                 .recover()
@@ -120,6 +130,22 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
     }
     store.close().await;
     tracing::info!("Airlock stopped");
+    Ok(())
+}
+
+/// `airlock gateway`: the gateway alone (with gateway.mode = "separate"), on the sandbox
+/// network's bridge address, until SIGINT or SIGTERM.
+pub async fn gateway(ctx: &Ctx) -> anyhow::Result<()> {
+    let cfg = &ctx.config;
+    let store = ctx.store(true).await?;
+    let host = airlock_core::sandbox::docker::host_address(&cfg.sandbox.subnet)
+        .context("sandbox.subnet has no host address")?;
+    airlock_gateway::ensure_ca(&store, &crate::commands::sandboxes::gateway_ca_path(cfg)).await?;
+    let (gateway, listener) =
+        crate::commands::sandboxes::start_gateway(cfg, &store, host.into()).await?;
+    tracing::info!(address = %listener.local_addr()?, "gateway ready");
+    gateway.serve(listener, shutdown_signal()).await;
+    store.close().await;
     Ok(())
 }
 

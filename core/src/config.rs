@@ -96,6 +96,26 @@ const KEYS: &[(&str, Kind, &str)] = &[
         "the path of the sandboxd binary [default: next to the airlock binary]",
     ),
     (
+        "gateway.mode",
+        Kind::Str,
+        "`embedded` (airlock up runs the gateway) or `separate` (airlock gateway runs it)",
+    ),
+    (
+        "gateway.extra_ca_file",
+        Kind::Str,
+        "a PEM file of CA certificates trusted for upstreams besides the system's",
+    ),
+    (
+        "gateway.session_token_budget",
+        Kind::Int,
+        "model tokens one session may use, 0 for no limit",
+    ),
+    (
+        "gateway.human_daily_token_budget",
+        Kind::Int,
+        "model tokens one human's sessions may use per UTC day, 0 for no limit",
+    ),
+    (
         "github.api_url",
         Kind::Str,
         "an http(s) URL, e.g. https://api.github.com",
@@ -238,6 +258,7 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub docker: DockerConfig,
     pub sandbox: SandboxConfig,
+    pub gateway: GatewayConfig,
     pub github: Option<GithubConfig>,
     pub slack: Option<SlackConfig>,
     pub discord: Option<DiscordConfig>,
@@ -252,6 +273,7 @@ impl Default for Config {
             secrets: SecretsConfig::default(),
             docker: DockerConfig::default(),
             sandbox: SandboxConfig::default(),
+            gateway: GatewayConfig::default(),
             github: None,
             slack: None,
             discord: None,
@@ -354,6 +376,37 @@ impl SandboxConfig {
                 .unwrap_or_else(|| PathBuf::from("sandboxd"))
         })
     }
+}
+
+/// The egress gateway (decision 0007). It listens on `sandbox.gateway_port` on the sandbox
+/// network's bridge address.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    pub mode: GatewayMode,
+    pub extra_ca_file: Option<PathBuf>,
+    pub session_token_budget: u64,
+    pub human_daily_token_budget: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            mode: GatewayMode::Embedded,
+            extra_ca_file: None,
+            session_token_budget: 0,
+            human_daily_token_budget: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayMode {
+    /// `airlock up` runs the gateway.
+    Embedded,
+    /// `airlock gateway` runs it, as its own process.
+    Separate,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -576,6 +629,14 @@ impl Config {
                 "sandbox.gateway_port",
                 "expected a TCP port from 1 to 65535, different from sandbox.endpoint_port".into(),
             ));
+        }
+        if let Some(path) = &self.gateway.extra_ca_file {
+            if !path.is_file() {
+                return Err((
+                    "gateway.extra_ca_file",
+                    format!("{} is not a file; expected {}", path.display(), expected("gateway.extra_ca_file").unwrap_or("")),
+                ));
+            }
         }
         if let Some(gh) = &self.github {
             if !is_http_url(&gh.api_url) {

@@ -1,10 +1,262 @@
 //! The gateway: the egress proxy that is a sandbox's only way out.
 //!
-//! It authenticates each request with the session's egress token, matches it against the
-//! session's routes, injects the route's credential at request time, scrubs that credential
-//! from responses, meters model usage, and audits every request. Everything without a route is
-//! refused. It never logs or returns a credential value, and never lets a request carrying a
-//! stored credential value leave.
+//! It authenticates each request with the session's egress token (bound to the sandbox's
+//! address), matches it against the session's routes, injects the route's credential at
+//! request time, scrubs that credential from responses, meters model usage, and audits every
+//! request. Hosts without a route are refused unless listed for passthrough. It never logs or
+//! returns a credential value, and never lets a request carrying a stored credential value
+//! leave.
 //!
-//! Status: the boundary is fixed here; the proxy arrives with issue 4. Nothing in this crate
-//! is wired into the server yet.
+//! `airlock up` runs it on the sandbox network's bridge address; `airlock gateway` runs it
+//! alone. See decision 0007.
+
+mod body;
+mod ca;
+mod context;
+mod meter;
+mod proxy;
+pub mod routes;
+mod scan;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_core::store::{NewAudit, NewUsage};
+use airlock_core::Store;
+use hyper_rustls::HttpsConnectorBuilder;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+pub use ca::Authority;
+pub use meter::{is_model_call, Meter, Usage};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("the gateway's certificate authority: {0}")]
+    Ca(String),
+    #[error("the extra CA bundle {path}: {reason}")]
+    ExtraCa { path: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] airlock_core::StoreError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl GatewayError {
+    fn ca(e: impl std::fmt::Display) -> Self {
+        GatewayError::Ca(e.to_string())
+    }
+}
+
+/// What the gateway needs beyond the store.
+#[derive(Debug, Clone, Default)]
+pub struct GatewaySettings {
+    /// PEM certificates trusted for upstreams besides the system roots (a private CA).
+    pub extra_ca_file: Option<PathBuf>,
+    /// Model tokens one session may use; 0 for no limit.
+    pub session_token_budget: u64,
+    /// Model tokens one human's sessions may use per UTC day; 0 for no limit.
+    pub human_daily_token_budget: u64,
+}
+
+type UpstreamClient =
+    Client<hyper_rustls::HttpsConnector<HttpConnector>, body::BoxBody>;
+
+pub(crate) struct Shared {
+    authority: Authority,
+    client: UpstreamClient,
+    sessions: context::Sessions,
+    secrets: context::Secrets,
+    budgets: context::Budgets,
+    audit_tx: mpsc::UnboundedSender<NewAudit>,
+    usage_tx: mpsc::UnboundedSender<NewUsage>,
+}
+
+/// The deployment CA's certificate, made on first use and written to `pem_path` (sandboxes
+/// mount it and trust it). The private key stays sealed in the database.
+pub async fn ensure_ca(store: &Store, pem_path: &Path) -> Result<String, GatewayError> {
+    let mut made = None;
+    let ca = store
+        .gateway_ca(|| {
+            let (cert, key) = Authority::generate().expect("generating a CA key cannot fail");
+            made = Some(());
+            (cert, key)
+        })
+        .await?;
+    if made.is_some() {
+        tracing::info!(path = %pem_path.display(), "made the gateway's certificate authority");
+    }
+    if std::fs::read_to_string(pem_path).ok().as_deref() != Some(ca.cert_pem.as_str()) {
+        if let Some(dir) = pem_path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        std::fs::write(pem_path, &ca.cert_pem).map_err(|source| GatewayError::Write {
+            path: pem_path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(ca.cert_pem)
+}
+
+/// A running gateway's state; [`Gateway::serve`] accepts sandboxes' connections.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    writers: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    pub async fn start(store: Store, settings: GatewaySettings) -> Result<Gateway, GatewayError> {
+        let ca = store
+            .gateway_ca(|| Authority::generate().expect("generating a CA key cannot fail"))
+            .await?;
+        let authority = Authority::load(&ca.cert_pem, &ca.key_pem)?;
+        let client = upstream_client(settings.extra_ca_file.as_deref())?;
+        let secrets = context::Secrets::new(store.clone());
+        secrets.refresh().await?;
+        let (audit_tx, audit_rx) = mpsc::unbounded_channel();
+        let (usage_tx, usage_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            authority,
+            client,
+            sessions: context::Sessions::new(store.clone()),
+            secrets,
+            budgets: context::Budgets::new(
+                store.clone(),
+                settings.session_token_budget,
+                settings.human_daily_token_budget,
+            ),
+            audit_tx,
+            usage_tx,
+        });
+        let writers = vec![
+            tokio::spawn(audit_writer(store.clone(), audit_rx)),
+            tokio::spawn(usage_writer(store.clone(), usage_rx)),
+            tokio::spawn(refresh_secrets(Arc::downgrade(&shared))),
+        ];
+        Ok(Gateway { shared, writers })
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        self.shared.authority.cert_pem()
+    }
+
+    /// Accepts connections until `shutdown`, then lets the audit and usage writers drain
+    /// (at most 5 s).
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let shared = self.shared.clone();
+                        tokio::spawn(proxy::serve_connection(shared, stream, peer.ip()));
+                    }
+                    Err(e) => {
+                        tracing::warn!("the gateway cannot accept a connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+        drop(self.shared);
+        for w in self.writers {
+            let _ = tokio::time::timeout(Duration::from_secs(5), w).await;
+        }
+    }
+}
+
+fn upstream_client(extra_ca: Option<&Path>) -> Result<UpstreamClient, GatewayError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = extra_ca {
+        use rustls_pki_types::pem::PemObject;
+        let err = |reason: String| GatewayError::ExtraCa {
+            path: path.display().to_string(),
+            reason,
+        };
+        let mut n = 0;
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| err(e.to_string()))?
+        {
+            roots
+                .add(cert.map_err(|e| err(e.to_string()))?)
+                .map_err(|e| err(e.to_string()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(err("holds no PEM certificate".into()));
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(GatewayError::ca)?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(15)));
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(https))
+}
+
+/// Writes audit records in batches, off the request path. A failed write is retried; nothing
+/// is dropped while the process lives.
+async fn audit_writer(store: Store, mut rx: mpsc::UnboundedReceiver<NewAudit>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 500).await > 0 {
+        let mut delay = Duration::from_millis(200);
+        while let Err(e) = store.audit_batch(&batch).await {
+            tracing::warn!("cannot write {} egress audit records yet: {e}", batch.len());
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+        batch.clear();
+    }
+}
+
+async fn usage_writer(store: Store, mut rx: mpsc::UnboundedReceiver<NewUsage>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 200).await > 0 {
+        let mut delay = Duration::from_millis(200);
+        while let Err(e) = store.record_usage(&batch).await {
+            tracing::warn!("cannot record model usage yet: {e}");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+        batch.clear();
+    }
+}
+
+/// Picks up credentials set, rotated or deleted while the gateway runs.
+async fn refresh_secrets(shared: std::sync::Weak<Shared>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let Some(shared) = shared.upgrade() else { return };
+        if let Err(e) = shared.secrets.refresh().await {
+            tracing::warn!("cannot reload credentials: {e}");
+        }
+    }
+}

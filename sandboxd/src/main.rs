@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_sandboxd::proto::{
-    tool_env, FromSandbox, PtySize, Stream, ToSandbox, CA_MOUNT, CONNECT_PATH, ENV_BOOTSTRAP,
+    tool_env, FromSandbox, PtySize, Stream, ToSandbox, CA_MOUNT, NODE_PROXY_PRELOAD, CONNECT_PATH, ENV_BOOTSTRAP,
     ENV_ENDPOINT, ENV_SANDBOX, MAX_READ_BYTES, PROTOCOL_VERSION, SANDBOX_HEADER, SYSTEM_BUNDLE,
     WORKSPACE,
 };
@@ -518,7 +518,11 @@ impl Daemon {
     /// session's environment, then the request's own.
     fn child_env(&self, extra: &BTreeMap<String, String>, pty: bool) -> BTreeMap<String, String> {
         let proxy = self.bound.as_ref().and_then(|b| b.proxy.as_deref());
-        let mut env = tool_env(proxy, Path::new(CA_MOUNT).exists());
+        let mut env = tool_env(
+            proxy,
+            Path::new(CA_MOUNT).exists(),
+            Path::new(NODE_PROXY_PRELOAD).exists(),
+        );
         let (user, home) = current_user();
         let mut set = |k: &str, v: &str| {
             env.insert(k.to_string(), v.to_string());

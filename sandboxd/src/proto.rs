@@ -24,6 +24,8 @@ pub const CONNECT_PATH: &str = "/sandbox/v1/connect";
 pub const SANDBOX_HEADER: &str = "x-airlock-sandbox";
 /// Where the deployment CA certificate is mounted (read-only) when there is one.
 pub const CA_MOUNT: &str = "/etc/airlock/ca.pem";
+/// The base image's preload that makes Node's `fetch` honour the proxy variables.
+pub const NODE_PROXY_PRELOAD: &str = "/usr/local/lib/airlock/node-proxy.cjs";
 /// Where the sandboxd binary is mounted (read-only).
 pub const SANDBOXD_MOUNT: &str = "/opt/airlock/sandboxd";
 /// The agent's working directory.
@@ -189,8 +191,9 @@ pub const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The environment every process in a sandbox starts from (sandboxd's processes and snapshot
 /// setup steps alike): a plain `PATH` and locale, the trust-store variables that tools read,
 /// the deployment CA for Node when it is mounted, and the gateway as proxy when there is one
-/// (upper and lower case: curl reads only the lower-case `http_proxy`).
-pub fn tool_env(proxy: Option<&str>, ca_mounted: bool) -> BTreeMap<String, String> {
+/// (upper and lower case: curl reads only the lower-case `http_proxy`). `node_preload`: the
+/// image has [`NODE_PROXY_PRELOAD`], so Node's `fetch` is pointed at the proxy too.
+pub fn tool_env(proxy: Option<&str>, ca_mounted: bool, node_preload: bool) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     let mut set = |k: &str, v: &str| {
         env.insert(k.to_string(), v.to_string());
@@ -217,6 +220,9 @@ pub fn tool_env(proxy: Option<&str>, ca_mounted: bool) -> BTreeMap<String, Strin
         }
         set("NO_PROXY", "localhost,127.0.0.1,::1");
         set("no_proxy", "localhost,127.0.0.1,::1");
+        if node_preload {
+            set("NODE_OPTIONS", &format!("--require={NODE_PROXY_PRELOAD}"));
+        }
     }
     env
 }

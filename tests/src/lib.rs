@@ -3,6 +3,8 @@
 //! set), as a person at a terminal would. Fakes of the external services join this crate as
 //! the integrations land.
 
+pub mod upstream;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -115,9 +115,8 @@ touch /etc/should-not-write 2>/dev/null && echo "etc: writable" || echo "etc: re
     .await;
     let server = Server::start(&install);
     let host = server.host_address();
-    // Listeners on the host: one on the gateway port of the bridge address (the one address a
-    // sandbox may reach: the control that shows the probe works), one on every address.
-    let gateway = std::net::TcpListener::bind((host.as_str(), server.gateway_port)).unwrap();
+    // The gateway listens on the bridge address (the one host address a sandbox may reach:
+    // the control that shows the probe works); another listener on every address.
     let other = std::net::TcpListener::bind(("0.0.0.0", 0)).unwrap();
     let host_port = other.local_addr().unwrap().port();
     let main_ip = String::from_utf8(
@@ -132,7 +131,6 @@ touch /etc/should-not-write 2>/dev/null && echo "etc: writable" || echo "etc: re
     .next()
     .unwrap_or("127.0.0.1")
     .to_string();
-    std::thread::spawn(move || for _ in gateway.incoming() {});
     std::thread::spawn(move || for _ in other.incoming() {});
 
     let peer = detach(&install, "peer", "serve");

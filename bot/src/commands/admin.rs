@@ -493,8 +493,9 @@ pub async fn session(ctx: &Ctx, cmd: SessionCmd) -> anyhow::Result<ExitCode> {
         SessionCmd::Show { id } => {
             let s = store.session(&id).await?;
             let events = store.events(&id, 0, 100_000).await?;
+            let usage = store.session_usage(&id).await?;
             if ctx.json {
-                json(&serde_json::json!({ "session": s, "events": events }))?;
+                json(&serde_json::json!({ "session": s, "model_usage": usage, "events": events }))?;
             } else {
                 let requester = store.find_human(&s.requester_id).await?;
                 println!("Session   {}", s.id);
@@ -514,6 +515,10 @@ pub async fn session(ctx: &Ctx, cmd: SessionCmd) -> anyhow::Result<ExitCode> {
                 );
                 println!("Surface   {}", s.surface);
                 println!("Profile   {} version {}", s.profile_id, s.profile_version);
+                println!(
+                    "Models    {} calls, {} input and {} output tokens",
+                    usage.calls, usage.input_tokens, usage.output_tokens
+                );
                 println!(
                     "Created   {}   started {}   finished {}",
                     rfc3339(s.created_at),

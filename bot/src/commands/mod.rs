@@ -91,6 +91,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Up => crate::server::up(&ctx).await.map(|()| ExitCode::SUCCESS),
+        Command::Gateway => crate::server::gateway(&ctx)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Migrate => migrate(&ctx).await,
         Command::Doctor => Ok(doctor::run(&ctx).await),
         Command::Human(c) => admin::human(&ctx, c).await,

@@ -43,15 +43,21 @@ pub async fn stack(
         );
     }
     let sandboxd = sandboxd.canonicalize()?;
-    let ca = cfg.data_dir.join("gateway-ca.pem");
+    // Every sandbox trusts the gateway's CA and goes out through the gateway (run by
+    // `airlock up`, or by `airlock gateway` with gateway.mode = "separate").
+    let ca = gateway_ca_path(cfg);
+    airlock_gateway::ensure_ca(store, &ca).await?;
     let settings = SandboxSettings {
         endpoint: format!(
             "ws://{}:{}",
             network.host_address, cfg.sandbox.endpoint_port
         ),
-        gateway: None,
+        gateway: Some(format!(
+            "{}:{}",
+            network.host_address, cfg.sandbox.gateway_port
+        )),
         sandboxd,
-        ca_cert: ca.is_file().then(|| ca.canonicalize()).transpose()?,
+        ca_cert: Some(ca.canonicalize()?),
         base_image: airlock_core::image::base_image_ref(&cfg.docker.base_image),
         connect_timeout: Duration::from_secs(30),
         owner: owner.to_string(),
@@ -64,6 +70,34 @@ pub async fn stack(
         settings,
     });
     Ok((sandboxes, network))
+}
+
+/// Where the gateway's CA certificate is kept for sandboxes to mount.
+pub fn gateway_ca_path(cfg: &airlock_core::Config) -> std::path::PathBuf {
+    cfg.data_dir.join("gateway-ca.pem")
+}
+
+/// The gateway's settings from the configuration.
+pub fn gateway_settings(cfg: &airlock_core::Config) -> airlock_gateway::GatewaySettings {
+    airlock_gateway::GatewaySettings {
+        extra_ca_file: cfg.gateway.extra_ca_file.clone(),
+        session_token_budget: cfg.gateway.session_token_budget,
+        human_daily_token_budget: cfg.gateway.human_daily_token_budget,
+    }
+}
+
+/// Starts the gateway on the sandbox network's bridge address.
+pub async fn start_gateway(
+    cfg: &airlock_core::Config,
+    store: &Store,
+    host_address: std::net::IpAddr,
+) -> anyhow::Result<(airlock_gateway::Gateway, tokio::net::TcpListener)> {
+    let addr = std::net::SocketAddr::from((host_address, cfg.sandbox.gateway_port));
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen for the gateway on {addr}: {e}; set sandbox.gateway_port")
+    })?;
+    let gateway = airlock_gateway::Gateway::start(store.clone(), gateway_settings(cfg)).await?;
+    Ok((gateway, listener))
 }
 
 pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {

@@ -388,7 +388,8 @@ impl Sandboxes {
     ) -> Result<Snapshot> {
         let cid = sb.container_id.clone().unwrap_or_default();
         let proxy = self.egress_proxy(&sb.id, None, 3600 * 1000).await?;
-        let mut env = tool_env(proxy.as_deref(), self.settings.ca_cert.is_some());
+        // Setup steps run through the runtime's exec, which cannot look into the image first.
+        let mut env = tool_env(proxy.as_deref(), self.settings.ca_cert.is_some(), false);
         env.insert("HOME".into(), "/home/agent".into());
         env.extend(pv.spec.env.clone());
         let steps = pv.spec.sandbox.setup.clone();

@@ -12,6 +12,7 @@
 mod audit;
 mod credentials;
 mod deliveries;
+mod gateway;
 mod humans;
 mod profiles;
 mod sandboxes;
@@ -28,6 +29,7 @@ use sqlx::{AnyPool, Executor};
 pub use audit::{AuditEntry, AuditVerdict, NewAudit, GENESIS_HASH};
 pub use credentials::CredentialInfo;
 pub use deliveries::{Delivery, NewDelivery};
+pub use gateway::{GatewayCa, NewUsage, RevealedCredential, UsageTotal};
 pub use humans::AccountRef;
 pub use profiles::{ApplyOutcome, Profile, ProfileVersion};
 pub use sandboxes::{

@@ -1,0 +1,318 @@
+//! Who is asking and what they may do: the egress token of a request resolved to its sandbox,
+//! session, human and compiled routes (cached for a few seconds, so an ended session's token
+//! stops working quickly); the stored credential values (reloaded when they change); and the
+//! model budgets.
+//!
+//! Credential values live here in memory only, for injection and the request guard. Nothing
+//! here logs one.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use airlock_core::domain::CredentialKind;
+use airlock_core::ids::now_ms;
+use airlock_core::secrets::SecretValue;
+use airlock_core::store::token_hash;
+use airlock_core::Store;
+
+use crate::routes::RouteTable;
+use crate::scan::Needles;
+
+/// How long a resolved token is trusted before the database is asked again.
+const CTX_TTL: Duration = Duration::from_secs(5);
+/// How long a refused token is remembered (so a client retrying a bad token is cheap).
+const DENY_TTL: Duration = Duration::from_secs(1);
+/// Values shorter than this are not looked for in requests: they would match by chance.
+pub const GUARD_MIN_LEN: usize = 8;
+
+/// One sandbox's standing at the gateway.
+pub struct Ctx {
+    token: String,
+    pub token_hash: String,
+    pub sandbox_id: String,
+    pub session_id: Option<String>,
+    pub human_id: Option<String>,
+    pub repo: Option<String>,
+    pub profile: String,
+    pub address: IpAddr,
+    pub expires_at: i64,
+    pub routes: RouteTable,
+}
+
+impl Ctx {
+    /// The actor named in the audit log.
+    pub fn actor(&self) -> String {
+        match &self.human_id {
+            Some(h) => format!("human:{h}"),
+            None => format!("sandbox:{}", self.sandbox_id),
+        }
+    }
+}
+
+enum Cached {
+    Valid(Instant, Arc<Ctx>),
+    Denied(Instant),
+}
+
+pub struct Sessions {
+    store: Store,
+    cache: Mutex<HashMap<String, Cached>>,
+}
+
+impl Sessions {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The context of an egress token presented from `peer`; `None` for a token that is
+    /// unknown, expired, not an egress token, or presented from another address than its
+    /// sandbox's (the caller answers 407 and says nothing about which).
+    pub async fn authorize(&self, token: &str, peer: IpAddr) -> Option<Arc<Ctx>> {
+        let hash = token_hash(token);
+        let ctx = self.lookup(&hash, token).await?;
+        (ctx.address == peer).then_some(ctx)
+    }
+
+    /// The current context of an already authorised tunnel (the session may have ended).
+    pub async fn revalidate(&self, ctx: &Ctx) -> Option<Arc<Ctx>> {
+        self.lookup(&ctx.token_hash, &ctx.token).await
+    }
+
+    async fn lookup(&self, hash: &str, token: &str) -> Option<Arc<Ctx>> {
+        {
+            let cache = self.cache.lock().expect("ctx cache");
+            match cache.get(hash) {
+                Some(Cached::Valid(at, ctx)) if at.elapsed() < CTX_TTL => {
+                    return (ctx.expires_at > now_ms()).then(|| ctx.clone());
+                }
+                Some(Cached::Denied(at)) if at.elapsed() < DENY_TTL => return None,
+                _ => {}
+            }
+        }
+        let loaded = match self.load(token, hash).await {
+            Ok(ctx) => ctx.map(Arc::new),
+            Err(e) => {
+                tracing::warn!("cannot check an egress token: {e}");
+                None
+            }
+        };
+        let mut cache = self.cache.lock().expect("ctx cache");
+        if cache.len() > 100_000 {
+            cache.clear();
+        }
+        cache.insert(
+            hash.to_string(),
+            match &loaded {
+                Some(ctx) => Cached::Valid(Instant::now(), ctx.clone()),
+                None => Cached::Denied(Instant::now()),
+            },
+        );
+        loaded
+    }
+
+    async fn load(&self, token: &str, hash: &str) -> Result<Option<Ctx>, airlock_core::StoreError> {
+        let Some(binding) = self.store.check_token(token).await? else {
+            return Ok(None);
+        };
+        if binding.kind != "egr" {
+            return Ok(None);
+        }
+        let sb = self.store.sandbox(&binding.sandbox_id).await?;
+        let Some(address) = sb
+            .address
+            .as_deref()
+            .and_then(|a| a.parse::<IpAddr>().ok())
+        else {
+            return Ok(None);
+        };
+        if sb.state == "gone" {
+            return Ok(None);
+        }
+        let pv = self
+            .store
+            .profile_version(&sb.profile_id, Some(sb.profile_version))
+            .await?;
+        let (human_id, repo) = match &binding.session_id {
+            Some(id) => {
+                let s = self.store.session(id).await?;
+                if s.state.is_terminal() {
+                    return Ok(None);
+                }
+                (Some(s.requester_id), Some(s.repo))
+            }
+            None => (None, None),
+        };
+        Ok(Some(Ctx {
+            token: token.to_string(),
+            token_hash: hash.to_string(),
+            sandbox_id: sb.id,
+            session_id: binding.session_id,
+            human_id,
+            repo,
+            profile: pv.spec.name.clone(),
+            address,
+            expires_at: binding.expires_at,
+            routes: RouteTable::compile(&pv.spec),
+        }))
+    }
+}
+
+/// The stored credentials, in clear, and the guard that looks for any of them in requests.
+pub struct SecretSet {
+    values: HashMap<String, (CredentialKind, SecretValue)>,
+    pub guard: Option<Arc<Needles>>,
+}
+
+impl SecretSet {
+    pub fn get(&self, name: &str) -> Option<&SecretValue> {
+        self.values.get(name).map(|(_, v)| v)
+    }
+}
+
+pub struct Secrets {
+    store: Store,
+    current: RwLock<Arc<SecretSet>>,
+    fingerprint: Mutex<Option<(i64, i64)>>,
+}
+
+impl Secrets {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            current: RwLock::new(Arc::new(SecretSet {
+                values: HashMap::new(),
+                guard: None,
+            })),
+            fingerprint: Mutex::new(None),
+        }
+    }
+
+    pub fn current(&self) -> Arc<SecretSet> {
+        self.current.read().expect("secrets lock").clone()
+    }
+
+    /// Reloads the values if the stored set changed since the last look.
+    pub async fn refresh(&self) -> Result<(), airlock_core::StoreError> {
+        let fp = self.store.credentials_fingerprint().await?;
+        if *self.fingerprint.lock().expect("fingerprint") == Some(fp) {
+            return Ok(());
+        }
+        let all = self.store.reveal_all_credentials().await?;
+        let guard = Needles::new(
+            all.iter()
+                .filter(|c| c.value.len() >= GUARD_MIN_LEN)
+                .map(|c| (c.value.expose().to_vec(), c.name.clone()))
+                .collect(),
+        )
+        .map(Arc::new);
+        let values = all
+            .into_iter()
+            .map(|c| (c.name, (c.kind, c.value)))
+            .collect();
+        *self.current.write().expect("secrets lock") = Arc::new(SecretSet { values, guard });
+        *self.fingerprint.lock().expect("fingerprint") = Some(fp);
+        Ok(())
+    }
+}
+
+/// Model budgets: tokens per session, and per human per UTC day (0 = no limit).
+pub struct Budgets {
+    store: Store,
+    session_max: i64,
+    human_daily_max: i64,
+    /// Tokens used, by `s:<session>` or `h:<human>:<day>`, with when they were read.
+    used: Mutex<HashMap<String, (Instant, i64)>>,
+}
+
+const DAY_MS: i64 = 86_400_000;
+/// How long a used-tokens figure is kept before re-reading it (other gateways meter too).
+const USED_TTL: Duration = Duration::from_secs(15);
+
+impl Budgets {
+    pub fn new(store: Store, session_max: u64, human_daily_max: u64) -> Self {
+        Self {
+            store,
+            session_max: session_max.min(i64::MAX as u64) as i64,
+            human_daily_max: human_daily_max.min(i64::MAX as u64) as i64,
+            used: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn keys(ctx: &Ctx) -> (Option<String>, Option<String>) {
+        let day = now_ms() / DAY_MS;
+        (
+            ctx.session_id.as_ref().map(|s| format!("s:{s}")),
+            ctx.human_id.as_ref().map(|h| format!("h:{h}:{day}")),
+        )
+    }
+
+    async fn used(&self, key: &str) -> i64 {
+        if let Some((at, n)) = self.used.lock().expect("budgets").get(key) {
+            if at.elapsed() < USED_TTL {
+                return *n;
+            }
+        }
+        let total = match key.split(':').collect::<Vec<_>>()[..] {
+            ["s", id] => self.store.session_usage(id).await,
+            ["h", id, day] => {
+                let since = day.parse::<i64>().unwrap_or(0) * DAY_MS;
+                self.store.human_usage_since(id, since).await
+            }
+            _ => return 0,
+        };
+        let n = match total {
+            Ok(t) => t.tokens(),
+            Err(e) => {
+                tracing::warn!("cannot read model usage: {e}");
+                return 0;
+            }
+        };
+        self.used
+            .lock()
+            .expect("budgets")
+            .insert(key.to_string(), (Instant::now(), n));
+        n
+    }
+
+    /// Why a model call must be refused now, in words for the agent; `None` to allow it.
+    pub async fn refusal(&self, ctx: &Ctx) -> Option<String> {
+        let (session, human) = Self::keys(ctx);
+        if let (Some(key), true) = (session, self.session_max > 0) {
+            let used = self.used(&key).await;
+            if used >= self.session_max {
+                return Some(format!(
+                    "Airlock: this session has used its model budget ({used} of {} tokens). \
+                     Further model calls are refused; an admin can raise gateway.session_token_budget.",
+                    self.session_max
+                ));
+            }
+        }
+        if let (Some(key), true) = (human, self.human_daily_max > 0) {
+            let used = self.used(&key).await;
+            if used >= self.human_daily_max {
+                return Some(format!(
+                    "Airlock: the requester's daily model budget is spent ({used} of {} tokens today). \
+                     It renews at 00:00 UTC; an admin can raise gateway.human_daily_token_budget.",
+                    self.human_daily_max
+                ));
+            }
+        }
+        None
+    }
+
+    /// Counts tokens just metered, before they reach the database.
+    pub fn add(&self, ctx: &Ctx, tokens: i64) {
+        let (session, human) = Self::keys(ctx);
+        let mut used = self.used.lock().expect("budgets");
+        for key in [session, human].into_iter().flatten() {
+            if let Some((_, n)) = used.get_mut(&key) {
+                *n += tokens;
+            }
+        }
+    }
+}
