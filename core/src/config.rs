@@ -634,7 +634,11 @@ impl Config {
             if !path.is_file() {
                 return Err((
                     "gateway.extra_ca_file",
-                    format!("{} is not a file; expected {}", path.display(), expected("gateway.extra_ca_file").unwrap_or("")),
+                    format!(
+                        "{} is not a file; expected {}",
+                        path.display(),
+                        expected("gateway.extra_ca_file").unwrap_or("")
+                    ),
                 ));
             }
         }

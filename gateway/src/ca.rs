@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use airlock_core::secrets::SecretValue;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
 };
 use rustls::ServerConfig;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -65,8 +65,13 @@ impl Authority {
     /// A new CA: its certificate (PEM) and private key (PKCS#8 PEM).
     pub fn generate() -> Result<(String, SecretValue), GatewayError> {
         let key = KeyPair::generate().map_err(GatewayError::ca)?;
-        let cert = ca_params(&key).self_signed(&key).map_err(GatewayError::ca)?;
-        Ok((cert.pem(), SecretValue::new(key.serialize_pem().into_bytes())))
+        let cert = ca_params(&key)
+            .self_signed(&key)
+            .map_err(GatewayError::ca)?;
+        Ok((
+            cert.pem(),
+            SecretValue::new(key.serialize_pem().into_bytes()),
+        ))
     }
 
     pub fn load(cert_pem: &str, key_pem: &SecretValue) -> Result<Authority, GatewayError> {
@@ -111,7 +116,8 @@ impl Authority {
     }
 
     fn mint(&self, host: &str) -> Result<ServerConfig, GatewayError> {
-        let mut params = CertificateParams::new(vec![host.to_string()]).map_err(GatewayError::ca)?;
+        let mut params =
+            CertificateParams::new(vec![host.to_string()]).map_err(GatewayError::ca)?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, host);
         params.distinguished_name = dn;
@@ -181,6 +187,9 @@ mod tests {
         let other_ca = handshake(&again, &other_pem, "api.example.test").await;
         assert!(other_ca.is_err(), "{other_ca:?}");
         let cfg = again.server_config("api.example.test").unwrap();
-        assert!(Arc::ptr_eq(&cfg, &again.server_config("api.example.test").unwrap()));
+        assert!(Arc::ptr_eq(
+            &cfg,
+            &again.server_config("api.example.test").unwrap()
+        ));
     }
 }

@@ -123,11 +123,7 @@ impl Sessions {
             return Ok(None);
         }
         let sb = self.store.sandbox(&binding.sandbox_id).await?;
-        let Some(address) = sb
-            .address
-            .as_deref()
-            .and_then(|a| a.parse::<IpAddr>().ok())
-        else {
+        let Some(address) = sb.address.as_deref().and_then(|a| a.parse::<IpAddr>().ok()) else {
             return Ok(None);
         };
         if sb.state == "gone" {

@@ -68,8 +68,7 @@ pub struct GatewaySettings {
     pub human_daily_token_budget: u64,
 }
 
-type UpstreamClient =
-    Client<hyper_rustls::HttpsConnector<HttpConnector>, body::BoxBody>;
+type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, body::BoxBody>;
 
 pub(crate) struct Shared {
     authority: Authority,
@@ -188,8 +187,8 @@ fn upstream_client(extra_ca: Option<&Path>) -> Result<UpstreamClient, GatewayErr
             reason,
         };
         let mut n = 0;
-        for cert in rustls_pki_types::CertificateDer::pem_file_iter(path)
-            .map_err(|e| err(e.to_string()))?
+        for cert in
+            rustls_pki_types::CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))?
         {
             roots
                 .add(cert.map_err(|e| err(e.to_string()))?)
@@ -254,7 +253,9 @@ async fn usage_writer(store: Store, mut rx: mpsc::UnboundedReceiver<NewUsage>) {
 async fn refresh_secrets(shared: std::sync::Weak<Shared>) {
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let Some(shared) = shared.upgrade() else { return };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
         if let Err(e) = shared.secrets.refresh().await {
             tracing::warn!("cannot reload credentials: {e}");
         }

@@ -125,7 +125,10 @@ impl Meter {
                 }
                 usage
             }
-            Meter::Sse { mut line, mut usage } => {
+            Meter::Sse {
+                mut line,
+                mut usage,
+            } => {
                 sse_line(&mut line, &mut usage);
                 usage
             }
@@ -161,7 +164,10 @@ mod tests {
     fn usage_is_read_from_each_api_shape() {
         let openai = metered(
             "application/json",
-            &[r#"{"model":"gpt-5","choices":[],"usage":{"prompt_tokens":12,"#, r#""completion_tokens":30,"total_tokens":42}}"#],
+            &[
+                r#"{"model":"gpt-5","choices":[],"usage":{"prompt_tokens":12,"#,
+                r#""completion_tokens":30,"total_tokens":42}}"#,
+            ],
         );
         assert_eq!(
             openai,
@@ -185,7 +191,11 @@ mod tests {
             &["event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"model\":\"o4\",\"usage\":{\"input_tokens\":9,\"output_tokens\":4}}}\n\n"],
         );
         assert_eq!(
-            (responses.model.as_deref(), responses.input_tokens, responses.output_tokens),
+            (
+                responses.model.as_deref(),
+                responses.input_tokens,
+                responses.output_tokens
+            ),
             (Some("o4"), 9, 4)
         );
         let anthropic = metered(

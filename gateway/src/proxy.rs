@@ -37,7 +37,11 @@ fn text(status: StatusCode, body: String) -> Answer {
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .header("x-airlock-gateway", "refused")
-        .body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed_unsync())
+        .body(
+            Full::new(Bytes::from(body))
+                .map_err(|e| match e {})
+                .boxed_unsync(),
+        )
         .expect("a valid response")
 }
 
@@ -118,7 +122,10 @@ async fn outer(shared: Arc<Shared>, peer: IpAddr, req: Request<Incoming>) -> Ans
         );
     };
     let Some((host, port)) = split_host_port(authority.as_str(), 80) else {
-        return text(StatusCode::BAD_REQUEST, "the request's host is not valid\n".into());
+        return text(
+            StatusCode::BAD_REQUEST,
+            "the request's host is not valid\n".into(),
+        );
     };
     let target = Target {
         host,
@@ -156,16 +163,18 @@ impl Target {
     }
 }
 
-async fn connect(shared: Arc<Shared>, ctx: Arc<Ctx>, req: Request<Incoming>, started: Instant) -> Answer {
+async fn connect(
+    shared: Arc<Shared>,
+    ctx: Arc<Ctx>,
+    req: Request<Incoming>,
+    started: Instant,
+) -> Answer {
     let Some((host, port)) = req
         .uri()
         .authority()
         .and_then(|a| split_host_port(a.as_str(), 443))
     else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "CONNECT needs host:port\n".into(),
-        );
+        return text(StatusCode::BAD_REQUEST, "CONNECT needs host:port\n".into());
     };
     let target = Target {
         host,
@@ -180,7 +189,10 @@ async fn connect(shared: Arc<Shared>, ctx: Arc<Ctx>, req: Request<Incoming>, sta
                 Err(e) => {
                     return text(
                         StatusCode::BAD_GATEWAY,
-                        format!("Airlock's gateway could not reach {}: {e}\n", target.authority()),
+                        format!(
+                            "Airlock's gateway could not reach {}: {e}\n",
+                            target.authority()
+                        ),
                     )
                 }
             };
@@ -215,7 +227,10 @@ async fn connect(shared: Arc<Shared>, ctx: Arc<Ctx>, req: Request<Incoming>, sta
                 Ok(cfg) => cfg,
                 Err(e) => {
                     tracing::error!("cannot mint a certificate for {}: {e}", target.host);
-                    return text(StatusCode::INTERNAL_SERVER_ERROR, "Airlock's gateway could not make a certificate for this host\n".into());
+                    return text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "Airlock's gateway could not make a certificate for this host\n".into(),
+                    );
                 }
             };
             tokio::spawn(async move {
@@ -254,7 +269,13 @@ async fn connect(shared: Arc<Shared>, ctx: Arc<Ctx>, req: Request<Incoming>, sta
     }
 }
 
-fn refuse_host(shared: &Shared, ctx: &Ctx, target: &Target, method: &Method, started: Instant) -> Answer {
+fn refuse_host(
+    shared: &Shared,
+    ctx: &Ctx,
+    target: &Target,
+    method: &Method,
+    started: Instant,
+) -> Answer {
     shared.audit(
         ctx,
         "egress.refused",
@@ -323,7 +344,10 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 /// The forms of an injected value that could come back in a response: the value itself, and
@@ -335,7 +359,13 @@ fn scrub_forms(value: &[u8], rendered: Option<&[u8]>) -> Vec<Vec<u8>> {
     }
     let escaped: Vec<u8> = value
         .iter()
-        .flat_map(|&b| if b == b'/' { vec![b'\\', b'/'] } else { vec![b] })
+        .flat_map(|&b| {
+            if b == b'/' {
+                vec![b'\\', b'/']
+            } else {
+                vec![b]
+            }
+        })
         .collect();
     forms.push(escaped);
     forms.sort();
@@ -381,7 +411,9 @@ async fn forward(
     } else {
         match ctx.routes.request(&target.host, method.as_str(), &path) {
             Ok(r) => Some(r.clone()),
-            Err(refusal) => return refuse_request(&shared, &ctx, &target, &method, &path, refusal, started),
+            Err(refusal) => {
+                return refuse_request(&shared, &ctx, &target, &method, &path, refusal, started)
+            }
         }
     };
     let model_call = route.is_some() && meter::is_model_call(method.as_str(), &path);
@@ -401,7 +433,11 @@ async fn forward(
                 .status(StatusCode::TOO_MANY_REQUESTS)
                 .header(header::CONTENT_TYPE, "application/json")
                 .header("x-airlock-gateway", "refused")
-                .body(Full::new(Bytes::from(body.to_string())).map_err(|e| match e {}).boxed_unsync())
+                .body(
+                    Full::new(Bytes::from(body.to_string()))
+                        .map_err(|e| match e {})
+                        .boxed_unsync(),
+                )
                 .expect("a valid response");
         }
     }
@@ -423,16 +459,26 @@ async fn forward(
     }
     // Where it goes.
     let upgrade = is_upgrade(req.headers());
-    let (https, authority, host_for_header, base_path) = match route.as_ref().and_then(|r| r.upstream.clone()) {
-        Some(u) => (u.https, u.authority.clone(), u.host.clone(), u.base_path),
-        None => {
-            // A credential is only ever sent over TLS: plain http to a route with one is
-            // upgraded to https.
-            let secure = target.tls || route.as_ref().is_some_and(|r| r.credential.is_some());
-            let port = if !target.tls && secure && target.port == 80 { 443 } else { target.port };
-            (secure, format_authority(&target.host, port), target.host.clone(), String::new())
-        }
-    };
+    let (https, authority, host_for_header, base_path) =
+        match route.as_ref().and_then(|r| r.upstream.clone()) {
+            Some(u) => (u.https, u.authority.clone(), u.host.clone(), u.base_path),
+            None => {
+                // A credential is only ever sent over TLS: plain http to a route with one is
+                // upgraded to https.
+                let secure = target.tls || route.as_ref().is_some_and(|r| r.credential.is_some());
+                let port = if !target.tls && secure && target.port == 80 {
+                    443
+                } else {
+                    target.port
+                };
+                (
+                    secure,
+                    format_authority(&target.host, port),
+                    target.host.clone(),
+                    String::new(),
+                )
+            }
+        };
     let default_port = if https { 443 } else { 80 };
     let host_header = match split_host_port(&authority, default_port) {
         Some((_, p)) if p == default_port => host_for_header.clone(),
@@ -445,9 +491,10 @@ async fn forward(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    parts
-        .headers
-        .insert(header::HOST, HeaderValue::from_str(&host_header).unwrap_or(HeaderValue::from_static("invalid")));
+    parts.headers.insert(
+        header::HOST,
+        HeaderValue::from_str(&host_header).unwrap_or(HeaderValue::from_static("invalid")),
+    );
     // Injection: the header (or parameter) is always overwritten, so placeholder keys work.
     let mut scrub: Option<Arc<Needles>> = None;
     let credential = route.as_ref().and_then(|r| r.credential.clone());
@@ -465,12 +512,21 @@ async fn forward(
         let raw = String::from_utf8_lossy(value.expose()).trim().to_string();
         let rendered: Option<Vec<u8>> = match &route.inject {
             Some(Inject::Bearer) => {
-                set_header(&mut parts.headers, header::AUTHORIZATION, &format!("Bearer {raw}"));
+                set_header(
+                    &mut parts.headers,
+                    header::AUTHORIZATION,
+                    &format!("Bearer {raw}"),
+                );
                 None
             }
             Some(Inject::Basic { username }) => {
-                let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{raw}"));
-                set_header(&mut parts.headers, header::AUTHORIZATION, &format!("Basic {b64}"));
+                let b64 =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{username}:{raw}"));
+                set_header(
+                    &mut parts.headers,
+                    header::AUTHORIZATION,
+                    &format!("Basic {b64}"),
+                );
                 Some(b64.into_bytes())
             }
             Some(Inject::Header { name: h, prefix }) => {
@@ -487,9 +543,10 @@ async fn forward(
             None => None,
         };
         // Scrubbing needs the plain body: ask the upstream not to compress it.
-        parts
-            .headers
-            .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        parts.headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
         scrub = Needles::new(
             scrub_forms(raw.as_bytes(), rendered.as_deref())
                 .into_iter()
@@ -498,10 +555,16 @@ async fn forward(
         )
         .map(Arc::new);
     }
-    let uri: Uri = match format!("{}://{authority}{pq}", if https { "https" } else { "http" }).parse() {
-        Ok(u) => u,
-        Err(_) => return text(StatusCode::BAD_REQUEST, "the request's URL is not valid\n".into()),
-    };
+    let uri: Uri =
+        match format!("{}://{authority}{pq}", if https { "https" } else { "http" }).parse() {
+            Ok(u) => u,
+            Err(_) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "the request's URL is not valid\n".into(),
+                )
+            }
+        };
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     let bytes_up = Arc::new(AtomicU64::new(0));
@@ -518,7 +581,6 @@ async fn forward(
             if let Some(name) = tripped.lock().expect("guard flag").clone() {
                 return blocked(&shared, &ctx, &target, &method, &path, &name, started);
             }
-            let status = if e.is_connect() { StatusCode::BAD_GATEWAY } else { StatusCode::BAD_GATEWAY };
             shared.audit(
                 &ctx,
                 "egress.request",
@@ -531,8 +593,11 @@ async fn forward(
                 }),
             );
             return text(
-                status,
-                format!("Airlock's gateway could not reach {authority}: {}\n", error_chain(&e)),
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "Airlock's gateway could not reach {authority}: {}\n",
+                    error_chain(&e)
+                ),
             );
         }
     };
@@ -546,9 +611,10 @@ async fn forward(
                 let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) else {
                     return;
                 };
-                let (up, down) = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u))
-                    .await
-                    .unwrap_or((0, 0));
+                let (up, down) =
+                    tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u))
+                        .await
+                        .unwrap_or((0, 0));
                 shared2.audit(
                     &ctx2,
                     "egress.request",
@@ -569,7 +635,8 @@ async fn forward(
         Some(needles) => {
             for value in parts.headers.values_mut() {
                 if let Some(clean) = needles.redact(value.as_bytes()) {
-                    *value = HeaderValue::from_bytes(&clean).unwrap_or(HeaderValue::from_static("[REDACTED]"));
+                    *value = HeaderValue::from_bytes(&clean)
+                        .unwrap_or(HeaderValue::from_static("[REDACTED]"));
                 }
             }
             // Scrubbing may change the length.
@@ -777,7 +844,8 @@ impl Shared {
     }
 
     pub(crate) fn meter(&self, ctx: &Ctx, host: &str, usage: meter::Usage) {
-        self.budgets.add(ctx, usage.input_tokens + usage.output_tokens);
+        self.budgets
+            .add(ctx, usage.input_tokens + usage.output_tokens);
         let _ = self.usage_tx.send(airlock_core::store::NewUsage {
             session_id: ctx.session_id.clone(),
             human_id: ctx.human_id.clone(),
@@ -798,8 +866,14 @@ mod tests {
     fn the_egress_token_is_read_from_each_proxy_authorization_form() {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let cases = [
-            (format!("Basic {}", b64("airlock:alk_egr_abc")), Some("alk_egr_abc")),
-            (format!("basic {}", b64("alk_egr_abc:")), Some("alk_egr_abc")),
+            (
+                format!("Basic {}", b64("airlock:alk_egr_abc")),
+                Some("alk_egr_abc"),
+            ),
+            (
+                format!("basic {}", b64("alk_egr_abc:")),
+                Some("alk_egr_abc"),
+            ),
             (format!("Basic {}", b64("alk_egr_abc")), Some("alk_egr_abc")),
             ("Bearer alk_egr_xyz".to_string(), Some("alk_egr_xyz")),
             ("Bearer alk_sbx_xyz".to_string(), None),
@@ -809,7 +883,10 @@ mod tests {
         ];
         for (value, want) in cases {
             let mut h = HeaderMap::new();
-            h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_str(&value).unwrap());
+            h.insert(
+                header::PROXY_AUTHORIZATION,
+                HeaderValue::from_str(&value).unwrap(),
+            );
             assert_eq!(proxy_token(&h).as_deref(), want, "{value}");
         }
         assert_eq!(proxy_token(&HeaderMap::new()), None);
@@ -818,16 +895,25 @@ mod tests {
     #[test]
     fn query_injection_replaces_what_the_sandbox_sent() {
         assert_eq!(set_query("/v1/x", "key", "K"), "/v1/x?key=K");
-        assert_eq!(set_query("/v1/x?a=1&key=fake&b=2", "key", "K%2B"), "/v1/x?a=1&b=2&key=K%2B");
+        assert_eq!(
+            set_query("/v1/x?a=1&key=fake&b=2", "key", "K%2B"),
+            "/v1/x?a=1&b=2&key=K%2B"
+        );
         assert_eq!(percent_encode("a+b/c d"), "a%2Bb%2Fc%20d");
     }
 
     #[test]
     fn hop_by_hop_headers_and_the_proxy_credentials_never_go_upstream() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
         h.insert("x-private", HeaderValue::from_static("1"));
-        h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic abc"),
+        );
         h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);

@@ -134,8 +134,12 @@ pub enum HostDecision {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     Host,
-    Method { allowed: Vec<String> },
-    Path { prefixes: Vec<String> },
+    Method {
+        allowed: Vec<String>,
+    },
+    Path {
+        prefixes: Vec<String>,
+    },
     /// The path has dot segments or encoded separators, which upstreams would resolve to
     /// another path than the one checked.
     AmbiguousPath,
@@ -284,7 +288,11 @@ mod tests {
                 route("api.github.com", "/repos/acme", &[]),
                 route("api.github.com", "/", &["GET"]),
             ],
-            &["pypi.org".into(), "*.crates.io".into(), "api.openai.com".into()],
+            &[
+                "pypi.org".into(),
+                "*.crates.io".into(),
+                "api.openai.com".into(),
+            ],
         )
     }
 
@@ -361,7 +369,10 @@ mod tests {
         let u = Upstream::parse("http://127.0.0.1:8000").unwrap();
         assert_eq!((u.https, u.authority.as_str()), (false, "127.0.0.1:8000"));
         let u = Upstream::parse("https://[::1]:9443/").unwrap();
-        assert_eq!((u.host.as_str(), u.authority.as_str()), ("::1", "[::1]:9443"));
+        assert_eq!(
+            (u.host.as_str(), u.authority.as_str()),
+            ("::1", "[::1]:9443")
+        );
         assert!(Upstream::parse("ftp://x").is_none());
         assert!(Upstream::parse("https://user@x").is_none());
     }

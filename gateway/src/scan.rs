@@ -24,8 +24,10 @@ pub struct Needles {
 impl Needles {
     /// `None` when there is nothing to look for.
     pub fn new(patterns: Vec<(Vec<u8>, String)>) -> Option<Needles> {
-        let patterns: Vec<(Vec<u8>, String)> =
-            patterns.into_iter().filter(|(p, _)| !p.is_empty()).collect();
+        let patterns: Vec<(Vec<u8>, String)> = patterns
+            .into_iter()
+            .filter(|(p, _)| !p.is_empty())
+            .collect();
         if patterns.is_empty() {
             return None;
         }
@@ -150,13 +152,15 @@ mod tests {
     use proptest::prelude::*;
 
     fn needles(values: &[&str]) -> Arc<Needles> {
-        Arc::new(Needles::new(
-            values
-                .iter()
-                .map(|v| (v.as_bytes().to_vec(), format!("cred:{v}")))
-                .collect(),
+        Arc::new(
+            Needles::new(
+                values
+                    .iter()
+                    .map(|v| (v.as_bytes().to_vec(), format!("cred:{v}")))
+                    .collect(),
+            )
+            .unwrap(),
         )
-        .unwrap())
     }
 
     fn scrub_all(n: &Arc<Needles>, chunks: &[&[u8]]) -> (Vec<u8>, Vec<usize>) {
@@ -206,7 +210,10 @@ mod tests {
     fn the_guard_finds_a_value_across_chunks_before_its_last_byte_passes() {
         let n = needles(&["ghp_abcdef123456"]);
         let mut s = StreamScan::new(n.clone());
-        assert_eq!(s.check(b"token=ghp_abc"), Scanned::Pass(Bytes::from_static(b"token=")));
+        assert_eq!(
+            s.check(b"token=ghp_abc"),
+            Scanned::Pass(Bytes::from_static(b"token="))
+        );
         assert_eq!(
             s.check(b"def123456&x=1"),
             Scanned::Found("cred:ghp_abcdef123456".into())

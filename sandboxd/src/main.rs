@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_sandboxd::proto::{
-    tool_env, FromSandbox, PtySize, Stream, ToSandbox, CA_MOUNT, NODE_PROXY_PRELOAD, CONNECT_PATH, ENV_BOOTSTRAP,
-    ENV_ENDPOINT, ENV_SANDBOX, MAX_READ_BYTES, PROTOCOL_VERSION, SANDBOX_HEADER, SYSTEM_BUNDLE,
-    WORKSPACE,
+    tool_env, FromSandbox, PtySize, Stream, ToSandbox, CA_MOUNT, CONNECT_PATH, ENV_BOOTSTRAP,
+    ENV_ENDPOINT, ENV_SANDBOX, MAX_READ_BYTES, NODE_PROXY_PRELOAD, PROTOCOL_VERSION,
+    SANDBOX_HEADER, SYSTEM_BUNDLE, WORKSPACE,
 };
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;

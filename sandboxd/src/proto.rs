@@ -193,7 +193,11 @@ pub const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// the deployment CA for Node when it is mounted, and the gateway as proxy when there is one
 /// (upper and lower case: curl reads only the lower-case `http_proxy`). `node_preload`: the
 /// image has [`NODE_PROXY_PRELOAD`], so Node's `fetch` is pointed at the proxy too.
-pub fn tool_env(proxy: Option<&str>, ca_mounted: bool, node_preload: bool) -> BTreeMap<String, String> {
+pub fn tool_env(
+    proxy: Option<&str>,
+    ca_mounted: bool,
+    node_preload: bool,
+) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     let mut set = |k: &str, v: &str| {
         env.insert(k.to_string(), v.to_string());

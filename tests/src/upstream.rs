@@ -81,7 +81,8 @@ impl Upstream {
             bearer: format!("Bearer {bearer}"),
             git_basic: format!(
                 "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{git_token}"))
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("x-access-token:{git_token}"))
             ),
             git_root: git_root.clone(),
             ack: Arc::new(Notify::new()),
@@ -144,14 +145,27 @@ impl Upstream {
                 .env("GIT_COMMITTER_EMAIL", "seed@example.com")
                 .output()
                 .expect("git");
-            assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
         std::fs::create_dir_all(&work).unwrap();
         run(&work, &["init", "-q", "-b", "main"]);
         std::fs::write(work.join("README.md"), "seed\n").unwrap();
         run(&work, &["add", "."]);
         run(&work, &["commit", "-q", "-m", "seed"]);
-        run(&self.git_root, &["clone", "-q", "--bare", work.to_str().unwrap(), bare.to_str().unwrap()]);
+        run(
+            &self.git_root,
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                work.to_str().unwrap(),
+                bare.to_str().unwrap(),
+            ],
+        );
         run(&bare, &["config", "http.receivepack", "true"]);
         bare
     }
@@ -179,7 +193,9 @@ async fn echo(State(s): State<Shared>, req: Request) -> Response {
         return unauthorized("API key");
     }
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 16 * 1024 * 1024).await.unwrap_or_default();
+    let body = axum::body::to_bytes(body, 16 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
     let headers: serde_json::Map<String, serde_json::Value> = parts
         .headers
         .iter()
@@ -216,7 +232,10 @@ async fn sse(State(s): State<Shared>, headers: HeaderMap) -> Response {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
     });
     (
-        [("content-type", "text/event-stream"), ("cache-control", "no-cache")],
+        [
+            ("content-type", "text/event-stream"),
+            ("cache-control", "no-cache"),
+        ],
         Body::from_stream(stream),
     )
         .into_response()
@@ -252,7 +271,9 @@ async fn git(State(s): State<Shared>, req: Request) -> Response {
         return unauthorized("git credentials");
     }
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 256 * 1024 * 1024).await.unwrap_or_default();
+    let body = axum::body::to_bytes(body, 256 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
     let header = |name: &str| {
         parts
             .headers
@@ -286,7 +307,10 @@ async fn git(State(s): State<Shared>, req: Request) -> Response {
         use tokio::io::AsyncWriteExt;
         let _ = stdin.write_all(&body).await;
     });
-    let out = child.wait_with_output().await.expect("git http-backend output");
+    let out = child
+        .wait_with_output()
+        .await
+        .expect("git http-backend output");
     let _ = writer.await;
     let raw = out.stdout;
     let split = raw
@@ -303,16 +327,20 @@ async fn git(State(s): State<Shared>, req: Request) -> Response {
     };
     let mut response = Response::builder().status(StatusCode::OK);
     for line in String::from_utf8_lossy(&raw[..at]).lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         let v = v.trim();
         if k.eq_ignore_ascii_case("status") {
-            let code = v.split(' ').next().and_then(|c| c.parse().ok()).unwrap_or(500);
+            let code = v
+                .split(' ')
+                .next()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(500);
             response = response.status(code);
         } else {
             response = response.header(k.trim(), v);
         }
     }
-    response
-        .body(Body::from(raw[at + sep..].to_vec()))
-        .unwrap()
+    response.body(Body::from(raw[at + sep..].to_vec())).unwrap()
 }

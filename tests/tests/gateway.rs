@@ -93,14 +93,23 @@ async fn sandboxed_clients_reach_upstreams_only_through_the_gateway_and_never_se
         .env("AIRLOCK_GATEWAY_SESSION_TOKEN_BUDGET", "30");
     install.ok(&["migrate"]);
     install.ok(&[
-        "human", "add", "--name", "Ada Lovelace", "--email", "ada@example.com", "--admin",
+        "human",
+        "add",
+        "--name",
+        "Ada Lovelace",
+        "--email",
+        "ada@example.com",
+        "--admin",
     ]);
     for (name, kind, value) in [
         ("model-key", "api-key", &model_key),
         ("git-token", "github-token", &git_token),
         ("leaked", "generic", &leaked),
     ] {
-        let out = install.run_with_stdin(&["credential", "set", name, "--kind", kind], value.as_bytes());
+        let out = install.run_with_stdin(
+            &["credential", "set", name, "--kind", kind],
+            value.as_bytes(),
+        );
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let up = upstream.url();
@@ -144,7 +153,14 @@ upstream = "{up}"
     let run_install = std::sync::Arc::new(install);
     let i2 = run_install.clone();
     let out = tokio::task::spawn_blocking(move || {
-        i2.run(&["run", "--repo", "acme/web", "--profile", "gw", "exercise the gateway"])
+        i2.run(&[
+            "run",
+            "--repo",
+            "acme/web",
+            "--profile",
+            "gw",
+            "exercise the gateway",
+        ])
     })
     .await
     .unwrap();
@@ -155,17 +171,32 @@ upstream = "{up}"
     // Each client reached the upstream (which answers 401 without the credential), with the
     // credential injected over the placeholder, and saw it only as [REDACTED].
     let curl = line(&text, "curl: ");
-    assert!(curl.contains(r#""authorization":"Bearer [REDACTED]""#), "{curl}");
+    assert!(
+        curl.contains(r#""authorization":"Bearer [REDACTED]""#),
+        "{curl}"
+    );
     assert!(curl.contains("hello from curl"), "{curl}");
-    assert!(!curl.contains("placeholder"), "the placeholder was replaced: {curl}");
+    assert!(
+        !curl.contains("placeholder"),
+        "the placeholder was replaced: {curl}"
+    );
     assert_eq!(line(&text, "python: "), "python: 200 Bearer [REDACTED]");
     assert_eq!(line(&text, "node: "), "node: 200 Bearer [REDACTED]");
     assert_eq!(line(&text, "git: "), "git: pushed");
     let log = Command::new("git")
-        .args(["--git-dir", bare.to_str().unwrap(), "log", "--format=%s", "main"])
+        .args([
+            "--git-dir",
+            bare.to_str().unwrap(),
+            "log",
+            "--format=%s",
+            "main",
+        ])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&log.stdout), "from the sandbox\nseed\n");
+    assert_eq!(
+        String::from_utf8_lossy(&log.stdout),
+        "from the sandbox\nseed\n"
+    );
 
     // The stream arrived event by event: the upstream sent its second event only after the
     // client, having read the first, acknowledged it.
@@ -183,19 +214,35 @@ upstream = "{up}"
     assert_eq!(line(&text, "bad-token="), "bad-token=407");
     assert_eq!(line(&text, "readonly-get="), "readonly-get=200");
     let post = line(&text, "readonly-post: ");
-    assert!(post.contains("POST is not allowed on readonly.example.test/echo; the route allows GET.") && post.ends_with("status=403"), "{post}");
+    assert!(
+        post.contains("POST is not allowed on readonly.example.test/echo; the route allows GET.")
+            && post.ends_with("status=403"),
+        "{post}"
+    );
     let other = line(&text, "readonly-path: ");
-    assert!(other.contains("/other on readonly.example.test is outside the allowed paths (/echo).") && other.ends_with("status=403"), "{other}");
+    assert!(
+        other.contains("/other on readonly.example.test is outside the allowed paths (/echo).")
+            && other.ends_with("status=403"),
+        "{other}"
+    );
 
     // Metering and the session budget (30 tokens): the first call used 33, the second is refused.
     assert_eq!(line(&text, "chat1: "), "chat1: status=200");
     let chat2 = line(&text, "chat2: ");
-    assert!(chat2.contains("this session has used its model budget (33 of 30 tokens)") && chat2.ends_with("status=429"), "{chat2}");
+    assert!(
+        chat2.contains("this session has used its model budget (33 of 30 tokens)")
+            && chat2.ends_with("status=429"),
+        "{chat2}"
+    );
 
     // The request guard: a stored credential's value never leaves, in a header or a body.
     for tag in ["guard-header: ", "guard-body: "] {
         let l = line(&text, tag);
-        assert!(l.contains("carries the value of the stored credential `leaked`") && l.ends_with("status=403"), "{l}");
+        assert!(
+            l.contains("carries the value of the stored credential `leaked`")
+                && l.ends_with("status=403"),
+            "{l}"
+        );
     }
     // Passthrough: tunnelled untouched, so the client verified the upstream's own certificate.
     assert_eq!(line(&text, "passthrough: "), "passthrough: public ok");
@@ -207,24 +254,43 @@ upstream = "{up}"
         base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{git_token}")),
     ];
     for s in &secrets {
-        assert!(!text.contains(s.as_str()), "the agent's output holds a credential");
+        assert!(
+            !text.contains(s.as_str()),
+            "the agent's output holds a credential"
+        );
     }
     let audit = install.ok(&["audit", "export"]);
     for s in &secrets {
-        assert!(!audit.contains(s.as_str()), "the audit log holds a credential");
+        assert!(
+            !audit.contains(s.as_str()),
+            "the audit log holds a credential"
+        );
     }
-    assert!(!audit.contains(&leaked), "the audit log holds the blocked value");
+    assert!(
+        !audit.contains(&leaked),
+        "the audit log holds the blocked value"
+    );
     let egress: Vec<serde_json::Value> = audit
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["action"].as_str().is_some_and(|a| a.starts_with("egress.")))
+        .filter(|e| {
+            e["action"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("egress."))
+        })
         .collect();
     let has = |action: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
-        egress.iter().any(|e| e["action"] == action && f(&e["detail"]))
+        egress
+            .iter()
+            .any(|e| e["action"] == action && f(&e["detail"]))
     };
-    assert!(has("egress.request", &|d| d["credential"] == "model-key" && d["status"] == 200 && d["human"].is_string()));
-    assert!(has("egress.request", &|d| d["credential"] == "git-token" && d["path"] == "/repo.git/git-receive-pack"));
-    assert!(has("egress.request", &|d| d["input_tokens"] == 11 && d["output_tokens"] == 22));
+    assert!(has("egress.request", &|d| d["credential"] == "model-key"
+        && d["status"] == 200
+        && d["human"].is_string()));
+    assert!(has("egress.request", &|d| d["credential"] == "git-token"
+        && d["path"] == "/repo.git/git-receive-pack"));
+    assert!(has("egress.request", &|d| d["input_tokens"] == 11
+        && d["output_tokens"] == 22));
     assert!(has("egress.refused", &|d| d["decision"] == "no_route"));
     assert!(has("egress.refused", &|d| d["decision"] == "budget"));
     assert!(has("egress.blocked", &|d| d["credential"] == "leaked"));
@@ -253,11 +319,22 @@ upstream = "{up}"
         .output()
         .unwrap();
     let scanned = String::from_utf8_lossy(&scan.stdout);
-    assert!(scan.status.success(), "{scanned}{}", String::from_utf8_lossy(&scan.stderr));
+    assert!(
+        scan.status.success(),
+        "{scanned}{}",
+        String::from_utf8_lossy(&scan.stderr)
+    );
     let mut lines = scanned.lines();
     let proxies: u32 = lines.next().unwrap().parse().unwrap();
-    assert!(proxies >= 1, "the environ dump has the proxy settings (so it is not empty)");
-    assert_eq!(lines.next(), Some("hits=0"), "a file in the sandbox holds a credential");
+    assert!(
+        proxies >= 1,
+        "the environ dump has the proxy settings (so it is not empty)"
+    );
+    assert_eq!(
+        lines.next(),
+        Some("hits=0"),
+        "a file in the sandbox holds a credential"
+    );
     wait_gone(&install);
 }
 

@@ -126,9 +126,10 @@ impl Store {
     /// A fingerprint of the credential set (count and newest change): when it changes, the
     /// gateway reloads the values.
     pub async fn credentials_fingerprint(&self) -> Result<(i64, i64)> {
-        let row = sqlx::query("SELECT COUNT(*) AS n, COALESCE(MAX(updated_at), 0) AS t FROM credentials")
-            .fetch_one(self.pool())
-            .await?;
+        let row =
+            sqlx::query("SELECT COUNT(*) AS n, COALESCE(MAX(updated_at), 0) AS t FROM credentials")
+                .fetch_one(self.pool())
+                .await?;
         Ok((row.try_get("n")?, row.try_get("t")?))
     }
 
