@@ -89,6 +89,8 @@ impl Upstream {
         };
         let app = Router::new()
             .route("/public", get(|| async { "public ok\n" }))
+            .route("/small", get(small))
+            .route("/blob", get(blob))
             .route("/echo", any(echo))
             .route("/echo/{*rest}", any(echo))
             .route("/sse", get(sse))
@@ -247,6 +249,37 @@ async fn sse_ack(State(s): State<Shared>, headers: HeaderMap) -> Response {
     }
     s.ack.notify_one();
     "ack\n".into_response()
+}
+
+/// A tiny authenticated answer (benchmarks).
+async fn small(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    if !authorized(&headers, &s.bearer) {
+        return unauthorized("API key");
+    }
+    "ok".into_response()
+}
+
+/// `?size=N` bytes, streamed in 64 KiB chunks (benchmarks).
+async fn blob(State(s): State<Shared>, req: Request) -> Response {
+    if !authorized(req.headers(), &s.bearer) {
+        return unauthorized("API key");
+    }
+    let size: usize = req
+        .uri()
+        .query()
+        .and_then(|q| q.strip_prefix("size="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let chunk = Bytes::from(vec![b'a'; 64 * 1024]);
+    let chunks = (0..size.div_ceil(chunk.len())).map(move |i| {
+        let n = chunk.len().min(size - i * chunk.len());
+        Ok::<_, Infallible>(chunk.slice(..n))
+    });
+    (
+        [("content-type", "application/octet-stream")],
+        Body::from_stream(futures_util::stream::iter(chunks)),
+    )
+        .into_response()
 }
 
 /// An OpenAI-style chat completion that reports 11 input and 22 output tokens.

@@ -28,6 +28,8 @@ print("python:", r.status, json.loads(r.read())["headers"]["authorization"])
 PY
 node -e 'fetch("https://api.model.test/echo").then(async r => console.log("node:", r.status, JSON.parse(await r.text()).headers.authorization)).catch(e => { console.log("node: failed", String(e.cause || e)); })'
 
+echo "http2=$(curl -s --http2 -o /dev/null -w '%{http_version} %{http_code}' https://api.model.test/echo)"
+
 git clone -q https://git.example.test/repo.git "$HOME/repo" && cd "$HOME/repo" \
   && echo "changed in the sandbox" > CHANGE.md && git add CHANGE.md \
   && git -c user.name=Agent -c user.email=agent@example.com commit -qm "from the sandbox" \
@@ -182,6 +184,7 @@ upstream = "{up}"
     );
     assert_eq!(line(&text, "python: "), "python: 200 Bearer [REDACTED]");
     assert_eq!(line(&text, "node: "), "node: 200 Bearer [REDACTED]");
+    assert_eq!(line(&text, "http2="), "http2=2 200", "HTTP/2 towards the client (ALPN)");
     assert_eq!(line(&text, "git: "), "git: pushed");
     let log = Command::new("git")
         .args([
@@ -305,7 +308,22 @@ upstream = "{up}"
 
     // No file of the sandbox (its kept session snapshot, including the dumps of `env` and
     // every /proc/*/environ the agent made) holds a credential value.
-    let image = format!("airlock-snapshot/gw:session-{}", id.replace('_', "-"));
+    // The session's files are kept as an image just after it ends.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let image = loop {
+        let shown = install.json(&["session", "show", id]);
+        let kept = shown["events"].as_array().unwrap().iter().find_map(|e| {
+            e["payload"]["text"]
+                .as_str()
+                .and_then(|t| t.strip_prefix("kept the session's files as "))
+                .map(str::to_string)
+        });
+        if let Some(image) = kept {
+            break image;
+        }
+        assert!(Instant::now() < deadline, "no session snapshot was kept");
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let patterns = install.path().join("patterns.txt");
     std::fs::write(&patterns, secrets.join("\n")).unwrap();
     let scan = Command::new("sh")

@@ -1,0 +1,267 @@
+//! Benchmark (not a test): the gateway's cost, next to the same requests sent directly to the
+//! upstream and through mitmproxy doing the same header injection, all in one run.
+//!
+//! - latency: small keep-alive HTTPS requests one after another on one connection, p50/p99;
+//! - throughput: the same requests from 16 connections at once, requests/s;
+//! - bulk: one 100 MB response body, MB/s (through the gateway it is scrubbed as it streams).
+//!
+//!     scripts/bench-gateway        # installs mitmproxy from PyPI into target/, then runs this
+//!
+//! The gateway runs in-process on loopback with a real store; the "sandbox" is this program,
+//! registered at 127.0.0.1 with a real egress token, so every request takes the gateway's
+//! whole path: token check, route match, guard, injection, TLS both ways, scrubbing, audit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use airlock_core::domain::{ProfileSpec, Role, Surface};
+use airlock_core::secrets::{MasterKey, SecretValue};
+use airlock_core::store::{ApplyOutcome, NewSandbox, NewSession, TokenKind};
+use airlock_tests::upstream::Upstream;
+
+const BULK: usize = 100 * 1024 * 1024;
+
+struct Figures {
+    p50_ms: f64,
+    p99_ms: f64,
+    rps: f64,
+    mb_s: f64,
+}
+
+async fn measure(name: &str, client: reqwest::Client, base: &str, seconds: u64) -> Figures {
+    let small = format!("{base}/small");
+    // Warm up: connections, TLS sessions, leaf certificates, caches.
+    for _ in 0..200 {
+        let r = client.get(&small).send().await.expect("warm-up request");
+        assert_eq!(r.status(), 200, "{name}: {}", r.text().await.unwrap_or_default());
+        r.bytes().await.unwrap();
+    }
+    let mut lat = Vec::new();
+    let until = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < until {
+        let t = Instant::now();
+        let r = client.get(&small).send().await.unwrap();
+        r.bytes().await.unwrap();
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let p50 = lat[lat.len() / 2];
+    let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)];
+
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            let (client, small, done) = (client.clone(), small.clone(), done.clone());
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    let r = client.get(&small).send().await.unwrap();
+                    r.bytes().await.unwrap();
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let rps = done.load(std::sync::atomic::Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let mut r = client
+        .get(format!("{base}/blob?size={BULK}"))
+        .send()
+        .await
+        .unwrap();
+    let mut n = 0usize;
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        n += chunk.len();
+    }
+    assert_eq!(n, BULK, "{name}: the whole body arrived");
+    let mb_s = BULK as f64 / 1e6 / t.elapsed().as_secs_f64();
+    println!(
+        "{name:<28} p50 {p50:>6.3} ms   p99 {p99:>6.3} ms   {rps:>8.0} req/s   {mb_s:>7.1} MB/s   (n = {})",
+        lat.len()
+    );
+    Figures {
+        p50_ms: p50,
+        p99_ms: p99,
+        rps,
+        mb_s,
+    }
+}
+
+fn client(ca_pem: &str, proxy: Option<&str>, bearer: Option<&str>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .http1_only()
+        .pool_max_idle_per_host(64)
+        .no_proxy();
+    if let Some(p) = proxy {
+        b = b.proxy(reqwest::Proxy::all(p).unwrap());
+    }
+    if let Some(key) = bearer {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("authorization", format!("Bearer {key}").parse().unwrap());
+        b = b.default_headers(h);
+    }
+    b.build().unwrap()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let seconds: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let key = "sk-bench-0123456789abcdef";
+    let upstream = Upstream::start(key, "unused-git-token").await;
+
+    // A store with one session whose sandbox is this program at 127.0.0.1.
+    let dir = tempfile::tempdir()?;
+    let (master, _) = MasterKey::load_or_create(&dir.path().join("key"))?;
+    let url = format!("sqlite://{}", dir.path().join("airlock.db").display());
+    let store = airlock_core::Store::connect(&url, 5, master).await?;
+    store.migrate().await?;
+    let human = store.add_human("Bench", "bench@example.com", Role::Admin).await?;
+    store
+        .set_credential("model", "api-key".parse().unwrap(), &SecretValue::new(key.as_bytes().to_vec()), None)
+        .await?;
+    let spec = ProfileSpec::from_toml(&format!(
+        "name = \"bench\"\n[agent]\nkind = \"command\"\ncommand = \"true\"\n\
+         [[egress]]\nhost = \"api.bench.test\"\ncredential = \"model\"\ninject = {{ kind = \"bearer\" }}\nupstream = \"{}\"\n",
+        upstream.url()
+    ))?;
+    let (profile_id, version) = match store.apply_profile(&spec, None).await? {
+        ApplyOutcome::Created { profile_id, version }
+        | ApplyOutcome::Updated { profile_id, version }
+        | ApplyOutcome::Unchanged { profile_id, version } => (profile_id, version),
+    };
+    let session = store
+        .create_session(NewSession {
+            requester_id: human.id.clone(),
+            surface: Surface::Cli,
+            thread_ref: serde_json::json!({}),
+            repo: "acme/web".into(),
+            profile_id: profile_id.clone(),
+            profile_version: version,
+            prompt: "bench".into(),
+            trigger_id: None,
+        })
+        .await?;
+    let sb = store
+        .insert_sandbox(NewSandbox {
+            role: "session",
+            profile_id,
+            profile_version: version,
+            image: "none".into(),
+            session_id: Some(session.id.clone()),
+        })
+        .await?;
+    store.set_sandbox_started(&sb.id, "bench", "127.0.0.1").await?;
+    let token = store
+        .issue_token(TokenKind::Egr, &sb.id, Some(&session.id), 3_600_000)
+        .await?;
+
+    let gateway = airlock_gateway::Gateway::start(
+        store.clone(),
+        airlock_gateway::GatewaySettings {
+            extra_ca_file: Some(upstream.ca_file.clone()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let airlock_ca = gateway.ca_pem().to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let gw_port = listener.local_addr()?.port();
+    tokio::spawn(gateway.serve(listener, std::future::pending()));
+
+    // mitmproxy, injecting the same header with a two-line addon.
+    let mitm_dir = dir.path().join("mitm");
+    std::fs::create_dir_all(&mitm_dir)?;
+    let addon = mitm_dir.join("inject.py");
+    std::fs::write(
+        &addon,
+        format!("class Inject:\n    def request(self, flow):\n        flow.request.headers['authorization'] = 'Bearer {key}'\n\naddons = [Inject()]\n"),
+    )?;
+    let mitm_port = airlock_tests::free_port();
+    let mitmdump = std::env::var("MITMDUMP").unwrap_or_else(|_| "mitmdump".into());
+    let mut mitm = std::process::Command::new(&mitmdump)
+        .args([
+            "-q",
+            "--listen-host",
+            "127.0.0.1",
+            "-p",
+            &mitm_port.to_string(),
+            "--set",
+            &format!("confdir={}", mitm_dir.display()),
+            "--set",
+            &format!("ssl_verify_upstream_trusted_ca={}", upstream.ca_file.display()),
+            "--set",
+            "stream_large_bodies=1m",
+            "-s",
+            addon.to_str().unwrap(),
+        ])
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot start {mitmdump} (run scripts/bench-gateway): {e}"))?;
+    let mitm_ca_path = mitm_dir.join("mitmproxy-ca-cert.pem");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(mitm_ca_path.exists() && std::net::TcpStream::connect(("127.0.0.1", mitm_port)).is_ok()) {
+        anyhow::ensure!(Instant::now() < deadline, "mitmproxy did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mitm_ca = std::fs::read_to_string(&mitm_ca_path)?;
+
+    println!(
+        "small GET over keep-alive HTTPS (HTTP/1.1), {seconds} s each; 16 connections for req/s; one {} MB body for MB/s",
+        BULK / 1024 / 1024
+    );
+    let direct = measure(
+        "direct (client sends key)",
+        client(&upstream.ca_pem, None, Some(key)),
+        &upstream.url(),
+        seconds,
+    )
+    .await;
+    let through = measure(
+        "Airlock gateway (injects)",
+        client(
+            &airlock_ca,
+            Some(&format!("http://airlock:{token}@127.0.0.1:{gw_port}")),
+            None,
+        ),
+        "https://api.bench.test",
+        seconds,
+    )
+    .await;
+    let mitm_figs = measure(
+        "mitmproxy (injects)",
+        client(&mitm_ca, Some(&format!("http://127.0.0.1:{mitm_port}")), None),
+        &upstream.url(),
+        seconds,
+    )
+    .await;
+    let _ = mitm.kill();
+    println!();
+    println!(
+        "gateway adds {:.3} ms at p50 ({:.3} ms at p99) over direct; goal: at most 1 ms",
+        through.p50_ms - direct.p50_ms,
+        through.p99_ms - direct.p99_ms
+    );
+    println!(
+        "gateway req/s = {:.1}x mitmproxy's (goal: at least 5x); {:.2}x direct",
+        through.rps / mitm_figs.rps,
+        through.rps / direct.rps
+    );
+    println!(
+        "bulk: gateway {:.0} MB/s = {:.2}x direct, {:.1}x mitmproxy",
+        through.mb_s,
+        through.mb_s / direct.mb_s,
+        through.mb_s / mitm_figs.mb_s
+    );
+    // Let the audit writer catch up, then show it kept every request.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let verdict = store.verify_audit().await?;
+    println!("audit log: {} rows, chain intact: {}", verdict.rows_checked, verdict.is_intact());
+    Ok(())
+}
