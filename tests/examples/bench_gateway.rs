@@ -33,7 +33,12 @@ async fn measure(name: &str, client: reqwest::Client, base: &str, seconds: u64) 
     // Warm up: connections, TLS sessions, leaf certificates, caches.
     for _ in 0..200 {
         let r = client.get(&small).send().await.expect("warm-up request");
-        assert_eq!(r.status(), 200, "{name}: {}", r.text().await.unwrap_or_default());
+        assert_eq!(
+            r.status(),
+            200,
+            "{name}: {}",
+            r.text().await.unwrap_or_default()
+        );
         r.bytes().await.unwrap();
     }
     let mut lat = Vec::new();
@@ -66,7 +71,8 @@ async fn measure(name: &str, client: reqwest::Client, base: &str, seconds: u64) 
     for w in workers {
         w.await.unwrap();
     }
-    let rps = done.load(std::sync::atomic::Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    let rps =
+        done.load(std::sync::atomic::Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
 
     let t = Instant::now();
     let mut r = client
@@ -113,7 +119,10 @@ fn client(ca_pem: &str, proxy: Option<&str>, bearer: Option<&str>) -> reqwest::C
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let seconds: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let seconds: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     let key = "sk-bench-0123456789abcdef";
     let upstream = Upstream::start(key, "unused-git-token").await;
 
@@ -123,9 +132,16 @@ async fn main() -> anyhow::Result<()> {
     let url = format!("sqlite://{}", dir.path().join("airlock.db").display());
     let store = airlock_core::Store::connect(&url, 5, master).await?;
     store.migrate().await?;
-    let human = store.add_human("Bench", "bench@example.com", Role::Admin).await?;
+    let human = store
+        .add_human("Bench", "bench@example.com", Role::Admin)
+        .await?;
     store
-        .set_credential("model", "api-key".parse().unwrap(), &SecretValue::new(key.as_bytes().to_vec()), None)
+        .set_credential(
+            "model",
+            "api-key".parse().unwrap(),
+            &SecretValue::new(key.as_bytes().to_vec()),
+            None,
+        )
         .await?;
     let spec = ProfileSpec::from_toml(&format!(
         "name = \"bench\"\n[agent]\nkind = \"command\"\ncommand = \"true\"\n\
@@ -133,9 +149,18 @@ async fn main() -> anyhow::Result<()> {
         upstream.url()
     ))?;
     let (profile_id, version) = match store.apply_profile(&spec, None).await? {
-        ApplyOutcome::Created { profile_id, version }
-        | ApplyOutcome::Updated { profile_id, version }
-        | ApplyOutcome::Unchanged { profile_id, version } => (profile_id, version),
+        ApplyOutcome::Created {
+            profile_id,
+            version,
+        }
+        | ApplyOutcome::Updated {
+            profile_id,
+            version,
+        }
+        | ApplyOutcome::Unchanged {
+            profile_id,
+            version,
+        } => (profile_id, version),
     };
     let session = store
         .create_session(NewSession {
@@ -158,7 +183,9 @@ async fn main() -> anyhow::Result<()> {
             session_id: Some(session.id.clone()),
         })
         .await?;
-    store.set_sandbox_started(&sb.id, "bench", "127.0.0.1").await?;
+    store
+        .set_sandbox_started(&sb.id, "bench", "127.0.0.1")
+        .await?;
     let token = store
         .issue_token(TokenKind::Egr, &sb.id, Some(&session.id), 3_600_000)
         .await?;
@@ -196,7 +223,10 @@ async fn main() -> anyhow::Result<()> {
             "--set",
             &format!("confdir={}", mitm_dir.display()),
             "--set",
-            &format!("ssl_verify_upstream_trusted_ca={}", upstream.ca_file.display()),
+            &format!(
+                "ssl_verify_upstream_trusted_ca={}",
+                upstream.ca_file.display()
+            ),
             "--set",
             "stream_large_bodies=1m",
             "-s",
@@ -206,7 +236,8 @@ async fn main() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot start {mitmdump} (run scripts/bench-gateway): {e}"))?;
     let mitm_ca_path = mitm_dir.join("mitmproxy-ca-cert.pem");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !(mitm_ca_path.exists() && std::net::TcpStream::connect(("127.0.0.1", mitm_port)).is_ok()) {
+    while !(mitm_ca_path.exists() && std::net::TcpStream::connect(("127.0.0.1", mitm_port)).is_ok())
+    {
         anyhow::ensure!(Instant::now() < deadline, "mitmproxy did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -236,7 +267,11 @@ async fn main() -> anyhow::Result<()> {
     .await;
     let mitm_figs = measure(
         "mitmproxy (injects)",
-        client(&mitm_ca, Some(&format!("http://127.0.0.1:{mitm_port}")), None),
+        client(
+            &mitm_ca,
+            Some(&format!("http://127.0.0.1:{mitm_port}")),
+            None,
+        ),
         &upstream.url(),
         seconds,
     )
@@ -262,6 +297,10 @@ async fn main() -> anyhow::Result<()> {
     // Let the audit writer catch up, then show it kept every request.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let verdict = store.verify_audit().await?;
-    println!("audit log: {} rows, chain intact: {}", verdict.rows_checked, verdict.is_intact());
+    println!(
+        "audit log: {} rows, chain intact: {}",
+        verdict.rows_checked,
+        verdict.is_intact()
+    );
     Ok(())
 }

@@ -184,7 +184,11 @@ upstream = "{up}"
     );
     assert_eq!(line(&text, "python: "), "python: 200 Bearer [REDACTED]");
     assert_eq!(line(&text, "node: "), "node: 200 Bearer [REDACTED]");
-    assert_eq!(line(&text, "http2="), "http2=2 200", "HTTP/2 towards the client (ALPN)");
+    assert_eq!(
+        line(&text, "http2="),
+        "http2=2 200",
+        "HTTP/2 towards the client (ALPN)"
+    );
     assert_eq!(line(&text, "git: "), "git: pushed");
     let log = Command::new("git")
         .args([
