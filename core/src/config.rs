@@ -116,9 +116,44 @@ const KEYS: &[(&str, Kind, &str)] = &[
         "model tokens one human's sessions may use per UTC day, 0 for no limit",
     ),
     (
+        "broker.max_sessions",
+        Kind::Int,
+        "how many sessions may run at once on this deployment, 1 to 10000",
+    ),
+    (
+        "broker.max_sessions_per_human",
+        Kind::Int,
+        "how many sessions one human may have running at once, 1 to 10000",
+    ),
+    (
+        "broker.default_profile",
+        Kind::Str,
+        "the profile used when a request names none, e.g. default",
+    ),
+    (
+        "git.author_name",
+        Kind::Str,
+        "the name on Airlock's commits, e.g. Airlock",
+    ),
+    (
+        "git.author_email",
+        Kind::Str,
+        "the email address on Airlock's commits, e.g. airlock@example.com",
+    ),
+    (
         "github.api_url",
         Kind::Str,
         "an http(s) URL, e.g. https://api.github.com",
+    ),
+    (
+        "github.web_url",
+        Kind::Str,
+        "an http(s) URL that git clones from, e.g. https://github.com",
+    ),
+    (
+        "github.git_upstream",
+        Kind::Str,
+        "an http(s) URL the gateway sends git traffic for github.web_url to instead (a mirror or internal address)",
     ),
     (
         "github.app_id",
@@ -259,6 +294,8 @@ pub struct Config {
     pub docker: DockerConfig,
     pub sandbox: SandboxConfig,
     pub gateway: GatewayConfig,
+    pub broker: BrokerConfig,
+    pub git: GitConfig,
     pub github: Option<GithubConfig>,
     pub slack: Option<SlackConfig>,
     pub discord: Option<DiscordConfig>,
@@ -274,6 +311,8 @@ impl Default for Config {
             docker: DockerConfig::default(),
             sandbox: SandboxConfig::default(),
             gateway: GatewayConfig::default(),
+            broker: BrokerConfig::default(),
+            git: GitConfig::default(),
             github: None,
             slack: None,
             discord: None,
@@ -400,6 +439,42 @@ impl Default for GatewayConfig {
     }
 }
 
+/// How many sessions run at once, and which profile a request without one gets.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    pub max_sessions: u32,
+    pub max_sessions_per_human: u32,
+    pub default_profile: Option<String>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            max_sessions: 4,
+            max_sessions_per_human: 2,
+            default_profile: None,
+        }
+    }
+}
+
+/// Who Airlock's commits are by (the requester is named in a `Co-authored-by` trailer).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GitConfig {
+    pub author_name: String,
+    pub author_email: String,
+}
+
+impl Default for GitConfig {
+    fn default() -> Self {
+        Self {
+            author_name: "Airlock".into(),
+            author_email: "airlock@users.noreply.github.com".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum GatewayMode {
@@ -414,6 +489,12 @@ pub enum GatewayMode {
 pub struct GithubConfig {
     #[serde(default = "default_github_api")]
     pub api_url: String,
+    /// Where repositories are cloned from (`<web_url>/OWNER/NAME.git`), as the sandbox sees it.
+    #[serde(default = "default_github_web")]
+    pub web_url: String,
+    /// Where the gateway sends git traffic for `web_url` instead (a mirror, an internal address).
+    #[serde(default)]
+    pub git_upstream: Option<String>,
     pub app_id: Option<u64>,
     /// Credential holding the GitHub App's private key (PEM).
     pub app_credential: Option<String>,
@@ -426,6 +507,9 @@ pub struct GithubConfig {
 
 fn default_github_api() -> String {
     "https://api.github.com".into()
+}
+fn default_github_web() -> String {
+    "https://github.com".into()
 }
 fn default_bot_login() -> String {
     "airlock".into()
@@ -642,9 +726,38 @@ impl Config {
                 ));
             }
         }
+        let b = &self.broker;
+        if !(1..=10_000).contains(&b.max_sessions) {
+            return Err(want("broker.max_sessions"));
+        }
+        if !(1..=10_000).contains(&b.max_sessions_per_human) {
+            return Err(want("broker.max_sessions_per_human"));
+        }
+        if let Some(p) = &b.default_profile {
+            if !crate::domain::is_name(p) {
+                return Err(want("broker.default_profile"));
+            }
+        }
+        if self.git.author_name.trim().is_empty() || self.git.author_name.contains(['<', '>', '\n'])
+        {
+            return Err(want("git.author_name"));
+        }
+        if !crate::domain::is_email(&self.git.author_email) {
+            return Err(want("git.author_email"));
+        }
         if let Some(gh) = &self.github {
             if !is_http_url(&gh.api_url) {
                 return Err(want("github.api_url"));
+            }
+            if !is_http_url(&gh.web_url)
+                || gh.web_url.trim_end_matches('/').matches('/').count() > 2
+            {
+                return Err(want("github.web_url"));
+            }
+            if let Some(u) = &gh.git_upstream {
+                if !is_http_url(u) {
+                    return Err(want("github.git_upstream"));
+                }
             }
             match (gh.app_id, &gh.app_credential, &gh.token_credential) {
                 (Some(_), Some(_), _) | (None, None, Some(_)) => {}
@@ -967,6 +1080,7 @@ mod tests {
         assert_eq!(names.len(), KEYS.len());
         // A file that sets every key is accepted: the list matches the struct.
         let key = crate::secrets::MasterKey::generate().to_base64();
+        let ca = tempfile::NamedTempFile::new().unwrap();
         let file = format!(
             r#"data_dir = "/srv/airlock"
 [server]
@@ -981,8 +1095,19 @@ key_file = "/srv/key"
 [docker]
 host = "tcp://127.0.0.1:2375"
 base_image = "registry.local/airlock/base"
+[gateway]
+extra_ca_file = "{ca}"
+[broker]
+max_sessions = 8
+max_sessions_per_human = 3
+default_profile = "default"
+[git]
+author_name = "Airlock Bot"
+author_email = "bot@example.com"
 [github]
 api_url = "https://ghe.example.com/api/v3"
+web_url = "https://ghe.example.com"
+git_upstream = "https://git-mirror.internal"
 app_id = 12
 app_credential = "gh-app"
 token_credential = "gh-pat"
@@ -1000,7 +1125,8 @@ bot_token_credential = "discord-bot"
 public_key = "{pk}"
 application_id = "1234"
 "#,
-            pk = "ab".repeat(32)
+            pk = "ab".repeat(32),
+            ca = ca.path().display(),
         );
         let c = Config::from_parts(Some(&file), "airlock.toml", env(&[])).unwrap();
         let shown = toml::Value::try_from(&c).unwrap();

@@ -10,6 +10,7 @@ pub mod broker;
 pub mod config;
 pub mod docker;
 pub mod domain;
+pub mod github;
 pub mod ids;
 pub mod image;
 pub mod sandbox;

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use airlock_core::domain::CredentialKind;
+use airlock_core::github::{Auth, Github, RepoToken};
 use airlock_core::ids::now_ms;
 use airlock_core::secrets::SecretValue;
 use airlock_core::store::token_hash;
@@ -161,12 +162,64 @@ impl Sessions {
 /// The stored credentials, in clear, and the guard that looks for any of them in requests.
 pub struct SecretSet {
     values: HashMap<String, (CredentialKind, SecretValue)>,
+    /// `github-app` credentials, ready to mint installation tokens (with their own caches).
+    apps: HashMap<String, Result<Github, String>>,
     pub guard: Option<Arc<Needles>>,
 }
 
+/// What a route's credential puts into a request.
+pub enum Injected<'a> {
+    Stored(&'a SecretValue),
+    Minted(RepoToken),
+}
+
+impl Injected<'_> {
+    pub fn expose(&self) -> &[u8] {
+        match self {
+            Injected::Stored(v) => v.expose(),
+            Injected::Minted(t) => t.token.expose(),
+        }
+    }
+}
+
 impl SecretSet {
-    pub fn get(&self, name: &str) -> Option<&SecretValue> {
-        self.values.get(name).map(|(_, v)| v)
+    /// The value to inject for credential `name` on a request of `ctx`: the stored value, or
+    /// for a GitHub App an installation token limited to the session's repository. `Err`
+    /// explains, without any value, why there is none.
+    pub async fn injected(&self, name: &str, ctx: &Ctx) -> Result<Injected<'_>, String> {
+        let Some((kind, value)) = self.values.get(name) else {
+            return Err(format!(
+                "names the credential `{name}`, which is not stored. An admin can set it with \
+                 `airlock credential set {name}`"
+            ));
+        };
+        if *kind != CredentialKind::GithubApp {
+            return Ok(Injected::Stored(value));
+        }
+        let github = match self.apps.get(name) {
+            Some(Ok(g)) => g,
+            Some(Err(why)) => {
+                return Err(format!(
+                    "uses the GitHub App credential `{name}`, but {why}"
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "names the credential `{name}`, which is not loaded yet"
+                ))
+            }
+        };
+        let Some(repo) = &ctx.repo else {
+            return Err(format!(
+                "uses the GitHub App credential `{name}`, which mints tokens for a session's \
+                 repository, and this sandbox has no session"
+            ));
+        };
+        github
+            .repo_token(repo)
+            .await
+            .map(Injected::Minted)
+            .map_err(|e| format!("uses the GitHub App credential `{name}`: {e}"))
     }
 }
 
@@ -174,18 +227,32 @@ pub struct Secrets {
     store: Store,
     current: RwLock<Arc<SecretSet>>,
     fingerprint: Mutex<Option<(i64, i64)>>,
+    github_api_url: Option<String>,
+    github_app_id: Option<u64>,
 }
 
 impl Secrets {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, github_api_url: Option<String>, github_app_id: Option<u64>) -> Self {
         Self {
             store,
             current: RwLock::new(Arc::new(SecretSet {
                 values: HashMap::new(),
+                apps: HashMap::new(),
                 guard: None,
             })),
             fingerprint: Mutex::new(None),
+            github_api_url,
+            github_app_id,
         }
+    }
+
+    fn app(&self, pem: &[u8]) -> Result<Github, String> {
+        let (Some(api), Some(app_id)) = (&self.github_api_url, self.github_app_id) else {
+            return Err("github.app_id is not configured".into());
+        };
+        Auth::app(app_id, pem)
+            .map(|auth| Github::new(api, auth))
+            .map_err(|e| e.to_string())
     }
 
     pub fn current(&self) -> Arc<SecretSet> {
@@ -206,11 +273,20 @@ impl Secrets {
                 .collect(),
         )
         .map(Arc::new);
+        let apps = all
+            .iter()
+            .filter(|c| c.kind == CredentialKind::GithubApp)
+            .map(|c| (c.name.clone(), self.app(c.value.expose())))
+            .collect();
         let values = all
             .into_iter()
             .map(|c| (c.name, (c.kind, c.value)))
             .collect();
-        *self.current.write().expect("secrets lock") = Arc::new(SecretSet { values, guard });
+        *self.current.write().expect("secrets lock") = Arc::new(SecretSet {
+            values,
+            apps,
+            guard,
+        });
         *self.fingerprint.lock().expect("fingerprint") = Some(fp);
         Ok(())
     }

@@ -66,6 +66,10 @@ pub struct GatewaySettings {
     pub session_token_budget: u64,
     /// Model tokens one human's sessions may use per UTC day; 0 for no limit.
     pub human_daily_token_budget: u64,
+    /// The GitHub API that `github-app` credentials mint installation tokens from.
+    pub github_api_url: Option<String>,
+    /// The GitHub App whose private key `github-app` credentials hold.
+    pub github_app_id: Option<u64>,
 }
 
 type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, body::BoxBody>;
@@ -119,7 +123,11 @@ impl Gateway {
             .await?;
         let authority = Authority::load(&ca.cert_pem, &ca.key_pem)?;
         let client = upstream_client(settings.extra_ca_file.as_deref())?;
-        let secrets = context::Secrets::new(store.clone());
+        let secrets = context::Secrets::new(
+            store.clone(),
+            settings.github_api_url.clone(),
+            settings.github_app_id,
+        );
         secrets.refresh().await?;
         let (audit_tx, audit_rx) = mpsc::unbounded_channel();
         let (usage_tx, usage_rx) = mpsc::unbounded_channel();

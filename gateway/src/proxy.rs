@@ -499,15 +499,18 @@ async fn forward(
     let mut scrub: Option<Arc<Needles>> = None;
     let credential = route.as_ref().and_then(|r| r.credential.clone());
     if let (Some(route), Some(name)) = (&route, &credential) {
-        let Some(value) = secrets.get(name) else {
-            return text(
-                StatusCode::BAD_GATEWAY,
-                format!(
-                    "Airlock's gateway: route {} of profile `{}` names the credential `{name}`, which is \
-                     not stored. An admin can set it with `airlock credential set {name}`.\n",
-                    route.index, ctx.profile
-                ),
-            );
+        let value = match secrets.injected(name, &ctx).await {
+            Ok(v) => v,
+            Err(why) => {
+                tracing::warn!(session = ?ctx.session_id, route = route.index, "{why}");
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "Airlock's gateway: route {} of profile `{}` {why}.\n",
+                        route.index, ctx.profile
+                    ),
+                );
+            }
         };
         let raw = String::from_utf8_lossy(value.expose()).trim().to_string();
         let rendered: Option<Vec<u8>> = match &route.inject {

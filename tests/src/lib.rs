@@ -3,6 +3,9 @@
 //! set), as a person at a terminal would. Fakes of the external services join this crate as
 //! the integrations land.
 
+pub mod git;
+pub mod github;
+pub mod tls;
 pub mod upstream;
 
 use std::io::Write;

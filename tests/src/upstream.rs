@@ -6,7 +6,7 @@
 //! a git smart-HTTP server (`git http-backend`) for clone and push.
 
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,39 +43,9 @@ impl Upstream {
     /// `x-access-token`).
     pub async fn start(bearer: &str, git_token: &str) -> Upstream {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::default();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "Upstream test CA");
-        ca_params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let mut leaf_params =
-            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-        leaf_params.use_authority_key_identifier_extension = true;
-        let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
-        let ca_file = dir.path().join("upstream-ca.pem");
-        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let ca = crate::tls::TestCa::new("Upstream test CA", dir.path());
         let git_root = dir.path().join("git");
         std::fs::create_dir_all(&git_root).unwrap();
-
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![leaf.der().clone(), ca.der().clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-            )
-            .unwrap();
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
 
         let shared = Shared {
             bearer: format!("Bearer {bearer}"),
@@ -98,31 +68,12 @@ impl Upstream {
             .route("/v1/chat/completions", post(chat))
             .route("/{repo}/{*rest}", any(git))
             .with_state(shared);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (acceptor, app) = (acceptor.clone(), app.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let svc = hyper_util::service::TowerToHyperService::new(app);
-                    let _ = hyper_util::server::conn::auto::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc)
-                    .await;
-                });
-            }
-        });
+        let port =
+            crate::tls::serve_https(app, ca.server_config(&["localhost", "127.0.0.1"])).await;
         Upstream {
             port,
-            ca_pem: ca.pem(),
-            ca_file,
+            ca_pem: ca.pem.clone(),
+            ca_file: ca.file.clone(),
             git_root,
             _dir: dir,
         }
@@ -135,41 +86,7 @@ impl Upstream {
 
     /// A bare repository `<name>.git` with one commit on `main`, pushable over HTTP.
     pub fn create_repo(&self, name: &str) -> PathBuf {
-        let bare = self.git_root.join(format!("{name}.git"));
-        let work = self.git_root.join(format!("{name}-seed"));
-        let run = |dir: &Path, args: &[&str]| {
-            let out = std::process::Command::new("git")
-                .args(args)
-                .current_dir(dir)
-                .env("GIT_AUTHOR_NAME", "Seed")
-                .env("GIT_AUTHOR_EMAIL", "seed@example.com")
-                .env("GIT_COMMITTER_NAME", "Seed")
-                .env("GIT_COMMITTER_EMAIL", "seed@example.com")
-                .output()
-                .expect("git");
-            assert!(
-                out.status.success(),
-                "git {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        std::fs::create_dir_all(&work).unwrap();
-        run(&work, &["init", "-q", "-b", "main"]);
-        std::fs::write(work.join("README.md"), "seed\n").unwrap();
-        run(&work, &["add", "."]);
-        run(&work, &["commit", "-q", "-m", "seed"]);
-        run(
-            &self.git_root,
-            &[
-                "clone",
-                "-q",
-                "--bare",
-                work.to_str().unwrap(),
-                bare.to_str().unwrap(),
-            ],
-        );
-        run(&bare, &["config", "http.receivepack", "true"]);
-        bare
+        crate::git::create_bare_repo(&self.git_root, name)
     }
 }
 
@@ -303,77 +220,5 @@ async fn git(State(s): State<Shared>, req: Request) -> Response {
     if !authorized(req.headers(), &s.git_basic) {
         return unauthorized("git credentials");
     }
-    let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 256 * 1024 * 1024)
-        .await
-        .unwrap_or_default();
-    let header = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string()
-    };
-    let mut child = tokio::process::Command::new("git")
-        .arg("http-backend")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("GIT_PROJECT_ROOT", &s.git_root)
-        .env("GIT_HTTP_EXPORT_ALL", "1")
-        .env("REMOTE_USER", "x-access-token")
-        .env("REMOTE_ADDR", "127.0.0.1")
-        .env("REQUEST_METHOD", parts.method.as_str())
-        .env("PATH_INFO", parts.uri.path())
-        .env("QUERY_STRING", parts.uri.query().unwrap_or(""))
-        .env("CONTENT_TYPE", header("content-type"))
-        .env("CONTENT_LENGTH", body.len().to_string())
-        .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
-        .env("GIT_PROTOCOL", header("git-protocol"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("git http-backend");
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        let _ = stdin.write_all(&body).await;
-    });
-    let out = child
-        .wait_with_output()
-        .await
-        .expect("git http-backend output");
-    let _ = writer.await;
-    let raw = out.stdout;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, 4))
-        .or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)));
-    let Some((at, sep)) = split else {
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("git http-backend: {}", String::from_utf8_lossy(&out.stderr)),
-        )
-            .into_response();
-    };
-    let mut response = Response::builder().status(StatusCode::OK);
-    for line in String::from_utf8_lossy(&raw[..at]).lines() {
-        let Some((k, v)) = line.split_once(':') else {
-            continue;
-        };
-        let v = v.trim();
-        if k.eq_ignore_ascii_case("status") {
-            let code = v
-                .split(' ')
-                .next()
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(500);
-            response = response.status(code);
-        } else {
-            response = response.header(k.trim(), v);
-        }
-    }
-    response.body(Body::from(raw[at + sep..].to_vec())).unwrap()
+    crate::git::http_backend(&s.git_root, "x-access-token", req).await
 }

@@ -372,3 +372,104 @@ fn wait_gone(install: &Install) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A GitHub App credential: the gateway mints an installation token limited to the session's
+/// repository (once, then cached), git uses it without ever seeing it, and the same token
+/// cannot reach another repository of the installation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_github_app_credential_mints_tokens_for_the_session_repository_only() {
+    let github = airlock_tests::github::FakeGithub::start().await;
+    let web = github.create_repo("acme/web", &[]);
+    github.create_repo("acme/other", &[]);
+    github.install_app(&["acme/web", "acme/other"]);
+
+    let mut install = Install::new(Engine::Sqlite).await;
+    Server::configure(&mut install);
+    install
+        .env(
+            "AIRLOCK_GATEWAY_EXTRA_CA_FILE",
+            github.ca_file.to_str().unwrap(),
+        )
+        .env("AIRLOCK_GITHUB_API_URL", &github.api_url)
+        .env("AIRLOCK_GITHUB_APP_ID", &github.app_id.to_string())
+        .env("AIRLOCK_GITHUB_APP_CREDENTIAL", "gh-app")
+        .env("AIRLOCK_GITHUB_WEBHOOK_SECRET_CREDENTIAL", "gh-hook");
+    install.ok(&["migrate"]);
+    install.ok(&[
+        "human",
+        "add",
+        "--name",
+        "Ada",
+        "--email",
+        "ada@example.com",
+        "--admin",
+    ]);
+    // A value that is not a private key is refused with what to do.
+    let bad = install.run_with_stdin(
+        &["credential", "set", "gh-app", "--kind", "github-app"],
+        b"not a key",
+    );
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("store the .pem file GitHub gave"),
+        "{}",
+        stderr(&bad)
+    );
+    let out = install.run_with_stdin(
+        &["credential", "set", "gh-app", "--kind", "github-app"],
+        github.app_key_pem.as_bytes(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let profile = format!(
+        r#"name = "app"
+[agent]
+kind = "command"
+command = '''
+cd "$HOME"
+git clone -q https://github.test/acme/web.git web && cd web \
+  && echo app > APP.md && git add APP.md \
+  && git -c user.name=Agent -c user.email=agent@example.com commit -qm "via the app" \
+  && git push -q origin HEAD:main && echo "web: pushed"
+git ls-remote https://github.test/acme/web.git main >/dev/null && echo "web: listed again"
+git clone -q https://github.test/acme/other.git "$HOME/other" 2>&1 | tr -d '\n' | sed 's/^/other: /'; echo
+'''
+[[egress]]
+host = "github.test"
+credential = "gh-app"
+inject = {{ kind = "basic", username = "x-access-token" }}
+upstream = "{git}"
+"#,
+        git = github.git_url
+    );
+    let path = install.path().join("app.toml");
+    std::fs::write(&path, profile).unwrap();
+    install.ok(&["profile", "apply", "-f", path.to_str().unwrap()]);
+    let _server = Server::start(&install);
+    let install = std::sync::Arc::new(install);
+    let i2 = install.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        i2.run(&["run", "--repo", "acme/web", "--profile", "app", "push"])
+    })
+    .await
+    .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert_eq!(line(&text, "web: "), "web: pushed");
+    assert!(text.contains("web: listed again"), "{text}");
+    let other = line(&text, "other: ");
+    assert!(
+        other.contains("Permission to acme/other.git denied"),
+        "the token reaches only the session's repository: {other}"
+    );
+    let log = airlock_tests::git::in_bare(&web, &["log", "--format=%s", "main"]).unwrap();
+    assert_eq!(log, "via the app\nseed\n");
+    // One token, for the session's repository only, reused for the later requests.
+    assert_eq!(
+        github.token_requests(),
+        vec![serde_json::json!({"repositories": ["web"]})]
+    );
+    assert!(github.unexpected().is_empty(), "{:?}", github.unexpected());
+    let audit = install.ok(&["audit", "export"]);
+    assert!(!audit.contains("ghs_") && !text.contains("ghs_"));
+    assert!(!audit.contains("PRIVATE KEY"));
+}

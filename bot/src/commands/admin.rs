@@ -6,7 +6,7 @@
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
-use airlock_core::domain::{ProfileSpec, Provider, Role, SessionState};
+use airlock_core::domain::{CredentialKind, ProfileSpec, Provider, Role, SessionState};
 use airlock_core::secrets::SecretValue;
 use airlock_core::store::{AccountRef, ApplyOutcome, NewAudit, SessionFilter};
 use airlock_core::timefmt::{opt_rfc3339, rfc3339};
@@ -376,6 +376,11 @@ pub async fn credential(ctx: &Ctx, cmd: CredentialCmd) -> anyhow::Result<ExitCod
             }
             let store = ctx.store(false).await?;
             let value = read_value(from_file.as_deref())?;
+            if kind == CredentialKind::GithubApp {
+                if let Err(e) = airlock_core::github::check_app_key(value.expose()) {
+                    bail!("{e}; store the .pem file GitHub gave when you generated the App's private key");
+                }
+            }
             let rotated = store
                 .set_credential(&name, kind, &value, Some(&ctx.actor()))
                 .await?;
