@@ -104,7 +104,7 @@ text_enum!(
     EventKind, "event kind", {
         State => "state", Turn => "turn", Message => "message", ToolCall => "tool_call",
         CommandOutput => "command_output", FileChange => "file_change", Summary => "summary",
-        Note => "note",
+        Note => "note", Git => "git",
     }
 );
 
@@ -233,6 +233,9 @@ pub enum AgentSpec {
     /// Airlock's tool-calling loop against an OpenAI-compatible chat-completions API.
     Builtin {
         model: String,
+        /// The OpenAI-compatible API (`…/v1`); the profile needs an egress route for its host.
+        #[serde(default)]
+        base_url: Option<String>,
         #[serde(default)]
         max_steps: Option<u32>,
         #[serde(default)]
@@ -408,10 +411,21 @@ impl ProfileSpec {
                 return Err(perr("agent.command", "is empty"));
             }
             AgentSpec::Builtin {
-                model, max_steps, ..
+                model,
+                max_steps,
+                base_url,
+                ..
             } => {
                 if model.trim().is_empty() {
                     return Err(perr("agent.model", "is empty"));
+                }
+                if let Some(u) = base_url {
+                    if !(u.starts_with("https://") || u.starts_with("http://")) {
+                        return Err(perr(
+                            "agent.base_url",
+                            "expected an http(s) URL like https://api.openai.com/v1",
+                        ));
+                    }
                 }
                 if *max_steps == Some(0) {
                     return Err(perr("agent.max_steps", "must be at least 1"));

@@ -13,6 +13,7 @@ pub mod domain;
 pub mod github;
 pub mod ids;
 pub mod image;
+pub mod plan;
 pub mod sandbox;
 pub mod secrets;
 pub mod store;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use airlock_core::domain::CredentialKind;
 use airlock_core::github::{Auth, Github, RepoToken};
 use airlock_core::ids::now_ms;
+use airlock_core::plan::Plan;
 use airlock_core::secrets::SecretValue;
 use airlock_core::store::token_hash;
 use airlock_core::Store;
@@ -134,11 +135,16 @@ impl Sessions {
             .store
             .profile_version(&sb.profile_id, Some(sb.profile_version))
             .await?;
+        // A session's sandbox gets exactly its plan's routes; an unbound one its profile's.
+        let mut routes = RouteTable::compile(&pv.spec);
         let (human_id, repo) = match &binding.session_id {
             Some(id) => {
                 let s = self.store.session(id).await?;
                 if s.state.is_terminal() {
                     return Ok(None);
+                }
+                if let Some(plan) = s.plan.as_ref().and_then(Plan::from_json) {
+                    routes = RouteTable::from_parts(&plan.routes, &plan.passthrough);
                 }
                 (Some(s.requester_id), Some(s.repo))
             }
@@ -154,7 +160,7 @@ impl Sessions {
             profile: pv.spec.name.clone(),
             address,
             expires_at: binding.expires_at,
-            routes: RouteTable::compile(&pv.spec),
+            routes,
         }))
     }
 }

@@ -5,6 +5,9 @@
 //! goes through the gateway, whose address it puts in each process's proxy variables.
 //!
 //! `sandboxd --hold` only installs the deployment CA and waits; build sandboxes use it.
+//! `sandboxd agent` runs a session's agent (see `agent/`).
+
+mod agent;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -43,6 +46,9 @@ async fn main() -> std::process::ExitCode {
     if args.iter().any(|a| a == "--version") {
         println!("sandboxd {}", env!("CARGO_PKG_VERSION"));
         return std::process::ExitCode::SUCCESS;
+    }
+    if args.first().map(String::as_str) == Some("agent") {
+        return agent::main().await;
     }
     match install_ca() {
         Ok(true) => log("installed the deployment CA into the system trust store"),

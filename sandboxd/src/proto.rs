@@ -185,6 +185,64 @@ impl FromSandbox {
     }
 }
 
+/// Environment of `sandboxd agent`: the run (an [`AgentRun`] as JSON) and the prompt.
+pub const ENV_AGENT: &str = "AIRLOCK_AGENT";
+pub const ENV_PROMPT: &str = "AIRLOCK_PROMPT";
+/// Where sessions clone their repository; the agent works there.
+pub const REPO_DIR: &str = "/workspace/repo";
+
+/// What `sandboxd agent` runs: Airlock's own tool-calling loop, or an external coding CLI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum AgentRun {
+    Builtin {
+        model: String,
+        /// The OpenAI-compatible API, e.g. `https://api.openai.com/v1`.
+        base_url: String,
+        max_steps: u32,
+        /// Model tokens (input and output) the run may use; 0 for no limit.
+        max_tokens: u64,
+        /// The system prompt (from `templates/prompts/`).
+        system: String,
+    },
+    Codex {
+        model: Option<String>,
+        args: Vec<String>,
+    },
+    ClaudeCode {
+        model: Option<String>,
+        args: Vec<String>,
+    },
+    Opencode {
+        model: Option<String>,
+        args: Vec<String>,
+    },
+    Aider {
+        model: Option<String>,
+        args: Vec<String>,
+    },
+}
+
+/// One line of `sandboxd agent`'s stdout: a session event, normalised from whatever the
+/// agent speaks. `kind` is the session event kind it becomes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AgentEvent {
+    /// The agent said something (markdown).
+    Message { text: String },
+    /// The agent used a tool; `input` is bounded.
+    ToolCall {
+        tool: String,
+        input: serde_json::Value,
+    },
+    /// Output of a command the agent ran.
+    CommandOutput { text: String },
+    /// A file the agent created, changed or removed.
+    FileChange { path: String, change: String },
+    /// The end of the run: the agent's final answer, or why it stopped.
+    Summary { text: String, ok: bool },
+}
+
 /// The system trust store most tools read (sandboxd adds the deployment CA to it).
 pub const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 

@@ -36,6 +36,11 @@ pub struct Session {
     pub updated_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// The plan of its latest turn (see [`crate::plan::Plan`]), once it has started.
+    pub plan: Option<serde_json::Value>,
+    /// The branch it pushes to, once known.
+    pub branch: Option<String>,
+    pub pull_request_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -67,9 +72,12 @@ pub struct SessionFilter {
     pub limit: Option<i64>,
 }
 
-const SESSION_COLS: &str = "id, requester_id, surface, thread_ref, repo, profile_id, \
+const INSERT_COLS: &str = "id, requester_id, surface, thread_ref, repo, profile_id, \
     profile_version, prompt, state, reason, trigger_id, last_event_seq, created_at, updated_at, \
     started_at, finished_at";
+const SESSION_COLS: &str = "id, requester_id, surface, thread_ref, repo, profile_id, \
+    profile_version, prompt, state, reason, trigger_id, last_event_seq, created_at, updated_at, \
+    started_at, finished_at, plan, branch, pull_request_url";
 
 fn json_col(row: &AnyRow, col: &str) -> Result<serde_json::Value> {
     let text: String = row.try_get(col)?;
@@ -95,6 +103,16 @@ fn session(row: &AnyRow) -> Result<Session> {
         updated_at: row.try_get("updated_at")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
+        plan: match row.try_get::<Option<String>, _>("plan")? {
+            Some(text) => {
+                Some(serde_json::from_str(&text).map_err(|e| {
+                    StoreError::Invalid(format!("stored plan is not valid JSON: {e}"))
+                })?)
+            }
+            None => None,
+        },
+        branch: row.try_get("branch")?,
+        pull_request_url: row.try_get("pull_request_url")?,
     })
 }
 
@@ -140,7 +158,7 @@ impl Store {
         let thread_ref = new.thread_ref.to_string();
         let mut tx = self.pool().begin().await?;
         sqlx::query(&format!(
-            "INSERT INTO sessions ({SESSION_COLS}) VALUES \
+            "INSERT INTO sessions ({INSERT_COLS}) VALUES \
              ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', NULL, $9, 1, $10, $10, NULL, NULL)"
         ))
         .bind(&id)
@@ -387,4 +405,100 @@ async fn insert_event(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// States in which a session holds a sandbox (or is about to), and counts against the limits.
+const ACTIVE: &str = "('starting', 'running', 'finishing')";
+
+impl Store {
+    /// Takes the oldest queued session that the concurrency limits allow, moving it to
+    /// `starting` and leasing it to `owner`, in one transaction: at most `max_total` sessions
+    /// are active at once, and at most `max_per_human` of one requester's. Several servers may
+    /// call this at once; each session is taken by exactly one. On PostgreSQL claims are
+    /// serialised by an advisory lock (so the counts hold) and rows are taken with
+    /// `FOR UPDATE SKIP LOCKED`; SQLite has one writer at a time.
+    pub async fn claim_next_session(
+        &self,
+        owner: &str,
+        lease_until: i64,
+        max_total: u32,
+        max_per_human: u32,
+    ) -> Result<Option<Session>> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        let lock = match self.kind() {
+            crate::config::DatabaseKind::Postgres => {
+                // An arbitrary constant: "the session queue" for this database.
+                sqlx::query("SELECT pg_advisory_xact_lock(7480001)")
+                    .execute(&mut *tx)
+                    .await?;
+                "FOR UPDATE OF s SKIP LOCKED"
+            }
+            crate::config::DatabaseKind::Sqlite => "",
+        };
+        let row = sqlx::query(&format!(
+            "UPDATE sessions SET state = 'starting', reason = NULL, started_at = $1, \
+               finished_at = NULL, lease_owner = $2, lease_until = $3, updated_at = $1, \
+               last_event_seq = last_event_seq + 1 \
+             WHERE id = (SELECT s.id FROM sessions s WHERE s.state = 'queued' \
+                 AND (SELECT COUNT(*) FROM sessions a WHERE a.state IN {ACTIVE}) < $4 \
+                 AND (SELECT COUNT(*) FROM sessions a WHERE a.requester_id = s.requester_id \
+                      AND a.state IN {ACTIVE}) < $5 \
+                 ORDER BY s.created_at, s.id LIMIT 1 {lock}) \
+               AND state = 'queued' \
+             RETURNING id, last_event_seq"
+        ))
+        .bind(now)
+        .bind(owner)
+        .bind(lease_until)
+        .bind(max_total as i64)
+        .bind(max_per_human as i64)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let id: String = row.try_get("id")?;
+        let seq: i64 = row.try_get("last_event_seq")?;
+        let payload = serde_json::json!({ "from": SessionState::Queued, "to": SessionState::Starting, "reason": null })
+            .to_string();
+        insert_event(&mut tx, &id, seq, now, EventKind::State, &payload).await?;
+        tx.commit().await?;
+        Ok(Some(self.session(&id).await?))
+    }
+
+    /// How many sessions hold (or are getting) a sandbox.
+    pub async fn active_sessions(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM sessions WHERE state IN {ACTIVE}"
+        ))
+        .fetch_one(self.pool())
+        .await?)
+    }
+
+    /// Records the plan of the session's current turn and the branch it works on.
+    pub async fn set_session_plan(
+        &self,
+        id: &str,
+        plan: &serde_json::Value,
+        branch: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE sessions SET plan = $2, branch = COALESCE($3, branch) WHERE id = $1")
+            .bind(id)
+            .bind(plan.to_string())
+            .bind(branch)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_session_pull_request(&self, id: &str, url: &str) -> Result<()> {
+        sqlx::query("UPDATE sessions SET pull_request_url = $2 WHERE id = $1")
+            .bind(id)
+            .bind(url)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
 }

@@ -1,0 +1,324 @@
+//! A session's plan: what its sandbox gets, computed from the profile version, the
+//! repository and the requester. The routes in it are exactly what the gateway enforces, and
+//! the plan is what the admin page shows, so what a session may reach is written down once.
+//!
+//! Pure: no I/O. A plan names credentials; it never holds a value.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{AgentSpec, Human, Inject, Limits, ProfileSpec, RouteSpec};
+use crate::store::Session;
+
+/// Deployment settings a plan depends on.
+#[derive(Debug, Clone)]
+pub struct PlanSettings {
+    /// Git hosting, when GitHub is configured: sessions clone, push and open pull requests.
+    pub github: Option<GitHosting>,
+    pub author_name: String,
+    pub author_email: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct GitHosting {
+    /// `https://github.com`: clone URLs are `<web_url>/OWNER/NAME.git`.
+    pub web_url: String,
+    /// Where the gateway sends that git traffic instead, if anywhere.
+    pub git_upstream: Option<String>,
+    /// The credential the gateway injects for git (a GitHub App or a token).
+    pub credential: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Requester {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GitPlan {
+    /// What the sandbox clones (through the gateway).
+    pub clone_url: String,
+    /// The branch the session commits to and pushes.
+    pub branch: String,
+    /// Where a new branch starts; `None` for the repository's default branch.
+    pub base: Option<String>,
+    /// The branch exists already (a pull request's): check it out rather than create it, and
+    /// push to it rather than open a pull request.
+    pub existing_branch: bool,
+    pub author_name: String,
+    pub author_email: String,
+    /// `Name <email>` of the requester, for the `Co-authored-by` trailer.
+    pub co_author: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub profile: String,
+    pub profile_version: i64,
+    pub repo: String,
+    pub requester: Requester,
+    pub agent: AgentSpec,
+    pub env: BTreeMap<String, String>,
+    pub limits: Limits,
+    /// The routes the gateway allows, in order: the profile's, then the ones Airlock adds
+    /// (git for the session's repository).
+    pub routes: Vec<RouteSpec>,
+    pub passthrough: Vec<String>,
+    pub git: Option<GitPlan>,
+}
+
+/// The branch name of a session: `airlock/<session id>-<slug of the prompt>`.
+pub fn branch_name(session_id: &str, prompt: &str) -> String {
+    let id = session_id.to_ascii_lowercase().replace('_', "-");
+    let slug = slug(prompt, 40);
+    if slug.is_empty() {
+        format!("airlock/{id}")
+    } else {
+        format!("airlock/{id}-{slug}")
+    }
+}
+
+/// Lower-case words of `text` joined by dashes, at most `max` characters, cut at a word.
+pub fn slug(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for word in text
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        let word = word.to_ascii_lowercase();
+        let extra = if out.is_empty() { 0 } else { 1 };
+        if out.len() + extra + word.len() > max {
+            if out.is_empty() {
+                out.push_str(&word[..max.min(word.len())]);
+            }
+            break;
+        }
+        if extra == 1 {
+            out.push('-');
+        }
+        out.push_str(&word);
+    }
+    out
+}
+
+/// A pull request the session works on, as an adapter recorded it in the thread reference:
+/// `{"pull_request": {"number": 7, "head": "feature", "base": "main"}}`.
+fn pull_request_of(session: &Session) -> Option<(String, String)> {
+    let pr = session.thread_ref.get("pull_request")?;
+    let head = pr.get("head")?.as_str()?.to_string();
+    let base = pr
+        .get("base")
+        .and_then(|b| b.as_str())
+        .map(str::to_string)?;
+    Some((head, base))
+}
+
+impl Plan {
+    pub fn build(
+        spec: &ProfileSpec,
+        profile_version: i64,
+        session: &Session,
+        requester: &Human,
+        settings: &PlanSettings,
+    ) -> Plan {
+        let mut routes = spec.egress.clone();
+        let git = settings.github.as_ref().map(|gh| {
+            let web = gh.web_url.trim_end_matches('/');
+            let host = web
+                .split_once("://")
+                .map(|(_, rest)| rest)
+                .unwrap_or(web)
+                .to_string();
+            routes.push(RouteSpec {
+                host: host.split(':').next().unwrap_or(&host).to_string(),
+                path_prefix: format!("/{}.git", session.repo),
+                methods: vec!["GET".into(), "POST".into()],
+                credential: Some(gh.credential.clone()),
+                inject: Some(Inject::Basic {
+                    username: "x-access-token".into(),
+                }),
+                upstream: gh.git_upstream.clone(),
+            });
+            let (branch, base, existing) = match pull_request_of(session) {
+                Some((head, base)) => (head, Some(base), true),
+                None => (branch_name(&session.id, &session.prompt), None, false),
+            };
+            GitPlan {
+                clone_url: format!("{web}/{}.git", session.repo),
+                branch,
+                base,
+                existing_branch: existing,
+                author_name: settings.author_name.clone(),
+                author_email: settings.author_email.clone(),
+                co_author: format!("{} <{}>", requester.display_name, requester.email),
+            }
+        });
+        let mut env = spec.env.clone();
+        env.insert("AIRLOCK_REPO".into(), session.repo.clone());
+        if let Some(g) = &git {
+            env.insert("AIRLOCK_BRANCH".into(), g.branch.clone());
+        }
+        Plan {
+            profile: spec.name.clone(),
+            profile_version,
+            repo: session.repo.clone(),
+            requester: Requester {
+                id: requester.id.clone(),
+                name: requester.display_name.clone(),
+                email: requester.email.clone(),
+            },
+            agent: spec.agent.clone(),
+            env,
+            limits: spec.limits.clone(),
+            routes,
+            passthrough: spec.passthrough.clone(),
+            git,
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("a plan serialises")
+    }
+
+    pub fn from_json(v: &serde_json::Value) -> Option<Plan> {
+        serde_json::from_value(v.clone()).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Role, SessionState, Surface};
+
+    fn session(prompt: &str, thread_ref: serde_json::Value) -> Session {
+        Session {
+            id: "ses_01ABC".into(),
+            requester_id: "hum_1".into(),
+            surface: Surface::Cli,
+            thread_ref,
+            repo: "acme/web".into(),
+            profile_id: "prf_1".into(),
+            profile_version: 3,
+            prompt: prompt.into(),
+            state: SessionState::Starting,
+            reason: None,
+            trigger_id: None,
+            last_event_seq: 1,
+            created_at: 0,
+            updated_at: 0,
+            started_at: None,
+            finished_at: None,
+            plan: None,
+            branch: None,
+            pull_request_url: None,
+        }
+    }
+
+    fn human() -> Human {
+        Human {
+            id: "hum_1".into(),
+            display_name: "Ada Lovelace".into(),
+            email: "ada@example.com".into(),
+            role: Role::Member,
+            created_at: 0,
+        }
+    }
+
+    fn settings(upstream: Option<&str>) -> PlanSettings {
+        PlanSettings {
+            github: Some(GitHosting {
+                web_url: "https://github.com/".into(),
+                git_upstream: upstream.map(str::to_string),
+                credential: "github".into(),
+            }),
+            author_name: "Airlock".into(),
+            author_email: "airlock@example.com".into(),
+        }
+    }
+
+    const PROFILE: &str = r#"
+name = "web"
+[agent]
+kind = "command"
+command = "make test"
+[env]
+CI = "1"
+[[egress]]
+host = "api.openai.com"
+credential = "openai"
+inject = { kind = "bearer" }
+"#;
+
+    #[test]
+    fn a_plan_adds_a_git_route_for_the_session_repository_only() {
+        let spec = ProfileSpec::from_toml(PROFILE).unwrap();
+        let plan = Plan::build(
+            &spec,
+            3,
+            &session("Fix the flaky login test!", serde_json::json!({})),
+            &human(),
+            &settings(Some("https://git.internal")),
+        );
+        assert_eq!(plan.routes.len(), 2);
+        assert_eq!(plan.routes[0].host, "api.openai.com");
+        let git = &plan.routes[1];
+        assert_eq!(git.host, "github.com");
+        assert_eq!(git.path_prefix, "/acme/web.git");
+        assert_eq!(git.methods, ["GET", "POST"]);
+        assert_eq!(git.credential.as_deref(), Some("github"));
+        assert_eq!(git.upstream.as_deref(), Some("https://git.internal"));
+        let g = plan.git.as_ref().unwrap();
+        assert_eq!(g.clone_url, "https://github.com/acme/web.git");
+        assert_eq!(g.branch, "airlock/ses-01abc-fix-the-flaky-login-test");
+        assert_eq!(g.co_author, "Ada Lovelace <ada@example.com>");
+        assert!(!g.existing_branch);
+        assert_eq!(plan.env["CI"], "1");
+        assert_eq!(plan.env["AIRLOCK_BRANCH"], g.branch);
+        assert_eq!(Plan::from_json(&plan.to_json()), Some(plan));
+    }
+
+    #[test]
+    fn a_pull_request_session_works_on_the_pull_requests_branch() {
+        let spec = ProfileSpec::from_toml(PROFILE).unwrap();
+        let s = session(
+            "address the review",
+            serde_json::json!({"pull_request": {"number": 7, "head": "feature/x", "base": "main"}}),
+        );
+        let plan = Plan::build(&spec, 3, &s, &human(), &settings(None));
+        let g = plan.git.unwrap();
+        assert_eq!(g.branch, "feature/x");
+        assert_eq!(g.base.as_deref(), Some("main"));
+        assert!(g.existing_branch);
+    }
+
+    #[test]
+    fn without_git_hosting_there_is_no_git_route() {
+        let spec = ProfileSpec::from_toml(PROFILE).unwrap();
+        let mut st = settings(None);
+        st.github = None;
+        let plan = Plan::build(
+            &spec,
+            1,
+            &session("x", serde_json::json!({})),
+            &human(),
+            &st,
+        );
+        assert_eq!(plan.routes.len(), 1);
+        assert!(plan.git.is_none());
+    }
+
+    #[test]
+    fn slugs_are_short_lower_case_words() {
+        assert_eq!(
+            slug("Fix the FLAKY login test, please", 20),
+            "fix-the-flaky-login"
+        );
+        assert_eq!(slug("ünïcode only ✓", 40), "n-code-only");
+        assert_eq!(slug("!!!", 40), "");
+        assert_eq!(slug("averyveryverylongword", 8), "averyver");
+        assert_eq!(branch_name("ses_1", "!!!"), "airlock/ses-1");
+    }
+}
