@@ -76,7 +76,12 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
                 tracing::info!(address = %listener.local_addr()?, "gateway ready");
                 background.push(tokio::spawn(gateway.serve(listener, stopped())));
             }
-            let broker = Broker::new(store.clone(), sandboxes.clone(), owner);
+            let broker = Broker::new(
+                store.clone(),
+                sandboxes.clone(),
+                owner,
+                crate::commands::sandboxes::broker_settings(cfg, &store),
+            );
             broker
                 .recover()
                 .await

@@ -142,6 +142,8 @@ pub struct Github {
     api_url: String,
     auth: Auth,
     tokens: Arc<Mutex<HashMap<String, RepoToken>>>,
+    /// A client per repository, kept while its token is the current one.
+    clients: Arc<std::sync::Mutex<HashMap<String, (Arc<SecretValue>, octocrab::Octocrab)>>>,
 }
 
 impl std::fmt::Debug for Github {
@@ -166,6 +168,7 @@ impl Github {
             api_url: api_url.trim_end_matches('/').to_string(),
             auth,
             tokens: Arc::new(Mutex::new(HashMap::new())),
+            clients: Arc::new(std::sync::Mutex::new(HashMap::new())),
         }
     }
 
@@ -245,6 +248,240 @@ impl Github {
     /// A client acting on `repo` with its token.
     pub async fn for_repo(&self, repo: &str) -> Result<octocrab::Octocrab> {
         let t = self.repo_token(repo).await?;
-        self.client(&String::from_utf8_lossy(t.token.expose()))
+        let key = repo.to_ascii_lowercase();
+        if let Some((tok, c)) = self.clients.lock().expect("clients").get(&key) {
+            if Arc::ptr_eq(tok, &t.token) {
+                return Ok(c.clone());
+            }
+        }
+        let c = self.client(&String::from_utf8_lossy(t.token.expose()))?;
+        self.clients
+            .lock()
+            .expect("clients")
+            .insert(key, (t.token.clone(), c.clone()));
+        Ok(c)
+    }
+}
+
+/// A pull request, as far as Airlock needs one.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct PullRequest {
+    pub number: u64,
+    pub html_url: String,
+    #[serde(default)]
+    pub head: Option<BranchRef>,
+    #[serde(default)]
+    pub base: Option<BranchRef>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct BranchRef {
+    #[serde(rename = "ref")]
+    pub name: String,
+    #[serde(default)]
+    pub repo: Option<RepoName>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct RepoName {
+    pub full_name: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct CommentRef {
+    pub id: u64,
+    #[serde(default)]
+    pub html_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Permission {
+    permission: String,
+}
+
+#[derive(Deserialize)]
+struct RepoInfo {
+    default_branch: String,
+}
+
+impl Github {
+    async fn call<R: serde::de::DeserializeOwned>(
+        &self,
+        repo: &str,
+        what: &str,
+        method: http::Method,
+        route: String,
+        body: Option<serde_json::Value>,
+    ) -> Result<R> {
+        let client = self.for_repo(repo).await?;
+        let r = match method {
+            http::Method::GET => client.get(route, None::<&()>).await,
+            http::Method::POST => client.post(route, body.as_ref()).await,
+            http::Method::PATCH => client.patch(route, body.as_ref()).await,
+            _ => unreachable!("only GET, POST and PATCH are used"),
+        };
+        r.map_err(|e| GithubError::from_octocrab(what, e))
+    }
+
+    /// Opens a pull request from `head` into `base`.
+    pub async fn create_pull(
+        &self,
+        repo: &str,
+        head: &str,
+        base: &str,
+        title: &str,
+        body: &str,
+    ) -> Result<PullRequest> {
+        self.call(
+            repo,
+            &format!("opening a pull request on {repo}"),
+            http::Method::POST,
+            format!("/repos/{repo}/pulls"),
+            Some(serde_json::json!({"title": title, "head": head, "base": base, "body": body})),
+        )
+        .await
+    }
+
+    pub async fn pull(&self, repo: &str, number: u64) -> Result<PullRequest> {
+        self.call(
+            repo,
+            &format!("reading pull request #{number} of {repo}"),
+            http::Method::GET,
+            format!("/repos/{repo}/pulls/{number}"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn default_branch(&self, repo: &str) -> Result<String> {
+        let r: RepoInfo = self
+            .call(
+                repo,
+                &format!("reading {repo}"),
+                http::Method::GET,
+                format!("/repos/{repo}"),
+                None,
+            )
+            .await?;
+        Ok(r.default_branch)
+    }
+
+    /// A comment on issue or pull request `number`.
+    pub async fn comment(&self, repo: &str, number: u64, body: &str) -> Result<CommentRef> {
+        self.call(
+            repo,
+            &format!("commenting on {repo}#{number}"),
+            http::Method::POST,
+            format!("/repos/{repo}/issues/{number}/comments"),
+            Some(serde_json::json!({ "body": body })),
+        )
+        .await
+    }
+
+    pub async fn edit_comment(&self, repo: &str, id: u64, body: &str) -> Result<CommentRef> {
+        self.call(
+            repo,
+            &format!("editing a comment on {repo}"),
+            http::Method::PATCH,
+            format!("/repos/{repo}/issues/comments/{id}"),
+            Some(serde_json::json!({ "body": body })),
+        )
+        .await
+    }
+
+    /// A reaction (`eyes`, `+1`, …) to an issue comment, or with `review` to a pull-request
+    /// review comment.
+    pub async fn react(
+        &self,
+        repo: &str,
+        comment_id: u64,
+        review: bool,
+        content: &str,
+    ) -> Result<()> {
+        let kind = if review { "pulls" } else { "issues" };
+        let _: serde_json::Value = self
+            .call(
+                repo,
+                &format!("reacting to a comment on {repo}"),
+                http::Method::POST,
+                format!("/repos/{repo}/{kind}/comments/{comment_id}/reactions"),
+                Some(serde_json::json!({ "content": content })),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `login`'s permission on `repo`: `admin`, `write`, `read` or `none`.
+    pub async fn permission(&self, repo: &str, login: &str) -> Result<String> {
+        let p: Permission = self
+            .call(
+                repo,
+                &format!("checking {login}'s permission on {repo}"),
+                http::Method::GET,
+                format!("/repos/{repo}/collaborators/{login}/permission"),
+                None,
+            )
+            .await?;
+        Ok(p.permission)
+    }
+}
+
+/// The deployment's GitHub client, made from `[github]` and the stored credential, and made
+/// again when credentials change (so a rotated key or token is used from then on).
+pub struct GithubSource {
+    store: crate::Store,
+    config: crate::config::GithubConfig,
+    current: Mutex<Option<((i64, i64), Github)>>,
+}
+
+impl GithubSource {
+    pub fn new(store: crate::Store, config: crate::config::GithubConfig) -> GithubSource {
+        GithubSource {
+            store,
+            config,
+            current: Mutex::new(None),
+        }
+    }
+
+    pub fn config(&self) -> &crate::config::GithubConfig {
+        &self.config
+    }
+
+    /// The credential git traffic uses (the App's key or the token).
+    pub fn credential(&self) -> Option<&str> {
+        self.config
+            .app_credential
+            .as_deref()
+            .or(self.config.token_credential.as_deref())
+    }
+
+    pub async fn get(&self) -> std::result::Result<Github, String> {
+        let fp = self
+            .store
+            .credentials_fingerprint()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut cur = self.current.lock().await;
+        if let Some((at, g)) = cur.as_ref() {
+            if *at == fp {
+                return Ok(g.clone());
+            }
+        }
+        let name = self
+            .credential()
+            .ok_or("no GitHub credential is configured")?
+            .to_string();
+        let value = self.store.reveal_credential(&name).await.map_err(|e| {
+            format!("the GitHub credential `{name}` cannot be read ({e}); set it with `airlock credential set {name}`")
+        })?;
+        let auth = match self.config.app_id {
+            Some(id) if self.config.app_credential.is_some() => {
+                Auth::app(id, value.expose()).map_err(|e| e.to_string())?
+            }
+            _ => Auth::Token(Arc::new(value)),
+        };
+        let g = Github::new(&self.config.api_url, auth);
+        *cur = Some((fp, g.clone()));
+        Ok(g)
     }
 }

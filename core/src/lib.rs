@@ -14,6 +14,7 @@ pub mod github;
 pub mod ids;
 pub mod image;
 pub mod plan;
+pub mod render;
 pub mod sandbox;
 pub mod secrets;
 pub mod store;

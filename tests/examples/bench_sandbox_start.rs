@@ -71,7 +71,12 @@ async fn main() -> anyhow::Result<()> {
         snapshot_image = sandboxes.image_for(&profile, &pv, &mut quiet).await?;
     }
 
-    let broker = Broker::new(store.clone(), sandboxes.clone(), "srv_bench".into());
+    let broker = Broker::new(
+        store.clone(),
+        sandboxes.clone(),
+        "srv_bench".into(),
+        airlock_core::broker::BrokerSettings::local(),
+    );
     tokio::spawn(broker.clone().run(std::future::pending()));
 
     let submit = |profile: usize| {

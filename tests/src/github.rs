@@ -342,6 +342,16 @@ impl FakeGithub {
         self.world().token_requests.clone()
     }
 
+    /// Every installation token the App was given (to prove none reached a sandbox).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.world()
+            .tokens
+            .iter()
+            .filter(|(_, t)| t.repos.is_some())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// `METHOD /path` of every API call, in order.
     pub fn api_calls(&self) -> Vec<String> {
         self.world().api_calls.clone()

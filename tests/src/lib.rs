@@ -5,6 +5,8 @@
 
 pub mod git;
 pub mod github;
+pub mod model;
+pub mod stack;
 pub mod tls;
 pub mod upstream;
 

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use airlock_core::broker::BrokerSettings;
 use airlock_core::domain::{EventKind, Role, SessionState, Surface};
+use airlock_core::plan::{GitHosting, PlanSettings};
 use airlock_core::sandbox::docker::{DockerRuntime, DockerRuntimeConfig};
 use airlock_core::sandbox::{Hub, Network, Runtime, SandboxSettings, Sandboxes};
 use airlock_core::store::{NewSession, SessionEvent};
@@ -88,6 +90,31 @@ pub fn gateway_settings(cfg: &airlock_core::Config) -> airlock_gateway::GatewayS
     }
 }
 
+/// The broker's limits, plan settings and GitHub client, from the configuration.
+pub fn broker_settings(cfg: &airlock_core::Config, store: &Store) -> BrokerSettings {
+    let github = cfg
+        .github
+        .clone()
+        .map(|gh| std::sync::Arc::new(airlock_core::github::GithubSource::new(store.clone(), gh)));
+    BrokerSettings {
+        max_sessions: cfg.broker.max_sessions,
+        max_sessions_per_human: cfg.broker.max_sessions_per_human,
+        plan: PlanSettings {
+            github: github.as_ref().and_then(|g| {
+                Some(GitHosting {
+                    web_url: g.config().web_url.clone(),
+                    git_upstream: g.config().git_upstream.clone(),
+                    credential: g.credential()?.to_string(),
+                })
+            }),
+            author_name: cfg.git.author_name.clone(),
+            author_email: cfg.git.author_email.clone(),
+        },
+        github,
+        public_url: cfg.public_url(),
+    }
+}
+
 /// Starts the gateway on the sandbox network's bridge address.
 pub async fn start_gateway(
     cfg: &airlock_core::Config,
@@ -124,7 +151,11 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         };
-        let profile = match &args.profile {
+        let profile = match args
+            .profile
+            .as_ref()
+            .or(ctx.config.broker.default_profile.as_ref())
+        {
             Some(p) => store.find_profile(p).await?,
             None => {
                 let all = store.list_profiles().await?;
@@ -231,6 +262,38 @@ fn print_event(ctx: &Ctx, e: &SessionEvent) -> anyhow::Result<()> {
         }
         EventKind::State => eprintln!("[{}]", output::safe(text("to"))),
         EventKind::Note => eprintln!("· {}", output::safe(text("text"))),
+        EventKind::Message => println!("{}", output::safe_multiline(text("text"))),
+        EventKind::ToolCall => {
+            let input = &e.payload["input"];
+            let shown = input
+                .get("command")
+                .or_else(|| input.get("path"))
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+                .unwrap_or_else(|| input.to_string());
+            eprintln!(
+                "→ {}: {}",
+                output::safe(text("tool")),
+                output::safe(&airlock_core::render::one_line(&shown, 200))
+            );
+        }
+        EventKind::FileChange => eprintln!(
+            "✎ {} ({})",
+            output::safe(text("path")),
+            output::safe(text("change"))
+        ),
+        // A `command` agent's summary repeats its output, already printed as it came.
+        EventKind::Summary if e.payload["runner"] == "agent" => {
+            println!("\n{}", output::safe_multiline(text("text")));
+        }
+        EventKind::Git => {
+            let branch = output::safe(text("branch"));
+            match e.payload["pull_request"]["url"].as_str() {
+                Some(url) => eprintln!("⇡ pushed {branch}; pull request: {}", output::safe(url)),
+                None if e.payload["pushed"] == true => eprintln!("⇡ pushed {branch}"),
+                None => eprintln!("· nothing to push: no file changed"),
+            }
+        }
         _ => {}
     }
     Ok(())

@@ -241,13 +241,13 @@ impl Sandboxes {
         Ok((sb, Origin::Cold { image }))
     }
 
-    /// Binds a sandbox to its session: the egress token, the proxy, and the profile's
+    /// Binds a sandbox to its session: the egress token, the proxy, and the plan's
     /// environment, valid until `deadline_ms`.
     pub async fn bind(
         &self,
         sb: &Sandbox,
         session: &Session,
-        spec: &ProfileSpec,
+        env: &BTreeMap<String, String>,
         deadline_ms: i64,
     ) -> Result<()> {
         let ttl = (deadline_ms - now_ms()).max(60_000);
@@ -256,9 +256,7 @@ impl Sandboxes {
             .bind_tokens(&sb.id, &session.id, deadline_ms)
             .await?;
         self.store.set_session_sandbox(&session.id, &sb.id).await?;
-        let mut env = spec.env.clone();
-        env.insert("AIRLOCK_REPO".into(), session.repo.clone());
-        self.hub.bind(&sb.id, &session.id, proxy, env)?;
+        self.hub.bind(&sb.id, &session.id, proxy, env.clone())?;
         Ok(())
     }
 

@@ -1,0 +1,270 @@
+//! A strict, scripted fake of an OpenAI-compatible model API, over HTTPS with its own test CA.
+//!
+//! Chat completions (`POST /v1/chat/completions`, JSON) answer the script's steps in order:
+//! tool calls, then a final answer. The Responses API (`POST /v1/responses`, server-sent
+//! events), which Codex CLI speaks, answers from the same script. Every request needs the
+//! right `Authorization: Bearer <key>`; a tool result the agent failed to send back, a body
+//! that is not the API's shape, or a request past the end of the script is recorded as a
+//! problem (and answered with an error), and tests assert there were none.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+/// One answer of the script.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Ask the agent to call these tools: `(name, arguments)`.
+    Tools(Vec<(&'static str, Value)>),
+    /// The final answer.
+    Answer(&'static str),
+}
+
+pub struct FakeModel {
+    /// `https://localhost:<port>`: the upstream a route names.
+    pub url: String,
+    pub ca_pem: String,
+    pub ca_file: PathBuf,
+    shared: Shared,
+    _dir: tempfile::TempDir,
+}
+
+#[derive(Clone)]
+struct Shared {
+    key: String,
+    script: Arc<Vec<Step>>,
+    /// Request bodies, in order.
+    requests: Arc<Mutex<Vec<Value>>>,
+    problems: Arc<Mutex<Vec<String>>>,
+    /// Which step each API (chat or responses) is at.
+    position: Arc<Mutex<(usize, usize)>>,
+}
+
+impl FakeModel {
+    pub async fn start(key: &str, script: Vec<Step>) -> FakeModel {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = crate::tls::TestCa::new("Fake model test CA", dir.path());
+        let shared = Shared {
+            key: key.to_string(),
+            script: Arc::new(script),
+            requests: Arc::default(),
+            problems: Arc::default(),
+            position: Arc::default(),
+        };
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/v1/responses", post(responses).get(no_websocket))
+            .route("/v1/models", get(models))
+            .fallback(unknown)
+            .with_state(shared.clone());
+        let port =
+            crate::tls::serve_https(app, ca.server_config(&["localhost", "127.0.0.1"])).await;
+        FakeModel {
+            url: format!("https://localhost:{port}"),
+            ca_pem: ca.pem.clone(),
+            ca_file: ca.file.clone(),
+            shared,
+            _dir: dir,
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Value> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+
+    pub fn problems(&self) -> Vec<String> {
+        self.shared.problems.lock().unwrap().clone()
+    }
+}
+
+fn problem(s: &Shared, what: String) -> Response {
+    s.problems.lock().unwrap().push(what.clone());
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": {"message": what, "type": "invalid_request_error"}})),
+    )
+        .into_response()
+}
+
+fn authorized(s: &Shared, headers: &HeaderMap) -> bool {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == format!("Bearer {}", s.key))
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}})),
+    )
+        .into_response()
+}
+
+async fn unknown(State(s): State<Shared>, req: axum::extract::Request) -> Response {
+    let what = format!("{} {}", req.method(), req.uri().path());
+    s.problems
+        .lock()
+        .unwrap()
+        .push(format!("unknown endpoint {what}"));
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": {"message": format!("Unknown request URL: {what}")}})),
+    )
+        .into_response()
+}
+
+async fn no_websocket() -> Response {
+    // Codex tries a WebSocket first and falls back to HTTP when the upgrade is refused.
+    (StatusCode::NOT_FOUND, "no websocket here").into_response()
+}
+
+async fn models(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    if !authorized(&s, &headers) {
+        return unauthorized();
+    }
+    Json(json!({"object": "list", "data": [{"id": "fake-model", "object": "model"}]}))
+        .into_response()
+}
+
+async fn chat(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&s, &headers) {
+        return unauthorized();
+    }
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return problem(&s, "the body is not JSON".into());
+    };
+    s.requests.lock().unwrap().push(req.clone());
+    let Some(messages) = req["messages"].as_array() else {
+        return problem(&s, "no messages array".into());
+    };
+    if req["model"].as_str().is_none_or(str::is_empty) {
+        return problem(&s, "no model".into());
+    }
+    // Every tool call the assistant made must be answered by a tool message.
+    let mut open: Vec<String> = Vec::new();
+    for m in messages {
+        match m["role"].as_str().unwrap_or("") {
+            "assistant" => {
+                for c in m["tool_calls"].as_array().into_iter().flatten() {
+                    open.push(c["id"].as_str().unwrap_or("").to_string());
+                }
+            }
+            "tool" => {
+                let id = m["tool_call_id"].as_str().unwrap_or("");
+                open.retain(|o| o != id);
+                if m["content"].as_str().is_none() {
+                    return problem(&s, format!("tool result {id} has no content"));
+                }
+            }
+            "system" | "user" => {}
+            other => return problem(&s, format!("unknown role {other:?}")),
+        }
+    }
+    if !open.is_empty() {
+        return problem(&s, format!("tool calls without results: {open:?}"));
+    }
+    let step = {
+        let mut p = s.position.lock().unwrap();
+        p.0 += 1;
+        p.0 - 1
+    };
+    let Some(answer) = s.script.get(step) else {
+        return problem(
+            &s,
+            format!("request {} is past the end of the script", step + 1),
+        );
+    };
+    let message = match answer {
+        Step::Tools(calls) => json!({
+            "role": "assistant", "content": null,
+            "tool_calls": calls.iter().enumerate().map(|(i, (name, args))| json!({
+                "id": format!("call_{step}_{i}"), "type": "function",
+                "function": {"name": name, "arguments": args.to_string()},
+            })).collect::<Vec<_>>(),
+        }),
+        Step::Answer(text) => json!({"role": "assistant", "content": text}),
+    };
+    let finish = if matches!(answer, Step::Tools(_)) {
+        "tool_calls"
+    } else {
+        "stop"
+    };
+    Json(json!({
+        "id": format!("chatcmpl-{step}"), "object": "chat.completion", "created": 1, "model": req["model"],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+    }))
+    .into_response()
+}
+
+fn sse(events: Vec<Value>) -> Response {
+    let mut body = String::new();
+    for e in events {
+        body.push_str(&format!(
+            "event: {}\ndata: {}\n\n",
+            e["type"].as_str().unwrap_or(""),
+            e
+        ));
+    }
+    ([("content-type", "text/event-stream")], body).into_response()
+}
+
+/// The Responses API as Codex uses it: each request answers the next step, streamed.
+async fn responses(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&s, &headers) {
+        return unauthorized();
+    }
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return problem(&s, "the body is not JSON".into());
+    };
+    s.requests.lock().unwrap().push(req.clone());
+    if !req["input"].is_array() {
+        return problem(&s, "no input array".into());
+    }
+    let step = {
+        let mut p = s.position.lock().unwrap();
+        p.1 += 1;
+        p.1 - 1
+    };
+    let Some(answer) = s.script.get(step) else {
+        return problem(
+            &s,
+            format!("request {} is past the end of the script", step + 1),
+        );
+    };
+    let id = format!("resp_{step}");
+    let mut events = vec![json!({"type": "response.created", "response": {"id": id}})];
+    let mut output = Vec::new();
+    match answer {
+        Step::Tools(calls) => {
+            for (i, (name, args)) in calls.iter().enumerate() {
+                let item = json!({"type": "function_call", "id": format!("fc_{step}_{i}"), "call_id": format!("call_{step}_{i}"),
+                                  "name": name, "arguments": args.to_string(), "status": "completed"});
+                events.push(
+                    json!({"type": "response.output_item.done", "output_index": i, "item": item}),
+                );
+                output.push(item);
+            }
+        }
+        Step::Answer(text) => {
+            let item = json!({"type": "message", "id": format!("msg_{step}"), "role": "assistant", "status": "completed",
+                              "content": [{"type": "output_text", "text": text, "annotations": []}]});
+            events.push(json!({"type": "response.output_text.delta", "item_id": format!("msg_{step}"), "output_index": 0, "content_index": 0, "delta": text}));
+            events.push(
+                json!({"type": "response.output_item.done", "output_index": 0, "item": item}),
+            );
+            output.push(item);
+        }
+    }
+    events.push(json!({"type": "response.completed", "response": {"id": id, "object": "response", "status": "completed", "output": output,
+        "usage": {"input_tokens": 100, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 20, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 120}}}));
+    sse(events)
+}
