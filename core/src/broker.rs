@@ -151,7 +151,18 @@ impl Broker {
             }
         }
         let found = self.sandboxes.reconcile(&mine).await?;
+        // A session whose agent had not started yet lost nothing: it goes back to the queue.
+        let requeue = "the server restarted before the session's agent started; queued again";
         for (session, why) in found.vanished {
+            let state = self.store.session(&session).await?.state;
+            if state == SessionState::Starting {
+                tracing::info!(%session, "{requeue}");
+                let _ = self
+                    .store
+                    .transition(&session, SessionState::Queued, Some(requeue))
+                    .await;
+                continue;
+            }
             tracing::warn!(%session, "{why}");
             let _ = self
                 .store
@@ -172,12 +183,19 @@ impl Broker {
                     let stream = self.sandboxes.hub.attach(&sandbox, exec as u64);
                     self.spawn(session, Some((sb, stream)));
                 }
+                (SessionState::Starting, _) => {
+                    self.sandboxes.release(&sb, requeue).await;
+                    let _ = self
+                        .store
+                        .transition(&session, SessionState::Queued, Some(requeue))
+                        .await;
+                }
                 (state, _) => {
                     let why = format!(
                         "the server stopped while the session was {}; ask again to retry",
                         match state {
                             SessionState::Finishing => "pushing its changes",
-                            _ => "starting",
+                            _ => "between steps",
                         }
                     );
                     self.sandboxes.release(&sb, &why).await;

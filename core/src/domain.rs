@@ -86,11 +86,13 @@ impl SessionState {
     }
 
     /// Whether the state machine allows `self -> to`. Any live state may end (fail, be
-    /// cancelled or time out); an ended session goes back to `queued` for a follow-up turn.
+    /// cancelled or time out); an ended session goes back to `queued` for a follow-up turn,
+    /// and a session whose agent never started (the server stopped) goes back to the queue.
     pub fn can_become(self, to: SessionState) -> bool {
         use SessionState::*;
         match (self, to) {
             (Queued, Starting) | (Starting, Running) | (Running, Finishing) => true,
+            (Starting, Queued) => true,
             (Finishing, Succeeded) => true,
             (from, Failed | Cancelled | TimedOut) => !from.is_terminal(),
             (from, Queued) => from.is_terminal(),
@@ -745,6 +747,8 @@ humans = ["ada@example.com"]
         assert!(!Succeeded.can_become(Failed));
         assert!(!Running.can_become(Succeeded));
         assert!(!Queued.can_become(Queued));
+        assert!(Starting.can_become(Queued));
+        assert!(!Running.can_become(Queued));
     }
 
     #[test]

@@ -98,7 +98,7 @@ async fn sandboxd_runs_processes_files_and_ptys_and_refuses_foreign_tokens() {
         .bind(
             &a,
             &session,
-            &pv.spec,
+            &pv.spec.env,
             airlock_core::ids::now_ms() + 600_000,
         )
         .await

@@ -5,93 +5,13 @@
 
 use std::time::{Duration, Instant};
 
+use airlock_tests::sessions::{
+    detach, install_on, notes_of, output_of, run, show, state_of, wait_for,
+};
 use airlock_tests::{stderr, stdout, Engine, Install, Server};
 
-/// An installation with an admin and the given profiles (name, agent command, extra TOML).
 async fn install_with(profiles: &[(&str, &str, &str)]) -> Install {
     install_on(Engine::Sqlite, profiles).await
-}
-
-async fn install_on(engine: Engine, profiles: &[(&str, &str, &str)]) -> Install {
-    let mut install = Install::new(engine).await;
-    Server::configure(&mut install);
-    install.ok(&["migrate"]);
-    install.ok(&[
-        "human",
-        "add",
-        "--name",
-        "Ada Lovelace",
-        "--email",
-        "ada@example.com",
-        "--admin",
-    ]);
-    for (name, command, extra) in profiles {
-        let text = format!(
-            "name = \"{name}\"\n[agent]\nkind = \"command\"\ncommand = '''{command}'''\n{extra}\n"
-        );
-        let path = install.path().join(format!("{name}.toml"));
-        std::fs::write(&path, text).unwrap();
-        install.ok(&["profile", "apply", "-f", path.to_str().unwrap()]);
-    }
-    install
-}
-
-fn run(install: &Install, profile: &str, prompt: &str) -> std::process::Output {
-    install.run(&["run", "--repo", "acme/web", "--profile", profile, prompt])
-}
-
-fn detach(install: &Install, profile: &str, prompt: &str) -> String {
-    install
-        .ok(&[
-            "run",
-            "--repo",
-            "acme/web",
-            "--profile",
-            profile,
-            "--detach",
-            prompt,
-        ])
-        .trim()
-        .to_string()
-}
-
-fn show(install: &Install, id: &str) -> serde_json::Value {
-    install.json(&["session", "show", id])
-}
-
-fn output_of(shown: &serde_json::Value) -> String {
-    shown["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "command_output")
-        .map(|e| e["payload"]["text"].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn notes_of(shown: &serde_json::Value) -> Vec<String> {
-    shown["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "note")
-        .map(|e| e["payload"]["text"].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn state_of(install: &Install, id: &str) -> String {
-    show(install, id)["session"]["state"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
