@@ -136,6 +136,9 @@ struct TokenAnswer {
     expires_at: String,
 }
 
+/// A repository's client and the token it was made with.
+type RepoClient = (Arc<SecretValue>, octocrab::Octocrab);
+
 /// The GitHub API for one deployment. Cheap to clone.
 #[derive(Clone)]
 pub struct Github {
@@ -143,7 +146,7 @@ pub struct Github {
     auth: Auth,
     tokens: Arc<Mutex<HashMap<String, RepoToken>>>,
     /// A client per repository, kept while its token is the current one.
-    clients: Arc<std::sync::Mutex<HashMap<String, (Arc<SecretValue>, octocrab::Octocrab)>>>,
+    clients: Arc<std::sync::Mutex<HashMap<String, RepoClient>>>,
 }
 
 impl std::fmt::Debug for Github {

@@ -199,9 +199,6 @@ impl RouteTable {
 
     /// The route that allows `method` on `path` (no query) at `host`.
     pub fn request(&self, host: &str, method: &str, path: &str) -> Result<&Route, Refusal> {
-        if is_ambiguous_path(path) {
-            return Err(Refusal::AmbiguousPath);
-        }
         let host = normalise_host(host);
         let best = self
             .routes
@@ -215,6 +212,13 @@ impl RouteTable {
             .iter()
             .filter(|r| r.host.matches(&host) && r.host.specificity() == best)
             .collect();
+        // Where the path decides (a route with a narrower prefix than `/`), a path the
+        // upstream would normalise into another one is refused. Where every route allows the
+        // whole host, there is nothing to confuse (npm's `/@scope%2fname` must pass).
+        let path_matters = candidates.iter().any(|r| r.path_prefix != "/");
+        if (path_matters && is_ambiguous_path(path)) || !path.starts_with('/') {
+            return Err(Refusal::AmbiguousPath);
+        }
         let on_path: Vec<&Route> = candidates
             .iter()
             .copied()
@@ -357,6 +361,29 @@ mod tests {
                 "{p}"
             );
         }
+    }
+
+    #[test]
+    fn a_host_allowed_whole_takes_encoded_paths() {
+        let t = RouteTable::from_parts(
+            &[RouteSpec {
+                host: "registry.npmjs.org".into(),
+                path_prefix: "/".into(),
+                methods: vec![],
+                credential: None,
+                inject: None,
+                upstream: None,
+            }],
+            &[],
+        );
+        assert!(t
+            .request("registry.npmjs.org", "GET", "/@openai%2fcodex")
+            .is_ok());
+        assert_eq!(
+            t.request("registry.npmjs.org", "GET", "no-slash")
+                .map(|r| r.index),
+            Err(Refusal::AmbiguousPath)
+        );
     }
 
     #[test]

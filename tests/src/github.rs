@@ -422,9 +422,9 @@ enum Caller {
     },
 }
 
-fn caller(s: &Shared, headers: &HeaderMap) -> Result<Caller, Response> {
+fn caller(s: &Shared, headers: &HeaderMap) -> Result<Caller, Box<Response>> {
     if headers.get("user-agent").is_none() {
-        return Err(err(StatusCode::FORBIDDEN, "Request forbidden by administrative rules. Please make sure your request has a User-Agent header"));
+        return Err(Box::new(err(StatusCode::FORBIDDEN, "Request forbidden by administrative rules. Please make sure your request has a User-Agent header")));
     }
     let auth = headers
         .get("authorization")
@@ -435,7 +435,10 @@ fn caller(s: &Shared, headers: &HeaderMap) -> Result<Caller, Response> {
         .or_else(|| auth.strip_prefix("token "))
         .unwrap_or("");
     if token.is_empty() {
-        return Err(err(StatusCode::UNAUTHORIZED, "Requires authentication"));
+        return Err(Box::new(err(
+            StatusCode::UNAUTHORIZED,
+            "Requires authentication",
+        )));
     }
     if token.matches('.').count() == 2 {
         // GitHub takes the App id as a number or a string in `iss`, and at most ten minutes
@@ -445,10 +448,10 @@ fn caller(s: &Shared, headers: &HeaderMap) -> Result<Caller, Response> {
         let claims = match jsonwebtoken::decode::<Value>(token, &s.app_public, &v) {
             Ok(d) => d.claims,
             Err(e) => {
-                return Err(err(
+                return Err(Box::new(err(
                     StatusCode::UNAUTHORIZED,
                     &format!("A JSON web token could not be decoded: {e}"),
-                ))
+                )))
             }
         };
         let iss = match &claims["iss"] {
@@ -458,10 +461,10 @@ fn caller(s: &Shared, headers: &HeaderMap) -> Result<Caller, Response> {
         };
         let span = claims["exp"].as_i64().unwrap_or(0) - claims["iat"].as_i64().unwrap_or(0);
         if iss != s.app_id.to_string() || !(1..=600).contains(&span) {
-            return Err(err(
+            return Err(Box::new(err(
                 StatusCode::UNAUTHORIZED,
                 "'Issued at' or 'Expiration' time is invalid, or the issuer is not this App",
-            ));
+            )));
         }
         return Ok(Caller::App);
     }
@@ -471,7 +474,7 @@ fn caller(s: &Shared, headers: &HeaderMap) -> Result<Caller, Response> {
             login: t.login.clone(),
             repos: t.repos.clone(),
         }),
-        None => Err(err(StatusCode::UNAUTHORIZED, "Bad credentials")),
+        None => Err(Box::new(err(StatusCode::UNAUTHORIZED, "Bad credentials"))),
     }
 }
 
@@ -520,7 +523,7 @@ async fn api(
                 .unwrap()
                 .unexpected
                 .push(format!("{method} {path}: refused credentials"));
-            return r;
+            return *r;
         }
     };
     let answer = route(&s, &method, &path, &caller, &body);

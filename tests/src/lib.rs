@@ -6,6 +6,7 @@
 pub mod git;
 pub mod github;
 pub mod model;
+pub mod registry;
 pub mod sessions;
 pub mod stack;
 pub mod tls;

@@ -94,6 +94,16 @@ impl Stack {
         )
     }
 
+    /// Trusts another test CA for upstreams (before [`Stack::start`]).
+    pub fn trust(&self, pem: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.install.path().join("test-cas.pem"))
+            .unwrap();
+        writeln!(f, "\n{pem}").unwrap();
+    }
+
     /// Applies a profile (TOML text).
     pub fn profile(&self, toml: &str) {
         let path = self.install.path().join(format!(

@@ -298,3 +298,98 @@ async fn a_command_agent_session_pushes_its_change_and_opens_a_pull_request() {
     assert!(stderr(&out).contains("nothing to push"), "{}", stderr(&out));
     assert_eq!(stack.github.pulls("acme/web").len(), 1);
 }
+
+/// The real Codex CLI, installed with npm (from a local registry holding the real package)
+/// into the profile's snapshot, talks to the fake model through the gateway, edits the file,
+/// runs the tests, and the session pushes the branch and opens the pull request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_cli_from_npm_runs_the_same_session_through_the_gateway() {
+    let registry =
+        airlock_tests::registry::FakeRegistry::start(&airlock_tests::registry::cache_dir()).await;
+    let version = registry
+        .latest("@openai/codex")
+        .expect("the cache holds @openai/codex");
+    let script = vec![
+        Step::Tools(vec![(
+            "exec_command",
+            json!({"cmd": "sed -i 's/a - b/a + b/' calc.py && python3 -m unittest -q test_calc && echo TESTS-OK"}),
+        )]),
+        Step::Answer("Fixed `add` with Codex; the tests pass."),
+    ];
+    let mut stack = Stack::new(Engine::Sqlite, script, "acme/web", &files(), |_| {}).await;
+    stack.trust(&registry.ca_pem);
+    stack.profile(&format!(
+        r#"name = "codex"
+[sandbox]
+setup = ["npm install --global --prefix \"$HOME/.local\" --no-audit --no-fund --no-update-notifier @openai/codex@{version}", "\"$HOME/.local/bin/codex\" --version"]
+[agent]
+kind = "codex"
+model = "fake-model"
+args = ["-c", "model_provider=\"airlock\"", "-c", 'model_providers.airlock={{name="Airlock gateway", base_url="https://{model}/v1", env_key="OPENAI_API_KEY", wire_api="responses"}}']
+[env]
+PATH = "/home/agent/.local/bin:/usr/local/bin:/usr/bin:/bin"
+[limits]
+wall_clock_secs = 600
+[[egress]]
+host = "registry.npmjs.org"
+methods = ["GET"]
+upstream = "{registry}"
+{route}"#,
+        model = airlock_tests::stack::MODEL_HOST,
+        registry = registry.url,
+        route = stack.model_route()
+    ));
+    stack.start();
+    let out = stack
+        .airlock(&[
+            "run",
+            "--repo",
+            "acme/web",
+            "--profile",
+            "codex",
+            "Fix the add function",
+        ])
+        .await;
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert!(
+        out.status.success(),
+        "{text}\n{err}\n{}",
+        stack.server.as_ref().unwrap().log()
+    );
+    assert!(
+        err.contains(&format!("codex-cli {version}")),
+        "the setup step ran codex: {err}"
+    );
+    assert!(text.contains("TESTS-OK"), "{text}");
+    assert!(text.contains("Fixed `add` with Codex"), "{text}");
+    assert!(
+        registry.unexpected().is_empty(),
+        "{:?}",
+        registry.unexpected()
+    );
+    // Codex spoke the Responses API through the gateway with the real key.
+    let requests = stack.model.requests();
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    assert!(
+        requests[1]["input"].to_string().contains("TESTS-OK"),
+        "Codex sent the command's output back"
+    );
+    assert!(
+        stack.model.problems().is_empty(),
+        "{:?}",
+        stack.model.problems()
+    );
+    let session = &stack.json(&["session", "list"]).await[0];
+    let branch = session["branch"].as_str().unwrap();
+    let (author, body, calc) = tip(&stack, branch);
+    assert_eq!(author, "Airlock <airlock@example.com>");
+    assert!(
+        body.contains("Co-authored-by: Ada Lovelace <ada@example.com>"),
+        "{body}"
+    );
+    assert!(calc.contains("a + b"));
+    assert_eq!(stack.github.pulls("acme/web").len(), 1);
+    let mut secrets = vec![stack.model_key.clone()];
+    secrets.extend(stack.github.issued_tokens());
+    assert_sandbox_clean(&stack, session, &secrets);
+}

@@ -138,7 +138,11 @@ fn codex_line(
                     tool: item["type"].as_str().unwrap_or("").into(),
                     input: item.clone(),
                 }),
-                "error" if done => *failed = item["message"].as_str().map(str::to_string),
+                // Codex reports notices (fallbacks, missing model metadata) as error items;
+                // they do not end the run.
+                "error" if done => out.push(AgentEvent::CommandOutput {
+                    text: format!("codex: {}\n", item["message"].as_str().unwrap_or("")),
+                }),
                 _ => {}
             }
         }
@@ -150,7 +154,10 @@ fn codex_line(
                     .to_string(),
             )
         }
-        "error" => *failed = Some(v["message"].as_str().unwrap_or("error").to_string()),
+        // Retries ("Reconnecting... 2/5") are announced as errors too; the turn's end decides.
+        "error" => out.push(AgentEvent::CommandOutput {
+            text: format!("codex: {}\n", v["message"].as_str().unwrap_or("")),
+        }),
         _ => {}
     }
 }
@@ -325,6 +332,7 @@ mod tests {
     fn codex_events_become_session_events() {
         let lines = [
             r#"{"type":"thread.started","thread_id":"t"}"#,
+            r#"{"type":"item.completed","item":{"id":"0","type":"error","message":"Model metadata for `m` not found."}}"#,
             r#"{"type":"item.started","item":{"id":"1","type":"command_execution","command":"bash -lc 'cargo test'","status":"in_progress"}}"#,
             r#"{"type":"item.completed","item":{"id":"1","type":"command_execution","command":"bash -lc 'cargo test'","aggregated_output":"ok\n","exit_code":0}}"#,
             r#"{"type":"item.completed","item":{"id":"2","type":"file_change","changes":[{"path":"src/a.rs","kind":"update"}],"status":"completed"}}"#,
@@ -340,7 +348,14 @@ mod tests {
                 &mut failed,
             );
         }
-        assert_eq!(out.len(), 4);
+        assert_eq!(out.len(), 5);
+        assert_eq!(
+            out[0],
+            AgentEvent::CommandOutput {
+                text: "codex: Model metadata for `m` not found.\n".into()
+            }
+        );
+        out.remove(0);
         assert!(matches!(&out[0], AgentEvent::ToolCall { tool, .. } if tool == "shell"));
         assert_eq!(
             out[1],
@@ -356,7 +371,10 @@ mod tests {
             }
         );
         assert_eq!(last.as_deref(), Some("Fixed it."));
-        assert!(failed.is_none());
+        assert!(failed.is_none(), "notices do not fail the run");
+        let failure = serde_json::json!({"type":"turn.failed","error":{"message":"quota"}});
+        codex_line(&failure, &mut out, &mut last, &mut failed);
+        assert_eq!(failed.as_deref(), Some("quota"));
     }
 
     #[test]

@@ -269,7 +269,7 @@ fn edit_file(root: &Path, args: &Value, emit: &mut Emit) -> Result<String, Strin
     Ok(format!("edited {}", rel(root, &path)))
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>, max: usize) {
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, max: usize) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -284,7 +284,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>, max: usize) {
         let Ok(kind) = e.file_type() else { continue };
         if kind.is_dir() {
             if !SKIP_DIRS.iter().any(|s| name == *s) {
-                walk(root, &p, out, max);
+                walk(&p, out, max);
             }
         } else if kind.is_file() {
             out.push(p);
@@ -301,7 +301,7 @@ fn list_files(root: &Path, args: &Value) -> Result<String, String> {
         return Err(format!("{} is not a directory", rel(root, &dir)));
     }
     let mut files = Vec::new();
-    walk(root, &dir, &mut files, LIST_ENTRIES + 1);
+    walk(&dir, &mut files, LIST_ENTRIES + 1);
     let more = files.len() > LIST_ENTRIES;
     let mut text: String = files
         .iter()
@@ -329,7 +329,7 @@ fn search_files(root: &Path, args: &Value) -> Result<String, String> {
         _ => root.to_path_buf(),
     };
     let mut files = Vec::new();
-    walk(root, &dir, &mut files, 20_000);
+    walk(&dir, &mut files, 20_000);
     let mut hits = Vec::new();
     for f in files {
         let Ok(bytes) = std::fs::read(&f) else {
