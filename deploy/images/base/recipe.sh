@@ -3,7 +3,7 @@
 # only Debian's package archive (no image registry). `airlock image build` runs this and
 # imports the result as airlock/base:<hash of this file>; edit it and the tag changes.
 #
-# Contents: bash, git, curl, ca-certificates, python3, nodejs + npm (fetch made proxy-aware
+# Contents: bash, git, curl, ca-certificates, python3 (with venv), nodejs + npm (fetch made proxy-aware
 # with undici), and an unprivileged
 # `agent` user (uid 1000) that agents run as.
 set -euo pipefail
@@ -19,7 +19,7 @@ debootstrap --variant=minbase \
 # debootstrap's resolver cannot install npm's dependency tree; apt inside the chroot can.
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 chroot "$root" apt-get update
-DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get install -y --no-install-recommends nodejs npm
+DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get install -y --no-install-recommends nodejs npm python3-venv
 
 # Node's built-in fetch ignores HTTP(S)_PROXY before Node 24. undici (the library behind it)
 # ships an agent that reads them; a preload installs it as fetch's global dispatcher, so
