@@ -1,9 +1,16 @@
-//! Adapters: Slack (slack-morphism), GitHub (octocrab) and Discord (serenity).
+//! Adapters: GitHub (octocrab), Slack (slack-morphism) and Discord (serenity).
 //!
-//! Each adapter verifies an inbound request before anything parses its body, turns it into one
-//! typed request for the core, finds the Human behind the account, and renders session events
-//! back into its surface. An adapter never acts for an account that is not linked to a human
-//! and never sees an unverified body.
-//!
-//! Status: the boundary is fixed here; the adapters arrive with issues 6 (GitHub) and
-//! 7 (Slack, Discord). Nothing in this crate is wired into the server yet.
+//! Each adapter verifies an inbound request before anything parses its body, stores it (so a
+//! replay is recognised and nothing is lost), answers at once, then turns it into one typed
+//! request for the core: the Human behind the account ([`identity`]), checked for
+//! permission, becomes the requester of a session ([`requests`]). Session status goes back to
+//! the thread through the outbox ([`notify`]), rendered per surface ([`status`]). An adapter
+//! never acts for an account that is not linked to a human and never reads an unverified body.
+
+pub mod command;
+pub mod github;
+pub mod identity;
+pub mod notify;
+pub mod requests;
+pub mod status;
+pub mod verify;

@@ -148,7 +148,7 @@ pub enum IdentityCmd {
         human: String,
         #[arg(long, value_parser = parse_enum::<Provider>)]
         provider: Provider,
-        /// Slack team id, Discord guild id, or GitHub host [github: github.com]
+        /// Slack team id, Discord guild id, or GitHub host [github: the host of github.web_url]
         #[arg(long)]
         workspace: Option<String>,
         /// The provider's user id (Slack U…, GitHub numeric id, Discord snowflake)

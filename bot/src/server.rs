@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use airlock_adapters::github::GithubAdapter;
+use airlock_adapters::notify::{GithubSink, Notifier};
 use airlock_core::broker::Broker;
+use airlock_core::domain::Surface;
 use airlock_core::Store;
 use anyhow::Context as _;
 use axum::extract::State;
@@ -46,6 +49,11 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
         }
     })?;
     let mut background = Vec::new();
+    let owner = server_id(&cfg.data_dir)?;
+    let github = cfg
+        .github
+        .clone()
+        .map(|gh| Arc::new(airlock_core::github::GithubSource::new(store.clone(), gh)));
     match airlock_core::docker::connect(&cfg.docker.host).await {
         Ok(docker) => {
             let image = airlock_core::image::base_image_ref(&cfg.docker.base_image);
@@ -57,7 +65,6 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
             }
             // Sandboxes are the product's wall: if the network or its firewall cannot be
             // set up, refuse to start rather than run sessions without it.
-            let owner = server_id(&cfg.data_dir)?;
             let (sandboxes, network) =
                 crate::commands::sandboxes::stack(ctx, &store, &owner).await?;
             let addr = SocketAddr::from((network.host_address, cfg.sandbox.endpoint_port));
@@ -79,8 +86,8 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
             let broker = Broker::new(
                 store.clone(),
                 sandboxes.clone(),
-                owner,
-                crate::commands::sandboxes::broker_settings(cfg, &store),
+                owner.clone(),
+                crate::commands::sandboxes::broker_settings(cfg, github.clone()),
             );
             broker
                 .recover()
@@ -119,10 +126,31 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
             }
         }));
     }
-    let app = router(AppState {
+    let mut app = router(AppState {
         store: store.clone(),
         docker_ok: docker_ok.clone(),
     });
+    // The outbox sender and the adapters.
+    let mut notifier = Notifier::new(store.clone(), owner.clone(), cfg.public_url());
+    if let (Some(gh_cfg), Some(source)) = (&cfg.github, &github) {
+        let adapter = GithubAdapter::new(
+            store.clone(),
+            gh_cfg.clone(),
+            source.clone(),
+            cfg.broker.default_profile.clone(),
+            cfg.public_url(),
+            None,
+        );
+        app = app.merge(adapter.router());
+        notifier = notifier.with(
+            Surface::Github,
+            Arc::new(GithubSink {
+                source: source.clone(),
+            }),
+        );
+        background.push(tokio::spawn(async move { adapter.resume().await }));
+    }
+    background.push(tokio::spawn(Arc::new(notifier).run(stopped())));
     tracing::info!(address = %local, public_url = %cfg.public_url(), database = %airlock_core::store::redact_url(&cfg.database_url()), "Airlock is up");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())

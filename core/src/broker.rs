@@ -636,6 +636,9 @@ impl Broker {
                     .map(str::to_string)
             });
         let mut opened = None;
+        if let (Some(url), None) = (&pull, &session.pull_request_url) {
+            let _ = self.store.set_session_pull_request(&session.id, url).await;
+        }
         if pull.is_none() && !git.existing_branch {
             if let Some(source) = &self.settings.github {
                 let body = self

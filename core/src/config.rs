@@ -23,6 +23,7 @@ const RESERVED_ENV_PREFIXES: &[&str] = &["AIRLOCK_TEST_"];
 enum Kind {
     Str,
     Int,
+    Bool,
     Secret,
 }
 
@@ -174,6 +175,16 @@ const KEYS: &[(&str, Kind, &str)] = &[
         "github.webhook_secret_credential",
         Kind::Str,
         "the name of a stored credential (airlock credential list)",
+    ),
+    (
+        "github.min_permission",
+        Kind::Str,
+        "the least permission a commenter needs on the repository: read, write or admin",
+    ),
+    (
+        "github.create_humans",
+        Kind::Bool,
+        "true to create a human for a GitHub account on its first request, false to require a link",
     ),
     (
         "github.bot_login",
@@ -503,6 +514,16 @@ pub struct GithubConfig {
     pub webhook_secret_credential: String,
     #[serde(default = "default_bot_login")]
     pub bot_login: String,
+    /// The least permission on the repository a commenter needs (`read`, `write`, `admin`).
+    #[serde(default = "default_min_permission")]
+    pub min_permission: String,
+    /// Create a human for a GitHub account on first use (otherwise it must be linked).
+    #[serde(default)]
+    pub create_humans: bool,
+}
+
+fn default_min_permission() -> String {
+    "write".into()
 }
 
 fn default_github_api() -> String {
@@ -611,6 +632,17 @@ impl Config {
             };
             let v = match kind {
                 Kind::Str | Kind::Secret => toml::Value::String(value),
+                Kind::Bool => match value.trim() {
+                    "true" | "1" | "yes" => toml::Value::Boolean(true),
+                    "false" | "0" | "no" => toml::Value::Boolean(false),
+                    _ => {
+                        return Err(ConfigError {
+                            key: key.to_string(),
+                            origin: name,
+                            message: format!("expected {hint}"),
+                        })
+                    }
+                },
                 Kind::Int => match value.trim().parse::<i64>() {
                     Ok(i) => toml::Value::Integer(i),
                     Err(_) => {
@@ -758,6 +790,9 @@ impl Config {
                 if !is_http_url(u) {
                     return Err(want("github.git_upstream"));
                 }
+            }
+            if !["read", "write", "admin"].contains(&gh.min_permission.as_str()) {
+                return Err(want("github.min_permission"));
             }
             match (gh.app_id, &gh.app_credential, &gh.token_credential) {
                 (Some(_), Some(_), _) | (None, None, Some(_)) => {}
@@ -1113,6 +1148,8 @@ app_credential = "gh-app"
 token_credential = "gh-pat"
 webhook_secret_credential = "gh-hook"
 bot_login = "airlock-bot"
+min_permission = "admin"
+create_humans = true
 [sandbox]
 sandboxd = "/opt/airlock/sandboxd"
 [slack]

@@ -107,6 +107,16 @@ impl Auth {
     }
 }
 
+/// The host of a GitHub web address (`https://github.com` -> `github.com`): the workspace of
+/// GitHub identities.
+pub fn web_host(web_url: &str) -> String {
+    let rest = web_url.split_once("://").map(|(_, r)| r).unwrap_or(web_url);
+    rest.split(['/', ':'])
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
 /// Checks that `pem` is a private key a GitHub App could sign with.
 pub fn check_app_key(pem: &[u8]) -> Result<()> {
     Auth::app(1, pem).map(|_| ())

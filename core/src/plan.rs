@@ -214,6 +214,8 @@ mod tests {
             plan: None,
             branch: None,
             pull_request_url: None,
+            thread_key: None,
+            notify: None,
         }
     }
 

@@ -143,6 +143,8 @@ async fn session_fixture(store: &Store) -> Session {
             profile_version: version,
             prompt: "fix the flaky login test".into(),
             trigger_id: None,
+            thread_key: None,
+            notify: None,
         })
         .await
         .unwrap()
@@ -526,6 +528,8 @@ fn new_session_like(s: &Session) -> NewSession {
         profile_version: s.profile_version,
         prompt: s.prompt.clone(),
         trigger_id: None,
+        thread_key: None,
+        notify: None,
     }
 }
 

@@ -172,6 +172,8 @@ async fn main() -> anyhow::Result<()> {
             profile_version: version,
             prompt: "bench".into(),
             trigger_id: None,
+            thread_key: None,
+            notify: None,
         })
         .await?;
     let sb = store

@@ -266,8 +266,14 @@ impl FakeGithub {
 
     /// A comment by a person (as a webhook would report it), so reactions to it can be seen.
     pub fn add_comment(&self, repo: &str, number: u64, author: &str, body: &str) -> u64 {
+        let id = self.world().id();
+        self.put_comment(repo, number, id, author, body);
+        id
+    }
+
+    /// A comment with a given id (the one a fixture payload names).
+    pub fn put_comment(&self, repo: &str, number: u64, id: u64, author: &str, body: &str) -> u64 {
         let mut w = self.world();
-        let id = w.id();
         w.repos
             .get_mut(repo)
             .and_then(|r| r.issues.get_mut(&number))
@@ -291,10 +297,9 @@ impl FakeGithub {
         id
     }
 
-    /// A pull-request review comment by a person.
-    pub fn add_review_comment(&self, author: &str, body: &str) -> u64 {
+    /// A pull-request review comment by a person, with the id its payload names.
+    pub fn put_review_comment(&self, id: u64, author: &str, body: &str) -> u64 {
         let mut w = self.world();
-        let id = w.id();
         w.review_comments.insert(
             id,
             Comment {
@@ -306,6 +311,36 @@ impl FakeGithub {
             },
         );
         id
+    }
+
+    /// A branch of `repo` made from `main` with `files` changed, as someone else pushed it.
+    pub fn create_branch(&self, repo: &str, branch: &str, files: &[(&str, &str)]) {
+        let bare = self.bare(repo);
+        let work = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .args(args)
+                .current_dir(work.path())
+                .env("GIT_AUTHOR_NAME", "Someone")
+                .env("GIT_AUTHOR_EMAIL", "someone@example.com")
+                .env("GIT_COMMITTER_NAME", "Someone")
+                .env("GIT_COMMITTER_EMAIL", "someone@example.com")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        git(&["clone", "-q", bare.to_str().unwrap(), "."]);
+        git(&["checkout", "-q", "-b", branch]);
+        for (path, text) in files {
+            std::fs::write(work.path().join(path), text).unwrap();
+        }
+        git(&["add", "."]);
+        git(&["commit", "-q", "-m", "work in progress"]);
+        git(&["push", "-q", "origin", branch]);
     }
 
     /// The comments on an issue or pull request, oldest first.
@@ -385,6 +420,16 @@ impl FakeGithub {
         .map(str::to_string)
         .collect()
     }
+}
+
+/// A real webhook payload from `../shared/fixtures/github/` (`<event>.<action>.json`).
+pub fn fixture(name: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/github")
+        .join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read the fixture {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("fixtures are JSON")
 }
 
 /// `sha256=<hex>` over `body` with `secret`: the `X-Hub-Signature-256` GitHub sends.

@@ -10,6 +10,8 @@ use crate::{Engine, Install, Server};
 pub const MODEL_HOST: &str = "api.model.test";
 /// The host git clones from, as the sandbox sees it (`github.web_url`).
 pub const GIT_HOST: &str = "github.test";
+/// The GitHub webhook secret (GitHub's documented example).
+pub const WEBHOOK_SECRET: &str = "It's a Secret to Everybody";
 
 pub struct Stack {
     pub github: FakeGithub,
@@ -92,6 +94,39 @@ impl Stack {
             "[[egress]]\nhost = \"{MODEL_HOST}\"\ncredential = \"model-key\"\ninject = {{ kind = \"bearer\" }}\nupstream = \"{}\"\n",
             self.model.url
         )
+    }
+
+    /// The server's address.
+    pub fn url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            self.server.as_ref().expect("the server is started").port
+        )
+    }
+
+    /// Posts a GitHub webhook delivery signed with the deployment's secret (or `signature`).
+    pub async fn github_webhook(
+        &self,
+        event: &str,
+        delivery: &str,
+        body: &[u8],
+        signature: Option<&str>,
+    ) -> (u16, String) {
+        let sig = signature
+            .map(str::to_string)
+            .unwrap_or_else(|| crate::github::sign_webhook(WEBHOOK_SECRET, body));
+        let r = reqwest::Client::new()
+            .post(format!("{}/github/webhook", self.url()))
+            .header("X-GitHub-Event", event)
+            .header("X-GitHub-Delivery", delivery)
+            .header("X-Hub-Signature-256", sig)
+            .header("Content-Type", "application/json")
+            .header("User-Agent", "GitHub-Hookshot/044aadd")
+            .body(body.to_vec())
+            .send()
+            .await
+            .expect("the server answers");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
     }
 
     /// Trusts another test CA for upstreams (before [`Stack::start`]).

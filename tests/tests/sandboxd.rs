@@ -77,6 +77,8 @@ async fn sandboxd_runs_processes_files_and_ptys_and_refuses_foreign_tokens() {
             profile_version: pv.version,
             prompt: "x".into(),
             trigger_id: None,
+            thread_key: None,
+            notify: None,
         })
         .await
         .unwrap();

@@ -45,6 +45,8 @@ async fn an_admin_lists_shows_and_cancels_a_session() {
             profile_version: version,
             prompt: "fix the flaky login test \u{1b}[2J".into(),
             trigger_id: None,
+            thread_key: None,
+            notify: None,
         })
         .await
         .unwrap();

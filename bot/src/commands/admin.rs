@@ -122,7 +122,12 @@ pub async fn identity(ctx: &Ctx, cmd: IdentityCmd) -> anyhow::Result<ExitCode> {
         } => {
             let workspace = match (provider, workspace) {
                 (_, Some(w)) if !w.trim().is_empty() => w.trim().to_string(),
-                (Provider::Github, _) => "github.com".to_string(),
+                (Provider::Github, _) => ctx
+                    .config
+                    .github
+                    .as_ref()
+                    .map(|g| airlock_core::github::web_host(&g.web_url))
+                    .unwrap_or_else(|| "github.com".to_string()),
                 (Provider::Slack, _) => {
                     bail!("--workspace is required for slack: the team id, e.g. T0123ABCD")
                 }

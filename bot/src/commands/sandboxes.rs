@@ -91,11 +91,10 @@ pub fn gateway_settings(cfg: &airlock_core::Config) -> airlock_gateway::GatewayS
 }
 
 /// The broker's limits, plan settings and GitHub client, from the configuration.
-pub fn broker_settings(cfg: &airlock_core::Config, store: &Store) -> BrokerSettings {
-    let github = cfg
-        .github
-        .clone()
-        .map(|gh| std::sync::Arc::new(airlock_core::github::GithubSource::new(store.clone(), gh)));
+pub fn broker_settings(
+    cfg: &airlock_core::Config,
+    github: Option<Arc<airlock_core::github::GithubSource>>,
+) -> BrokerSettings {
     BrokerSettings {
         max_sessions: cfg.broker.max_sessions,
         max_sessions_per_human: cfg.broker.max_sessions_per_human,
@@ -185,6 +184,8 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
                 profile_version: profile.current_version,
                 prompt: prompt.clone(),
                 trigger_id: None,
+                thread_key: None,
+                notify: None,
             })
             .await?
     };

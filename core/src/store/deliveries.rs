@@ -166,6 +166,34 @@ impl Store {
         Ok(())
     }
 
+    /// Puts a claimed delivery back until `until_ms` without counting an attempt (a sender
+    /// spacing out updates to stay inside a surface's rate limits).
+    pub async fn defer_delivery(&self, id: i64, owner: &str, until_ms: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE deliveries SET not_before = $3, attempts = attempts - 1, lease_owner = NULL, \
+               lease_until = NULL, updated_at = $4 \
+             WHERE id = $1 AND lease_owner = $2 AND state = 'pending'",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(until_ms)
+        .bind(now_ms())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Deliveries of a session, oldest first (for tests and the admin page).
+    pub async fn session_deliveries(&self, session_id: &str) -> Result<Vec<Delivery>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLS} FROM deliveries WHERE session_id = $1 ORDER BY id"
+        ))
+        .bind(session_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(delivery).collect()
+    }
+
     pub async fn delivery(&self, id: i64) -> Result<Delivery> {
         let row = sqlx::query(&format!("SELECT {COLS} FROM deliveries WHERE id = $1"))
             .bind(id)

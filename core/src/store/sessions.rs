@@ -41,6 +41,10 @@ pub struct Session {
     /// The branch it pushes to, once known.
     pub branch: Option<String>,
     pub pull_request_url: Option<String>,
+    /// The conversation it belongs to; later requests there continue it.
+    pub thread_key: Option<String>,
+    /// The surface whose thread is kept up to date with the session's status.
+    pub notify: Option<Surface>,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +57,8 @@ pub struct NewSession {
     pub profile_version: i64,
     pub prompt: String,
     pub trigger_id: Option<String>,
+    pub thread_key: Option<String>,
+    pub notify: Option<Surface>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -74,10 +80,10 @@ pub struct SessionFilter {
 
 const INSERT_COLS: &str = "id, requester_id, surface, thread_ref, repo, profile_id, \
     profile_version, prompt, state, reason, trigger_id, last_event_seq, created_at, updated_at, \
-    started_at, finished_at";
+    started_at, finished_at, thread_key, notify";
 const SESSION_COLS: &str = "id, requester_id, surface, thread_ref, repo, profile_id, \
     profile_version, prompt, state, reason, trigger_id, last_event_seq, created_at, updated_at, \
-    started_at, finished_at, plan, branch, pull_request_url";
+    started_at, finished_at, plan, branch, pull_request_url, thread_key, notify";
 
 fn json_col(row: &AnyRow, col: &str) -> Result<serde_json::Value> {
     let text: String = row.try_get(col)?;
@@ -113,6 +119,11 @@ fn session(row: &AnyRow) -> Result<Session> {
         },
         branch: row.try_get("branch")?,
         pull_request_url: row.try_get("pull_request_url")?,
+        thread_key: row.try_get("thread_key")?,
+        notify: row
+            .try_get::<Option<String>, _>("notify")?
+            .map(parse_col)
+            .transpose()?,
     })
 }
 
@@ -159,7 +170,7 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         sqlx::query(&format!(
             "INSERT INTO sessions ({INSERT_COLS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', NULL, $9, 1, $10, $10, NULL, NULL)"
+             ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', NULL, $9, 1, $10, $10, NULL, NULL, $11, $12)"
         ))
         .bind(&id)
         .bind(&new.requester_id)
@@ -171,6 +182,8 @@ impl Store {
         .bind(&new.prompt)
         .bind(&new.trigger_id)
         .bind(now)
+        .bind(&new.thread_key)
+        .bind(new.notify.map(|n| n.as_str()))
         .execute(&mut *tx)
         .await
         .map_err(|e| match &e {
@@ -404,6 +417,21 @@ async fn insert_event(
     .bind(payload)
     .execute(&mut **tx)
     .await?;
+    // The transactional outbox: a session whose thread is kept up to date gets a status
+    // delivery with the event that changes it, unless one is already waiting (the sender
+    // renders the status as it is when it sends, so one waiting delivery covers every event).
+    sqlx::query(
+        "INSERT INTO deliveries (session_id, surface, target, payload, state, attempts, \
+           not_before, created_at, updated_at) \
+         SELECT s.id, s.notify, s.thread_ref, '{\"kind\":\"status\"}', 'pending', 0, $2, $2, $2 \
+           FROM sessions s WHERE s.id = $1 AND s.notify IS NOT NULL \
+           AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.session_id = $1 \
+                           AND d.state = 'pending' AND d.lease_owner IS NULL)",
+    )
+    .bind(session_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -497,6 +525,30 @@ impl Store {
         sqlx::query("UPDATE sessions SET pull_request_url = $2 WHERE id = $1")
             .bind(id)
             .bind(url)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// The newest session of a conversation (`thread_key`), if any.
+    pub async fn session_in_thread(&self, thread_key: &str) -> Result<Option<Session>> {
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_COLS} FROM sessions WHERE thread_key = $1 \
+             ORDER BY created_at DESC, id DESC LIMIT 1"
+        ))
+        .bind(thread_key)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(session).transpose()
+    }
+
+    /// Replaces where the session's updates go (an adapter records the message it posted).
+    pub async fn set_thread_ref(&self, id: &str, thread_ref: &serde_json::Value) -> Result<()> {
+        sqlx::query("UPDATE sessions SET thread_ref = $2 WHERE id = $1")
+            .bind(id)
+            .bind(thread_ref.to_string())
             .execute(self.pool())
             .await?;
         Ok(())

@@ -1,0 +1,511 @@
+//! GitHub: `POST /github/webhook`. A delivery is verified (`X-Hub-Signature-256`, constant
+//! time, before the body is parsed), refused above 25 MB, stored (a replayed
+//! `X-GitHub-Delivery` is recognised and does nothing), answered at once, and handled after:
+//! `@airlock` comments on issues and pull requests become attributed sessions, answered with
+//! an "eyes" reaction at once and a status comment kept up to date by the outbox
+//! ([`crate::notify`]). The commenter needs the configured permission on the repository and
+//! an Airlock identity.
+
+use std::sync::Arc;
+
+use airlock_core::config::GithubConfig;
+use airlock_core::domain::{Human, Provider, Surface};
+use airlock_core::github::{Github, GithubSource};
+use airlock_core::store::{Inbound, NewAudit};
+use airlock_core::Store;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::command::{self, Command};
+use crate::identity::{self, Account};
+use crate::requests::{self, Ask, Asked};
+use crate::status::StatusView;
+
+/// GitHub refuses to send larger payloads; Airlock refuses to read them.
+pub const MAX_BODY: usize = 25 * 1024 * 1024;
+
+/// Something a GitHub event can start besides a comment: the trigger adapter (issue and pull
+/// request events) plugs in here.
+#[async_trait::async_trait]
+pub trait EventHook: Send + Sync {
+    async fn github_event(&self, event: &str, payload: &Value);
+}
+
+pub struct GithubAdapter {
+    store: Store,
+    cfg: GithubConfig,
+    source: Arc<GithubSource>,
+    default_profile: Option<String>,
+    public_url: String,
+    /// The identity workspace of GitHub accounts: the host of `github.web_url`.
+    workspace: String,
+    hook: Option<Arc<dyn EventHook>>,
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    (status, body.into()).into_response()
+}
+
+fn permission_rank(p: &str) -> u8 {
+    match p {
+        "admin" => 4,
+        "maintain" | "write" => 3,
+        "triage" | "read" => 2,
+        _ => 0,
+    }
+}
+
+impl GithubAdapter {
+    pub fn new(
+        store: Store,
+        cfg: GithubConfig,
+        source: Arc<GithubSource>,
+        default_profile: Option<String>,
+        public_url: String,
+        hook: Option<Arc<dyn EventHook>>,
+    ) -> Arc<GithubAdapter> {
+        Arc::new(GithubAdapter {
+            workspace: airlock_core::github::web_host(&cfg.web_url),
+            store,
+            cfg,
+            source,
+            default_profile,
+            public_url,
+            hook,
+        })
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/github/webhook", post(webhook))
+            .layer(DefaultBodyLimit::max(MAX_BODY))
+            .with_state(self.clone())
+    }
+
+    /// Handles deliveries stored but not handled before a restart.
+    pub async fn resume(self: &Arc<Self>) {
+        match self.store.unprocessed_inbound("github", 1000).await {
+            Ok(list) => {
+                for inbound in list {
+                    self.handle(inbound).await;
+                }
+            }
+            Err(e) => tracing::warn!("cannot read unhandled GitHub deliveries: {e}"),
+        }
+    }
+
+    async fn handle(&self, inbound: Inbound) {
+        let result = match serde_json::from_str::<Value>(&inbound.payload) {
+            Ok(payload) => self.dispatch(&inbound.event, &payload).await,
+            Err(e) => Err(format!("the payload is not JSON: {e}")),
+        };
+        if let Err(e) = &result {
+            tracing::warn!(delivery = %inbound.delivery_id, event = %inbound.event, "GitHub delivery: {e}");
+        }
+        let _ = self
+            .store
+            .finish_inbound(&inbound.id, result.err().as_deref())
+            .await;
+    }
+
+    async fn dispatch(&self, event: &str, p: &Value) -> Result<(), String> {
+        let action = p["action"].as_str().unwrap_or("");
+        match (event, action) {
+            ("issue_comment", "created") => {
+                let number = p["issue"]["number"].as_u64().ok_or("no issue number")?;
+                let is_pr = p["issue"].get("pull_request").is_some_and(|v| !v.is_null());
+                self.comment(p, number, is_pr, false).await
+            }
+            ("pull_request_review_comment", "created") => {
+                let number = p["pull_request"]["number"]
+                    .as_u64()
+                    .ok_or("no pull request number")?;
+                self.comment(p, number, true, true).await
+            }
+            ("installation", "deleted") => {
+                let id = p["installation"]["id"]
+                    .as_u64()
+                    .ok_or("no installation id")?;
+                self.store
+                    .delete_github_installation(id)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            ("installation", _) | ("installation_repositories", _) => self.installation(p).await,
+            ("issues" | "pull_request", _) => {
+                if let Some(h) = &self.hook {
+                    h.github_event(event, p).await;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn installation(&self, p: &Value) -> Result<(), String> {
+        let id = p["installation"]["id"]
+            .as_u64()
+            .ok_or("no installation id")?;
+        let account = p["installation"]["account"]["login"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let names = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["full_name"].as_str().map(str::to_string))
+                .collect()
+        };
+        let mut repos: Vec<String> = self
+            .store
+            .github_installations()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|(i, _, _)| *i == id)
+            .map(|(_, _, r)| r)
+            .unwrap_or_default();
+        repos.extend(names(&p["repositories"]));
+        repos.extend(names(&p["repositories_added"]));
+        let removed = names(&p["repositories_removed"]);
+        repos.retain(|r| !removed.contains(r));
+        repos.sort();
+        repos.dedup();
+        self.store
+            .set_github_installation(id, &account, &repos)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = self
+            .store
+            .audit(NewAudit {
+                actor: "github".into(),
+                action: "github.installation".into(),
+                target: account,
+                session_id: None,
+                detail: json!({"installation": id, "repositories": repos}),
+            })
+            .await;
+        Ok(())
+    }
+
+    fn is_bot(&self, user: &Value) -> bool {
+        let login = user["login"].as_str().unwrap_or("");
+        let bot = self.cfg.bot_login.trim_end_matches("[bot]");
+        user["type"] == "Bot"
+            || login.eq_ignore_ascii_case(&self.cfg.bot_login)
+            || login.trim_end_matches("[bot]").eq_ignore_ascii_case(bot)
+    }
+
+    /// An issue or pull-request comment.
+    async fn comment(
+        &self,
+        p: &Value,
+        number: u64,
+        is_pr: bool,
+        review: bool,
+    ) -> Result<(), String> {
+        let comment = &p["comment"];
+        let sender = &p["sender"];
+        if self.is_bot(sender) || self.is_bot(&comment["user"]) {
+            return Ok(());
+        }
+        let body = comment["body"].as_str().unwrap_or("");
+        let Some(parsed) = command::from_comment(body, &self.cfg.bot_login) else {
+            return Ok(());
+        };
+        let repo = p["repository"]["full_name"]
+            .as_str()
+            .ok_or("no repository")?
+            .to_string();
+        let login = sender["login"].as_str().unwrap_or("").to_string();
+        let comment_id = comment["id"].as_u64().ok_or("no comment id")?;
+        let gh = self.source.get().await?;
+        // At once: a person sees they were heard.
+        if let Err(e) = gh.react(&repo, comment_id, review, "eyes").await {
+            tracing::warn!(%repo, "cannot react to a comment: {e}");
+        }
+        let reply = |text: String| {
+            let gh = gh.clone();
+            let repo = repo.clone();
+            async move {
+                if let Err(e) = gh.comment(&repo, number, &text).await {
+                    tracing::warn!(%repo, "cannot comment: {e}");
+                }
+            }
+        };
+        let cmd = match parsed {
+            Ok(c) => c,
+            Err(e) => {
+                reply(format!(
+                    "@{login} {e}.\n\n{}",
+                    command::help(&format!("@{}", self.mention()))
+                ))
+                .await;
+                return Ok(());
+            }
+        };
+        if cmd == Command::Help {
+            reply(command::help(&format!("@{}", self.mention()))).await;
+            return Ok(());
+        }
+        // Only people who may change the repository may ask.
+        let permission = gh
+            .permission(&repo, &login)
+            .await
+            .map_err(|e| format!("cannot check {login}'s permission on {repo}: {e}"))?;
+        if permission_rank(&permission) < permission_rank(&self.cfg.min_permission) {
+            reply(format!(
+                "Sorry @{login}, only people with {} access to {repo} can ask Airlock for changes here.",
+                self.cfg.min_permission
+            ))
+            .await;
+            let _ = self
+                .store
+                .audit(NewAudit {
+                    actor: format!("github:{login}"),
+                    action: "github.refused".into(),
+                    target: repo.clone(),
+                    session_id: None,
+                    detail: json!({"reason": "permission", "permission": permission, "issue": number}),
+                })
+                .await;
+            return Ok(());
+        }
+        let account = Account {
+            provider: Provider::Github,
+            workspace: self.workspace.clone(),
+            external_id: sender["id"]
+                .as_u64()
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
+            handle: login.clone(),
+        };
+        let email = format!(
+            "{}+{login}@users.noreply.{}",
+            account.external_id, self.workspace
+        );
+        let human = identity::human_of(
+            &self.store,
+            &account,
+            self.cfg.create_humans.then_some(email.as_str()),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let Some(human) = human else {
+            reply(format!(
+                "Hi @{login}, I don't know you in Airlock yet, so I can't act for you. \
+                 Link your accounts: run `/airlock link` in Slack or Discord and then comment \
+                 `@{} link CODE` here, or ask an admin to run \
+                 `airlock identity link --human YOUR-EMAIL --provider github --external-id {} --handle {login}`.",
+                self.mention(),
+                account.external_id
+            ))
+            .await;
+            return Ok(());
+        };
+        let thread_key = format!("github:{repo}#{number}");
+        match cmd {
+            Command::Help | Command::Config { .. } => {
+                reply(command::help(&format!("@{}", self.mention()))).await;
+            }
+            Command::Link { code: Some(code) } => match identity::redeem(&self.store, &code, &human).await {
+                Ok(linked) => {
+                    reply(format!(
+                        "@{login}, your {} account {} is now linked to {} in Airlock.",
+                        linked.provider, linked.handle, human.display_name
+                    ))
+                    .await
+                }
+                Err(e) => reply(format!("@{login}, {e}.")).await,
+            },
+            Command::Link { code: None } => {
+                reply(format!(
+                    "@{login}, your GitHub account is linked to {} already. To link a Slack or \
+                     Discord account too, run `/airlock link` there and comment `@{} link CODE` here.",
+                    human.display_name,
+                    self.mention()
+                ))
+                .await
+            }
+            Command::Stop => match requests::stop(&self.store, &thread_key, &format!("@{login} on GitHub")).await {
+                Ok(Some(_)) => {}
+                Ok(None) => reply(format!("@{login}, nothing is running here.")).await,
+                Err(e) => reply(format!("@{login}, {e}.")).await,
+            },
+            Command::Status => match self.store.session_in_thread(&thread_key).await {
+                Ok(Some(s)) => match StatusView::load(&self.store, &s, &self.public_url).await {
+                    Ok(v) => reply(v.github()).await,
+                    Err(e) => return Err(e.to_string()),
+                },
+                _ => reply(format!("@{login}, there is no Airlock session here yet.")).await,
+            },
+            Command::Run { prompt, options } => {
+                self.run(&gh, p, &repo, number, is_pr, review, comment_id, &human, &login, thread_key, prompt, options)
+                    .await?
+            }
+        }
+        Ok(())
+    }
+
+    fn mention(&self) -> &str {
+        self.cfg.bot_login.trim_end_matches("[bot]")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &self,
+        gh: &Github,
+        p: &Value,
+        repo: &str,
+        number: u64,
+        is_pr: bool,
+        review: bool,
+        comment_id: u64,
+        human: &Human,
+        login: &str,
+        thread_key: String,
+        prompt: String,
+        options: command::RunOptions,
+    ) -> Result<(), String> {
+        let reply = |text: String| async move {
+            if let Err(e) = gh.comment(repo, number, &text).await {
+                tracing::warn!(%repo, "cannot comment: {e}");
+            }
+        };
+        if options
+            .repo
+            .as_deref()
+            .is_some_and(|r| !r.eq_ignore_ascii_case(repo))
+        {
+            reply(format!(
+                "@{login}, here I work on {repo}; ask in the other repository to work there."
+            ))
+            .await;
+            return Ok(());
+        }
+        let mut thread_ref = json!({
+            "repo": repo, "issue": number, "comment_id": comment_id, "review": review,
+            "comment_url": p["comment"]["html_url"], "login": login,
+        });
+        if is_pr {
+            let pr = gh
+                .pull(repo, number)
+                .await
+                .map_err(|e| format!("cannot read pull request #{number}: {e}"))?;
+            let head = pr.head.clone().ok_or("the pull request has no head")?;
+            let head_repo = head
+                .repo
+                .as_ref()
+                .map(|r| r.full_name.clone())
+                .unwrap_or_default();
+            if !head_repo.eq_ignore_ascii_case(repo) {
+                reply(format!(
+                    "@{login}, this pull request's branch is in {head_repo}, a fork; Airlock can only push to branches of {repo}."
+                ))
+                .await;
+                return Ok(());
+            }
+            thread_ref["pull_request"] = json!({
+                "number": number, "head": head.name, "url": pr.html_url,
+                "base": pr.base.map(|b| b.name).unwrap_or_else(|| "main".into()),
+            });
+        }
+        let asked = requests::ask(
+            &self.store,
+            self.default_profile.as_deref(),
+            Ask {
+                human: human.clone(),
+                surface: Surface::Github,
+                thread_key,
+                thread_ref,
+                repo: repo.to_string(),
+                profile: options.profile,
+                prompt,
+            },
+        )
+        .await;
+        match asked {
+            Ok(Asked::Started(_)) | Ok(Asked::Continued(_)) => {}
+            Ok(Asked::Busy(s)) => {
+                reply(format!(
+                    "@{login}, I'm still working on the previous request here (session `{}`). \
+                     Ask again once it is done, or say `@{} stop`.",
+                    s.id,
+                    self.mention()
+                ))
+                .await
+            }
+            Err(e) => reply(format!("@{login}, {e}.")).await,
+        }
+        Ok(())
+    }
+}
+
+async fn webhook(State(a): State<Arc<GithubAdapter>>, headers: HeaderMap, body: Bytes) -> Response {
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+    // The signature first: nothing reads an unverified body.
+    let secret = match a
+        .store
+        .reveal_credential(&a.cfg.webhook_secret_credential)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(
+                "cannot check a GitHub delivery: the webhook secret `{}` cannot be read ({e})",
+                a.cfg.webhook_secret_credential
+            );
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the webhook secret is not set up\n",
+            );
+        }
+    };
+    if !crate::verify::hmac_sha256(secret.expose(), &body, header("x-hub-signature-256")) {
+        tracing::warn!(
+            delivery = header("x-github-delivery"),
+            "refused a GitHub delivery with a bad signature"
+        );
+        return text(StatusCode::UNAUTHORIZED, "bad signature\n");
+    }
+    drop(secret);
+    let event = header("x-github-event").to_string();
+    let delivery = header("x-github-delivery").to_string();
+    if event.is_empty() || delivery.is_empty() || delivery.len() > 200 {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "X-GitHub-Event and X-GitHub-Delivery are required\n",
+        );
+    }
+    if event == "ping" {
+        return Json(json!({"ok": true, "message": "pong"})).into_response();
+    }
+    let Ok(payload) = std::str::from_utf8(&body) else {
+        return text(StatusCode::BAD_REQUEST, "the body is not UTF-8\n");
+    };
+    if serde_json::from_str::<serde::de::IgnoredAny>(payload).is_err() {
+        return text(StatusCode::BAD_REQUEST, "the body is not JSON\n");
+    }
+    match a
+        .store
+        .record_inbound("github", &delivery, &event, payload)
+        .await
+    {
+        Ok(Some(inbound)) => {
+            let a = a.clone();
+            tokio::spawn(async move { a.handle(inbound).await });
+            (StatusCode::ACCEPTED, Json(json!({"ok": true}))).into_response()
+        }
+        Ok(None) => Json(json!({"ok": true, "duplicate": true})).into_response(),
+        Err(e) => {
+            tracing::warn!("cannot store a GitHub delivery: {e}");
+            text(StatusCode::SERVICE_UNAVAILABLE, "try again\n")
+        }
+    }
+}

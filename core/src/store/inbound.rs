@@ -1,0 +1,215 @@
+//! What arrives from outside: verified webhook deliveries (kept until processed, unique per
+//! provider so replays are recognised), one-time link codes (hashes only), and where the
+//! GitHub App is installed.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{parse_col, sandboxes::token_hash, Result, Store, StoreError};
+use crate::domain::Provider;
+use crate::ids::{new_id, now_ms};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Inbound {
+    pub id: String,
+    pub provider: String,
+    pub delivery_id: String,
+    pub event: String,
+    pub payload: String,
+    pub received_at: i64,
+}
+
+/// A chat account waiting to be linked, as a code names it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PendingLink {
+    pub provider: Provider,
+    pub workspace: String,
+    pub external_id: String,
+    pub handle: String,
+}
+
+/// How long a link code works.
+pub const LINK_CODE_TTL_MS: i64 = 15 * 60 * 1000;
+
+impl Store {
+    /// Records a verified delivery. `Ok(None)` when this delivery was seen before (a replay
+    /// or a retry): the caller does nothing more.
+    pub async fn record_inbound(
+        &self,
+        provider: &str,
+        delivery_id: &str,
+        event: &str,
+        payload: &str,
+    ) -> Result<Option<Inbound>> {
+        let id = new_id("inb");
+        let now = now_ms();
+        let done = sqlx::query(
+            "INSERT INTO inbound (id, provider, delivery_id, event, payload, received_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (provider, delivery_id) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(provider)
+        .bind(delivery_id)
+        .bind(event)
+        .bind(payload)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Inbound {
+            id,
+            provider: provider.into(),
+            delivery_id: delivery_id.into(),
+            event: event.into(),
+            payload: payload.into(),
+            received_at: now,
+        }))
+    }
+
+    /// Deliveries not processed yet (after a restart), oldest first.
+    pub async fn unprocessed_inbound(&self, provider: &str, limit: i64) -> Result<Vec<Inbound>> {
+        let rows = sqlx::query(
+            "SELECT id, provider, delivery_id, event, payload, received_at FROM inbound \
+             WHERE provider = $1 AND processed_at IS NULL ORDER BY received_at LIMIT $2",
+        )
+        .bind(provider)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Inbound {
+                    id: r.try_get("id")?,
+                    provider: r.try_get("provider")?,
+                    delivery_id: r.try_get("delivery_id")?,
+                    event: r.try_get("event")?,
+                    payload: r.try_get("payload")?,
+                    received_at: r.try_get("received_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks a delivery processed (with the error, if handling it failed), and drops its
+    /// payload after a week.
+    pub async fn finish_inbound(&self, id: &str, error: Option<&str>) -> Result<()> {
+        let now = now_ms();
+        sqlx::query("UPDATE inbound SET processed_at = $2, error = $3 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .bind(error.map(|e| e.chars().take(2000).collect::<String>()))
+            .execute(self.pool())
+            .await?;
+        sqlx::query("UPDATE inbound SET payload = '' WHERE processed_at < $1 AND payload <> ''")
+            .bind(now - 7 * 24 * 3600 * 1000)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// A one-time code that links this chat account once its owner proves who they are.
+    /// Returns the code (shown once; only its hash is kept).
+    pub async fn create_link_code(&self, account: &PendingLink) -> Result<String> {
+        use rand::Rng;
+        const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+        let mut rng = rand::thread_rng();
+        let code: String = (0..10)
+            .map(|i| {
+                if i == 5 {
+                    '-'
+                } else {
+                    ALPHABET[rng.gen_range(0..ALPHABET.len())] as char
+                }
+            })
+            .collect();
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO link_codes (code_hash, provider, workspace, external_id, handle, \
+               expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(token_hash(&code))
+        .bind(account.provider.as_str())
+        .bind(&account.workspace)
+        .bind(&account.external_id)
+        .bind(&account.handle)
+        .bind(now + LINK_CODE_TTL_MS)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(code)
+    }
+
+    /// Spends a link code: the account it names, if the code is valid, unexpired and unused.
+    pub async fn redeem_link_code(&self, code: &str) -> Result<PendingLink> {
+        let code = code.trim().to_ascii_uppercase();
+        let row = sqlx::query(
+            "UPDATE link_codes SET used_at = $2 WHERE code_hash = $1 AND used_at IS NULL \
+               AND expires_at > $2 RETURNING provider, workspace, external_id, handle",
+        )
+        .bind(token_hash(&code))
+        .bind(now_ms())
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| {
+            StoreError::NotFound(
+                "that link code is unknown, used or expired; ask for a new one with `/airlock link`"
+                    .into(),
+            )
+        })?;
+        Ok(PendingLink {
+            provider: parse_col(row.try_get("provider")?)?,
+            workspace: row.try_get("workspace")?,
+            external_id: row.try_get("external_id")?,
+            handle: row.try_get("handle")?,
+        })
+    }
+
+    /// Records (or replaces) a GitHub App installation and the repositories it reaches.
+    pub async fn set_github_installation(
+        &self,
+        id: u64,
+        account: &str,
+        repos: &[String],
+    ) -> Result<()> {
+        let repos = serde_json::to_string(repos).expect("strings serialise");
+        sqlx::query(
+            "INSERT INTO github_installations (id, account, repos, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO UPDATE SET account = $2, repos = $3, updated_at = $4",
+        )
+        .bind(id as i64)
+        .bind(account)
+        .bind(repos)
+        .bind(now_ms())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_github_installation(&self, id: u64) -> Result<()> {
+        sqlx::query("DELETE FROM github_installations WHERE id = $1")
+            .bind(id as i64)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Installations: id, account, repositories.
+    pub async fn github_installations(&self) -> Result<Vec<(u64, String, Vec<String>)>> {
+        let rows = sqlx::query("SELECT id, account, repos FROM github_installations ORDER BY id")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let id: i64 = r.try_get("id")?;
+                let repos: String = r.try_get("repos")?;
+                Ok((
+                    id as u64,
+                    r.try_get("account")?,
+                    serde_json::from_str(&repos).unwrap_or_default(),
+                ))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,428 @@
+//! GitHub end to end: the real webhook payloads in `../shared/fixtures/github/`, signed, sent
+//! to the running server, with the strict fake GitHub (API and git) behind it. The tests look
+//! at what a person on GitHub would see: the reaction, the status comment and its edits, the
+//! pushed branch, the pull request, and the refusals.
+//!
+//! Needs root, a running Docker engine and the base image (scripts/test provides all three).
+
+use std::time::{Duration, Instant};
+
+use airlock_tests::github::{fixture, Comment};
+use airlock_tests::model::Step;
+use airlock_tests::stack::Stack;
+use airlock_tests::{stdout, Engine};
+use serde_json::json;
+
+const REPO: &str = "Codertocat/Hello-World";
+/// The commenter in the fixtures.
+const LOGIN: &str = "Codertocat";
+const USER_ID: &str = "21031067";
+const ISSUE: u64 = 1;
+const COMMENT: u64 = 492700400;
+
+const CALC: &str = "def add(a, b):\n    return a - b\n";
+const TEST: &str = "import unittest\nfrom calc import add\n\n\
+class T(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n";
+
+fn delivery() -> String {
+    ulid::Ulid::new().to_string().to_lowercase()
+}
+
+/// The fixture comment with another body (and id), as GitHub would send it.
+fn comment_payload(body: &str, id: u64) -> Vec<u8> {
+    let mut p = fixture("issue_comment.created");
+    p["comment"]["body"] = json!(body);
+    p["comment"]["id"] = json!(id);
+    serde_json::to_vec_pretty(&p).unwrap()
+}
+
+async fn wait<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The bot's comments on the issue.
+fn bot_comments(stack: &Stack, number: u64) -> Vec<Comment> {
+    stack
+        .github
+        .comments(REPO, number)
+        .into_iter()
+        .filter(|c| c.author == stack.github.bot)
+        .collect()
+}
+
+async fn stack(script: Vec<Step>, permission: &str, link: bool) -> Stack {
+    let mut stack = Stack::new(
+        Engine::Sqlite,
+        script,
+        REPO,
+        &[("calc.py", CALC), ("test_calc.py", TEST)],
+        |_| {},
+    )
+    .await;
+    stack.github.grant(REPO, LOGIN, permission);
+    stack
+        .github
+        .open_issue(REPO, ISSUE, "Spelling error in the README file", None);
+    if link {
+        stack.install.ok(&[
+            "identity",
+            "link",
+            "--human",
+            "ada@example.com",
+            "--provider",
+            "github",
+            "--external-id",
+            USER_ID,
+            "--handle",
+            LOGIN,
+        ]);
+    }
+    stack.profile(&format!(
+        "name = \"builtin\"\n[agent]\nkind = \"builtin\"\nmodel = \"fake-model\"\nbase_url = \"https://{}/v1\"\n{}",
+        airlock_tests::stack::MODEL_HOST,
+        stack.model_route()
+    ));
+    stack.start();
+    stack
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_comment_becomes_a_session_with_a_reaction_a_live_status_and_a_pull_request() {
+    let script = vec![
+        Step::Tools(vec![(
+            "edit_file",
+            json!({"path": "calc.py", "old_string": "a - b", "new_string": "a + b"}),
+        )]),
+        // Long enough for the status comment to show the work in progress.
+        Step::Tools(vec![(
+            "shell",
+            json!({"command": "sleep 4; python3 -m unittest -q test_calc"}),
+        )]),
+        Step::Answer("Fixed `add`; the tests pass. Thanks @Codertocat!"),
+        // The follow-up turn.
+        Step::Tools(vec![(
+            "write_file",
+            json!({"path": "NOTES.md", "content": "add() adds.\n"}),
+        )]),
+        Step::Answer("Added a note."),
+    ];
+    let stack = stack(script, "write", true).await;
+    stack
+        .github
+        .put_comment(REPO, ISSUE, COMMENT, LOGIN, "@airlock Fix the add function");
+    let (status, body) = stack
+        .github_webhook(
+            "issue_comment",
+            &delivery(),
+            &comment_payload("@airlock Fix the add function", COMMENT),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+
+    // At once: eyes on the comment.
+    wait("the eyes reaction", 20, || {
+        (stack.github.comment(COMMENT)?.reactions == ["eyes"]).then_some(())
+    })
+    .await;
+    // One status comment, edited in place until it says done.
+    let done = wait("the status comment to say done", 120, || {
+        let c = bot_comments(&stack, ISSUE);
+        c.first()
+            .filter(|c| c.body.starts_with("✅ **Done**"))
+            .cloned()
+    })
+    .await;
+    assert_eq!(
+        bot_comments(&stack, ISSUE).len(),
+        1,
+        "one status comment per turn"
+    );
+    let sessions = stack.json(&["session", "list"]).await;
+    let session = &sessions[0];
+    let id = session["id"].as_str().unwrap();
+    assert!(!done.history.is_empty(), "the comment was edited in place");
+    let all: Vec<&String> = done.history.iter().chain([&done.body]).collect();
+    assert!(
+        all.iter().any(|b| b.starts_with("⏳")),
+        "a queued/starting version: {all:#?}"
+    );
+    assert!(
+        all.iter()
+            .any(|b| b.starts_with("🔧 **Working**") && b.contains("- edited `calc.py`")),
+        "a running version with its steps: {all:#?}"
+    );
+    assert!(
+        done.body.contains(&format!(
+            "[session `{id}`](https://airlock.example.com/sessions/{id})"
+        )),
+        "{}",
+        done.body
+    );
+    assert!(
+        done.body
+            .contains("Fixed `add`; the tests pass. Thanks @\u{200B}Codertocat!"),
+        "mentions are defused: {}",
+        done.body
+    );
+    let pr_url = format!("https://github.test/{REPO}/pull/2");
+    assert!(
+        done.body.contains(&format!("**Pull request:** {pr_url}")),
+        "{}",
+        done.body
+    );
+    assert!(
+        done.body.contains("360 model tokens (300 in, 60 out)"),
+        "three model calls: {}",
+        done.body
+    );
+
+    // Attributed to the human behind the GitHub account.
+    let ada = stack.json(&["human", "list"]).await;
+    let ada_id = ada[0]["id"].as_str().unwrap();
+    assert_eq!(session["requester_id"], ada_id);
+    assert_eq!(session["surface"], "github");
+    let branch = session["branch"].as_str().unwrap().to_string();
+    let log = stack.github.log(REPO, &branch, "%B").unwrap();
+    assert!(
+        log.contains("Co-authored-by: Ada Lovelace <ada@example.com>"),
+        "{log}"
+    );
+    let pulls = stack.github.pulls(REPO);
+    assert_eq!(pulls.len(), 1);
+    assert!(
+        pulls[0].body.contains("Requested by **Ada Lovelace** in [a GitHub comment](https://github.com/Codertocat/Hello-World/issues/1#issuecomment-492700400)"),
+        "{}",
+        pulls[0].body
+    );
+
+    // A further comment continues the session on the same branch, with a new status comment.
+    stack
+        .github
+        .put_comment(REPO, ISSUE, COMMENT + 1, LOGIN, "@airlock add a note too");
+    let (status, _) = stack
+        .github_webhook(
+            "issue_comment",
+            &delivery(),
+            &comment_payload("@airlock add a note too", COMMENT + 1),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202);
+    wait("the second turn's status", 120, || {
+        let c = bot_comments(&stack, ISSUE);
+        (c.len() == 2 && c[1].body.starts_with("✅ **Done**")).then_some(())
+    })
+    .await;
+    let sessions = stack.json(&["session", "list"]).await;
+    assert_eq!(
+        sessions.as_array().unwrap().len(),
+        1,
+        "the same session continued"
+    );
+    let log = stack.github.log(REPO, &branch, "%s").unwrap();
+    assert!(
+        log.starts_with("add a note too\nFix the add function\n"),
+        "{log}"
+    );
+    assert_eq!(stack.github.pulls(REPO).len(), 1, "no second pull request");
+    assert!(
+        stack.github.unexpected().is_empty(),
+        "{:?}",
+        stack.github.unexpected()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_replayed_oversized_and_unauthorised_requests_start_nothing() {
+    let stack = stack(vec![], "read", true).await;
+    let count = |stack: &Stack| {
+        let install = stack.install.clone();
+        async move {
+            tokio::task::spawn_blocking(move || install.json(&["session", "list"]))
+                .await
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len()
+        }
+    };
+    // ping
+    let ping = serde_json::to_vec(&fixture("ping.event")).unwrap();
+    let (status, body) = stack.github_webhook("ping", &delivery(), &ping, None).await;
+    assert_eq!((status, body.contains("pong")), (200, true), "{body}");
+
+    // A forged signature: 401, nothing stored.
+    stack
+        .github
+        .put_comment(REPO, ISSUE, COMMENT, LOGIN, "@airlock fix");
+    let body = comment_payload("@airlock fix it", COMMENT);
+    let forged = airlock_tests::github::sign_webhook("not the secret", &body);
+    let (status, _) = stack
+        .github_webhook("issue_comment", &delivery(), &body, Some(&forged))
+        .await;
+    assert_eq!(status, 401);
+    let (status, _) = stack
+        .github_webhook("issue_comment", &delivery(), &body, Some(""))
+        .await;
+    assert_eq!(status, 401);
+    let db = stack.install.raw_db().await;
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbound")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "a forged delivery is not stored");
+
+    // 30 MB: 413.
+    let big = vec![b' '; 30 * 1024 * 1024];
+    let (status, _) = stack
+        .github_webhook("issue_comment", &delivery(), &big, None)
+        .await;
+    assert_eq!(status, 413);
+
+    // Read permission only: a polite refusal, no session.
+    let id = delivery();
+    let (status, _) = stack
+        .github_webhook("issue_comment", &id, &body, None)
+        .await;
+    assert_eq!(status, 202);
+    let refusal = wait("the refusal", 20, || {
+        bot_comments(&stack, ISSUE).first().cloned()
+    })
+    .await;
+    assert_eq!(
+        refusal.body,
+        "Sorry @Codertocat, only people with write access to Codertocat/Hello-World can ask Airlock for changes here."
+    );
+    // The same delivery again (a replay): recognised, nothing happens twice.
+    let (status, text) = stack
+        .github_webhook("issue_comment", &id, &body, None)
+        .await;
+    assert_eq!((status, text.contains("duplicate")), (200, true), "{text}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        bot_comments(&stack, ISSUE).len(),
+        1,
+        "the replay did nothing"
+    );
+    assert_eq!(count(&stack).await, 0);
+
+    // With permission but no Airlock identity: told how to link, no session.
+    stack.github.grant(REPO, "mona", "write");
+    let mut p = fixture("issue_comment.created");
+    p["comment"]["body"] = json!("@airlock fix it");
+    p["sender"]["login"] = json!("mona");
+    p["sender"]["id"] = json!(777);
+    let (status, _) = stack
+        .github_webhook(
+            "issue_comment",
+            &delivery(),
+            &serde_json::to_vec(&p).unwrap(),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202);
+    let hint = wait("the link hint", 20, || {
+        bot_comments(&stack, ISSUE).get(1).cloned()
+    })
+    .await;
+    assert!(
+        hint.body
+            .starts_with("Hi @mona, I don't know you in Airlock yet"),
+        "{}",
+        hint.body
+    );
+    assert!(hint.body.contains("--external-id 777"), "{}", hint.body);
+    assert_eq!(count(&stack).await, 0);
+
+    // The bot's own comments and quoted mentions never trigger anything.
+    let mut own = fixture("issue_comment.created");
+    own["comment"]["body"] = json!("@airlock fix it");
+    own["sender"]["login"] = json!("airlock[bot]");
+    own["sender"]["type"] = json!("Bot");
+    let quoted = comment_payload("> @airlock fix it\n\nlike this?", COMMENT);
+    for b in [serde_json::to_vec(&own).unwrap(), quoted] {
+        let (status, _) = stack
+            .github_webhook("issue_comment", &delivery(), &b, None)
+            .await;
+        assert_eq!(status, 202);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(bot_comments(&stack, ISSUE).len(), 2);
+    assert_eq!(count(&stack).await, 0);
+    // Installation events record where the App is.
+    let inst = serde_json::to_vec(&fixture("installation.created")).unwrap();
+    let (status, _) = stack
+        .github_webhook("installation", &delivery(), &inst, None)
+        .await;
+    assert_eq!(status, 202);
+    let audit = wait("the installation", 20, || {
+        let out = stdout(&stack.install.run(&["audit", "export"]));
+        out.contains("github.installation").then_some(out)
+    })
+    .await;
+    assert!(audit.contains("Codertocat/Hello-World"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_comment_on_a_pull_request_pushes_to_its_branch() {
+    let script = vec![
+        Step::Tools(vec![(
+            "edit_file",
+            json!({"path": "calc.py", "old_string": "a - b", "new_string": "a + b"}),
+        )]),
+        Step::Answer("Done on your branch."),
+    ];
+    let stack = stack(script, "admin", true).await;
+    stack
+        .github
+        .create_branch(REPO, "changes", &[("README.md", "new information\n")]);
+    stack.github.open_issue(
+        REPO,
+        2,
+        "Update the README with new information.",
+        Some(("changes", "main")),
+    );
+    let mut p = fixture("pull_request_review_comment.created");
+    p["comment"]["body"] = json!("@airlock fix the add function while you're here");
+    let comment_id = p["comment"]["id"].as_u64().unwrap();
+    stack
+        .github
+        .put_review_comment(comment_id, LOGIN, "@airlock fix the add function");
+    let (status, body) = stack
+        .github_webhook(
+            "pull_request_review_comment",
+            &delivery(),
+            &serde_json::to_vec(&p).unwrap(),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    wait("the eyes reaction on the review comment", 20, || {
+        (stack.github.comment(comment_id)?.reactions == ["eyes"]).then_some(())
+    })
+    .await;
+    let done = wait("the status comment on the pull request", 120, || {
+        bot_comments(&stack, 2)
+            .first()
+            .filter(|c| c.body.starts_with("✅ **Done**"))
+            .cloned()
+    })
+    .await;
+    // Pushed onto the pull request's own branch, on top of its commit; no new pull request.
+    let log = stack.github.log(REPO, "changes", "%s").unwrap();
+    assert!(
+        log.starts_with("fix the add function while you're here\nwork in progress\n"),
+        "{log}"
+    );
+    assert_eq!(stack.github.pulls(REPO).len(), 1);
+    assert_eq!(stack.github.branches(REPO), ["changes", "main"]);
+    assert!(done.body.contains("/pull/2"), "{}", done.body);
+}
