@@ -13,6 +13,14 @@ pub const GIT_HOST: &str = "github.test";
 /// The GitHub webhook secret (GitHub's documented example).
 pub const WEBHOOK_SECRET: &str = "It's a Secret to Everybody";
 
+/// How the deployment authenticates to GitHub.
+pub enum GithubAuth {
+    /// As the fake's GitHub App, installed on the repository.
+    App,
+    /// With a personal access token of this user (small installs).
+    Token { login: &'static str },
+}
+
 pub struct Stack {
     pub github: FakeGithub,
     pub model: FakeModel,
@@ -31,6 +39,18 @@ impl Stack {
         files: &[(&str, &str)],
         configure: impl FnOnce(&mut Install),
     ) -> Stack {
+        Self::with_auth(engine, script, repo, files, GithubAuth::App, configure).await
+    }
+
+    /// As [`Stack::new`], with Airlock reaching GitHub as `auth` says.
+    pub async fn with_auth(
+        engine: Engine,
+        script: Vec<Step>,
+        repo: &str,
+        files: &[(&str, &str)],
+        auth: GithubAuth,
+        configure: impl FnOnce(&mut Install),
+    ) -> Stack {
         let model_key = format!("sk-test-{}", ulid::Ulid::new().to_string().to_lowercase());
         let model = FakeModel::start(&model_key, script).await;
         let github = FakeGithub::start().await;
@@ -46,13 +66,26 @@ impl Stack {
             .env("AIRLOCK_GITHUB_API_URL", &github.api_url)
             .env("AIRLOCK_GITHUB_WEB_URL", &format!("https://{GIT_HOST}"))
             .env("AIRLOCK_GITHUB_GIT_UPSTREAM", &github.git_url)
-            .env("AIRLOCK_GITHUB_APP_ID", &github.app_id.to_string())
-            .env("AIRLOCK_GITHUB_APP_CREDENTIAL", "github-app")
             .env("AIRLOCK_GITHUB_WEBHOOK_SECRET_CREDENTIAL", "github-webhook")
             .env("AIRLOCK_GITHUB_BOT_LOGIN", "airlock[bot]")
             .env("AIRLOCK_SERVER_PUBLIC_URL", "https://airlock.example.com")
             .env("AIRLOCK_GIT_AUTHOR_NAME", "Airlock")
             .env("AIRLOCK_GIT_AUTHOR_EMAIL", "airlock@example.com");
+        let (auth_name, auth_kind, auth_value) = match &auth {
+            GithubAuth::App => {
+                install
+                    .env("AIRLOCK_GITHUB_APP_ID", &github.app_id.to_string())
+                    .env("AIRLOCK_GITHUB_APP_CREDENTIAL", "github-app");
+                ("github-app", "github-app", github.app_key_pem.clone())
+            }
+            GithubAuth::Token { login } => {
+                let token = format!("ghp_{}", ulid::Ulid::new().to_string().to_lowercase());
+                github.add_token(&token, login);
+                github.grant(repo, login, "write");
+                install.env("AIRLOCK_GITHUB_TOKEN_CREDENTIAL", "github-token");
+                ("github-token", "github-token", token)
+            }
+        };
         configure(&mut install);
         install.ok(&["migrate"]);
         install.ok(&[
@@ -66,7 +99,7 @@ impl Stack {
         ]);
         for (name, kind, value) in [
             ("model-key", "api-key", model_key.as_str()),
-            ("github-app", "github-app", github.app_key_pem.as_str()),
+            (auth_name, auth_kind, auth_value.as_str()),
             (
                 "github-webhook",
                 "webhook-secret",

@@ -117,15 +117,17 @@ async fn a_comment_becomes_a_session_with_a_reaction_a_live_status_and_a_pull_re
     stack
         .github
         .put_comment(REPO, ISSUE, COMMENT, LOGIN, "@airlock Fix the add function");
+    let first = delivery();
+    let payload = comment_payload("@airlock Fix the add function", COMMENT);
     let (status, body) = stack
-        .github_webhook(
-            "issue_comment",
-            &delivery(),
-            &comment_payload("@airlock Fix the add function", COMMENT),
-            None,
-        )
+        .github_webhook("issue_comment", &first, &payload, None)
         .await;
     assert_eq!(status, 202, "{body}");
+    // GitHub redelivers it: recognised, no second session.
+    let (status, body) = stack
+        .github_webhook("issue_comment", &first, &payload, None)
+        .await;
+    assert_eq!((status, body.contains("duplicate")), (200, true), "{body}");
 
     // At once: eyes on the comment.
     wait("the eyes reaction", 20, || {

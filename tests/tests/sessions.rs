@@ -393,3 +393,38 @@ upstream = "{registry}"
     secrets.extend(stack.github.issued_tokens());
     assert_sandbox_clean(&stack, session, &secrets);
 }
+
+/// Small installs: a personal access token instead of a GitHub App, for git and the pull
+/// request alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_personal_access_token_works_instead_of_an_app() {
+    let mut stack = Stack::with_auth(
+        Engine::Sqlite,
+        vec![],
+        "acme/web",
+        &files(),
+        airlock_tests::stack::GithubAuth::Token { login: "ada-bot" },
+        |_| {},
+    )
+    .await;
+    stack.profile("name = \"fix\"\n[agent]\nkind = \"command\"\ncommand = \"sed -i 's/a - b/a + b/' calc.py\"\n");
+    stack.start();
+    let out = stack
+        .airlock(&["run", "--repo", "acme/web", "--profile", "fix", "fix add"])
+        .await;
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let pulls = stack.github.pulls("acme/web");
+    assert_eq!(pulls.len(), 1);
+    assert_eq!(pulls[0].author, "ada-bot", "opened with the token");
+    assert!(
+        stack.github.token_requests().is_empty(),
+        "no App tokens were minted"
+    );
+    let (_, _, calc) = tip(&stack, &pulls[0].head);
+    assert!(calc.contains("a + b"));
+    assert!(
+        stack.github.unexpected().is_empty(),
+        "{:?}",
+        stack.github.unexpected()
+    );
+}
