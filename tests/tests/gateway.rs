@@ -391,6 +391,8 @@ async fn a_github_app_credential_mints_tokens_for_the_session_repository_only() 
             github.ca_file.to_str().unwrap(),
         )
         .env("AIRLOCK_GITHUB_API_URL", &github.api_url)
+        .env("AIRLOCK_GITHUB_WEB_URL", "https://github.test")
+        .env("AIRLOCK_GITHUB_GIT_UPSTREAM", &github.git_url)
         .env("AIRLOCK_GITHUB_APP_ID", &github.app_id.to_string())
         .env("AIRLOCK_GITHUB_APP_CREDENTIAL", "gh-app")
         .env("AIRLOCK_GITHUB_WEBHOOK_SECRET_CREDENTIAL", "gh-hook");
