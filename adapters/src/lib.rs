@@ -7,10 +7,12 @@
 //! the thread through the outbox ([`notify`]), rendered per surface ([`status`]). An adapter
 //! never acts for an account that is not linked to a human and never reads an unverified body.
 
+pub mod chat;
 pub mod command;
 pub mod github;
 pub mod identity;
 pub mod notify;
 pub mod requests;
+pub mod slack;
 pub mod status;
 pub mod verify;

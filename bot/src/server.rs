@@ -150,6 +150,23 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
         );
         background.push(tokio::spawn(async move { adapter.resume().await }));
     }
+    if let Some(slack_cfg) = &cfg.slack {
+        let api = Arc::new(
+            airlock_adapters::slack::SlackApi::new(store.clone(), slack_cfg)
+                .context("cannot set up the Slack client")?,
+        );
+        let adapter = airlock_adapters::slack::SlackAdapter::new(
+            store.clone(),
+            slack_cfg.clone(),
+            api.clone(),
+            cfg.broker.default_profile.clone(),
+        );
+        app = app.merge(adapter.router());
+        notifier = notifier.with(
+            Surface::Slack,
+            Arc::new(airlock_adapters::slack::SlackSink { api }),
+        );
+    }
     background.push(tokio::spawn(Arc::new(notifier).run(stopped())));
     tracing::info!(address = %local, public_url = %cfg.public_url(), database = %airlock_core::store::redact_url(&cfg.database_url()), "Airlock is up");
     axum::serve(listener, app)

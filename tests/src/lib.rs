@@ -8,6 +8,7 @@ pub mod github;
 pub mod model;
 pub mod registry;
 pub mod sessions;
+pub mod slack;
 pub mod stack;
 pub mod tls;
 pub mod upstream;

@@ -114,16 +114,18 @@ impl Store {
     pub async fn create_link_code(&self, account: &PendingLink) -> Result<String> {
         use rand::Rng;
         const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-        let mut rng = rand::thread_rng();
-        let code: String = (0..10)
-            .map(|i| {
-                if i == 5 {
-                    '-'
-                } else {
-                    ALPHABET[rng.gen_range(0..ALPHABET.len())] as char
-                }
-            })
-            .collect();
+        let code: String = {
+            let mut rng = rand::thread_rng();
+            (0..11)
+                .map(|i| {
+                    if i == 5 {
+                        '-'
+                    } else {
+                        ALPHABET[rng.gen_range(0..ALPHABET.len())] as char
+                    }
+                })
+                .collect()
+        };
         let now = now_ms();
         sqlx::query(
             "INSERT INTO link_codes (code_hash, provider, workspace, external_id, handle, \
@@ -211,5 +213,70 @@ impl Store {
                 ))
             })
             .collect()
+    }
+}
+
+/// A channel's defaults for requests that name no repository or profile.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ChannelSettings {
+    pub repo: Option<String>,
+    pub profile: Option<String>,
+}
+
+impl Store {
+    pub async fn channel_settings(
+        &self,
+        surface: &str,
+        workspace: &str,
+        channel: &str,
+    ) -> Result<ChannelSettings> {
+        let row = sqlx::query(
+            "SELECT repo, profile FROM channel_settings \
+             WHERE surface = $1 AND workspace = $2 AND channel = $3",
+        )
+        .bind(surface)
+        .bind(workspace)
+        .bind(channel)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(match row {
+            Some(r) => ChannelSettings {
+                repo: r.try_get("repo")?,
+                profile: r.try_get("profile")?,
+            },
+            None => ChannelSettings::default(),
+        })
+    }
+
+    /// Sets a channel's defaults; a value left out keeps the one set before.
+    pub async fn set_channel_settings(
+        &self,
+        surface: &str,
+        workspace: &str,
+        channel: &str,
+        settings: &ChannelSettings,
+        by: &str,
+    ) -> Result<ChannelSettings> {
+        let old = self.channel_settings(surface, workspace, channel).await?;
+        let new = ChannelSettings {
+            repo: settings.repo.clone().or(old.repo),
+            profile: settings.profile.clone().or(old.profile),
+        };
+        sqlx::query(
+            "INSERT INTO channel_settings (surface, workspace, channel, repo, profile, updated_by, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (surface, workspace, channel) DO UPDATE SET repo = $4, profile = $5, \
+               updated_by = $6, updated_at = $7",
+        )
+        .bind(surface)
+        .bind(workspace)
+        .bind(channel)
+        .bind(&new.repo)
+        .bind(&new.profile)
+        .bind(by)
+        .bind(now_ms())
+        .execute(self.pool())
+        .await?;
+        Ok(new)
     }
 }

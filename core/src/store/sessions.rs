@@ -544,6 +544,17 @@ impl Store {
         row.as_ref().map(session).transpose()
     }
 
+    /// Moves a session to another conversation key (a Slack thread known once its first
+    /// message is posted).
+    pub async fn set_thread_key(&self, id: &str, thread_key: &str) -> Result<()> {
+        sqlx::query("UPDATE sessions SET thread_key = $2 WHERE id = $1")
+            .bind(id)
+            .bind(thread_key)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     /// Replaces where the session's updates go (an adapter records the message it posted).
     pub async fn set_thread_ref(&self, id: &str, thread_ref: &serde_json::Value) -> Result<()> {
         sqlx::query("UPDATE sessions SET thread_ref = $2 WHERE id = $1")
