@@ -9,6 +9,7 @@
 
 pub mod chat;
 pub mod command;
+pub mod discord;
 pub mod github;
 pub mod identity;
 pub mod notify;

@@ -604,17 +604,7 @@ fn status_content(view: &StatusView) -> SlackMessageContent {
 
 /// The final message in the thread: the summary, the pull request, the usage.
 fn final_content(view: &StatusView) -> SlackMessageContent {
-    let mut md = String::new();
-    if let Some(summary) = &view.summary {
-        md.push_str(summary);
-        md.push_str("\n\n");
-    }
-    if let Some(pr) = &view.pull_request {
-        md.push_str(&format!("**Pull request:** {pr}\n\n"));
-    }
-    let mut foot = vec![format!("{} {}", view.emoji(), view.headline())];
-    foot.extend(view.usage());
-    md.push_str(&format!("_{}_", foot.join(" · ")));
+    let md = view.final_markdown();
     // Long answers become several sections; past Slack's limits, the rest is on the page.
     let mut parts = render::slack(&md, SECTION_MAX);
     let text = parts.first().cloned().unwrap_or_default();

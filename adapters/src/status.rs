@@ -214,6 +214,46 @@ impl StatusView {
     }
 }
 
+impl StatusView {
+    /// The status message on Discord: within its 2,000 characters.
+    pub fn discord(&self) -> String {
+        let mut out = format!(
+            "{} **{}** · session `{}` · <{}>\n> {}\n",
+            self.emoji(),
+            render::one_line(&self.headline(), 300),
+            self.session,
+            self.link,
+            render::one_line(&self.prompt, 200)
+        );
+        if self.more_steps > 0 {
+            out.push_str(&format!("- … {} earlier steps\n", self.more_steps));
+        }
+        for s in &self.steps {
+            out.push_str(&format!("- {s}\n"));
+        }
+        render::discord(&out, render::DISCORD_MAX)
+            .into_iter()
+            .next()
+            .unwrap_or_default()
+    }
+
+    /// The final message (markdown): the agent's answer, the pull request, the usage.
+    pub fn final_markdown(&self) -> String {
+        let mut md = String::new();
+        if let Some(summary) = &self.summary {
+            md.push_str(summary);
+            md.push_str("\n\n");
+        }
+        if let Some(pr) = &self.pull_request {
+            md.push_str(&format!("**Pull request:** {pr}\n\n"));
+        }
+        let mut foot = vec![format!("{} {}", self.emoji(), self.headline())];
+        foot.extend(self.usage());
+        md.push_str(&format!("*{}*", foot.join(" · ")));
+        md
+    }
+}
+
 fn thousands(n: i64) -> String {
     let s = n.abs().to_string();
     let mut out = String::new();

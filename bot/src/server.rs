@@ -167,6 +167,32 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
             Arc::new(airlock_adapters::slack::SlackSink { api }),
         );
     }
+    if let Some(discord_cfg) = &cfg.discord {
+        let token = store
+            .reveal_credential(&discord_cfg.bot_token_credential)
+            .await
+            .with_context(|| {
+                format!(
+                    "the Discord bot token `{}` cannot be read; set it with `airlock credential set {}`",
+                    discord_cfg.bot_token_credential, discord_cfg.bot_token_credential
+                )
+            })?;
+        let token = String::from_utf8_lossy(token.expose()).trim().to_string();
+        let http = Arc::new(airlock_adapters::discord::http(discord_cfg, &token)?);
+        let adapter = airlock_adapters::discord::DiscordAdapter::new(
+            store.clone(),
+            discord_cfg,
+            http.clone(),
+            cfg.broker.default_profile.clone(),
+        )?;
+        app = app.merge(adapter.router());
+        notifier = notifier.with(
+            Surface::Discord,
+            Arc::new(airlock_adapters::discord::DiscordSink { http }),
+        );
+        let gateway_http = airlock_adapters::discord::http(discord_cfg, &token)?;
+        background.push(tokio::spawn(adapter.run_gateway(gateway_http, stopped())));
+    }
     background.push(tokio::spawn(Arc::new(notifier).run(stopped())));
     tracing::info!(address = %local, public_url = %cfg.public_url(), database = %airlock_core::store::redact_url(&cfg.database_url()), "Airlock is up");
     axum::serve(listener, app)

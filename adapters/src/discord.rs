@@ -1,0 +1,431 @@
+//! Discord (serenity): a gateway connection for mentions and thread replies, and the
+//! Ed25519-signed interactions endpoint `POST /discord/interactions` for `/airlock`.
+//!
+//! A mention of the bot in a channel starts a session in a new thread from that message;
+//! messages in the thread are follow-ups. `/airlock prompt:…` answers at once (only the
+//! person sees it) and starts the session in a new thread. Each thread gets a status message
+//! edited in place and a final message, split at Discord's 2,000 characters, through the
+//! outbox; serenity's rate limiter waits out Discord's limits. Interactions with a bad
+//! signature get 401 before their body is read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_core::config::DiscordConfig;
+use airlock_core::domain::{Provider, Surface};
+use airlock_core::render;
+use airlock_core::store::Session;
+use airlock_core::Store;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use serenity::all::{
+    ChannelId, ChannelType, Context, CreateAllowedMentions, CreateMessage, CreateThread,
+    EditMessage, EventHandler, GatewayIntents, Http, HttpBuilder, Message, MessageId, Ready,
+};
+
+use crate::chat::{self, ChatRequest, Reply};
+use crate::identity::Account;
+use crate::notify::{Sent, StatusSink};
+use crate::status::StatusView;
+
+/// Discord's limit on a message.
+const MESSAGE_MAX: usize = render::DISCORD_MAX;
+
+/// The serenity HTTP client for `discord.api_url` with the bot token.
+pub fn http(cfg: &DiscordConfig, token: &str) -> anyhow::Result<Http> {
+    let base = cfg
+        .api_url
+        .split_once("://")
+        .map(|(scheme, rest)| format!("{scheme}://{}", rest.split('/').next().unwrap_or("")))
+        .ok_or_else(|| anyhow::anyhow!("discord.api_url is not a URL"))?;
+    let app: u64 = cfg.application_id.parse()?;
+    let mut b = HttpBuilder::new(token)
+        .application_id(app.into())
+        .default_allowed_mentions(CreateAllowedMentions::new());
+    if base != "https://discord.com" {
+        // serenity's rate limiter bypasses a proxy base, so it is off there; the outbox
+        // then waits out a 429 itself.
+        b = b.proxy(base).ratelimiter_disabled(true);
+    }
+    Ok(b.build())
+}
+
+pub struct DiscordAdapter {
+    store: Store,
+    http: Arc<Http>,
+    /// The bot's own user id, from the gateway's Ready.
+    me: std::sync::OnceLock<u64>,
+    key: ed25519_dalek::VerifyingKey,
+    default_profile: Option<String>,
+}
+
+fn account(guild: &str, user: &str, name: &str) -> Account {
+    Account {
+        provider: Provider::Discord,
+        workspace: guild.to_string(),
+        external_id: user.to_string(),
+        handle: name.to_string(),
+    }
+}
+
+fn thread_key(thread: u64) -> String {
+    format!("discord:{thread}")
+}
+
+impl DiscordAdapter {
+    pub fn new(
+        store: Store,
+        cfg: &DiscordConfig,
+        http: Arc<Http>,
+        default_profile: Option<String>,
+    ) -> anyhow::Result<Arc<DiscordAdapter>> {
+        let raw: [u8; 32] = hex::decode(&cfg.public_key)?
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("discord.public_key is not 32 bytes"))?;
+        Ok(Arc::new(DiscordAdapter {
+            store,
+            http,
+            me: std::sync::OnceLock::new(),
+            key: ed25519_dalek::VerifyingKey::from_bytes(&raw)?,
+            default_profile,
+        }))
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/discord/interactions", post(interactions))
+            .layer(DefaultBodyLimit::max(1024 * 1024))
+            .with_state(self.clone())
+    }
+
+    /// Connects to the gateway and handles messages until `shutdown` (serenity reconnects by
+    /// itself).
+    pub async fn run_gateway(
+        self: Arc<Self>,
+        http: Http,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        // `/airlock` exists once it is registered (an upsert: the same name replaces it).
+        let command = json!({
+            "name": "airlock", "type": 1,
+            "description": "Ask Airlock to work on a repository",
+            "options": [
+                {"type": 3, "name": "prompt", "description": "What to do (or: help, link, status, stop)", "required": true},
+                {"type": 3, "name": "repo", "description": "The repository, OWNER/NAME", "required": false},
+                {"type": 3, "name": "profile", "description": "The profile to use", "required": false},
+            ],
+        });
+        if let Err(e) = self.http.create_global_command(&command).await {
+            tracing::warn!("cannot register the /airlock command with Discord: {e}");
+        }
+        let intents = GatewayIntents::GUILD_MESSAGES | GatewayIntents::MESSAGE_CONTENT;
+        let mut client = match serenity::client::ClientBuilder::new_with_http(http, intents)
+            .event_handler_arc(self.clone())
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("cannot start the Discord client: {e}");
+                return;
+            }
+        };
+        let shards = client.shard_manager.clone();
+        tokio::select! {
+            r = client.start() => if let Err(e) = r { tracing::warn!("the Discord gateway stopped: {e}") },
+            _ = shutdown => shards.shutdown_all().await,
+        }
+    }
+
+    async fn say(&self, channel: u64, text: &str) {
+        for part in render::discord(text, MESSAGE_MAX) {
+            if let Err(e) = ChannelId::new(channel)
+                .send_message(&self.http, CreateMessage::new().content(part))
+                .await
+            {
+                tracing::warn!(channel, "cannot answer in Discord: {e}");
+                return;
+            }
+        }
+    }
+
+    async fn on_message(&self, msg: &Message) {
+        if msg.author.bot {
+            return;
+        }
+        let Some(guild) = msg.guild_id else { return };
+        let Some(me) = self.me.get().copied() else {
+            return;
+        };
+        let mentioned = msg.mentions.iter().any(|u| u.id.get() == me);
+        let in_session = self
+            .store
+            .session_in_thread(&thread_key(msg.channel_id.get()))
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+        if !mentioned && !in_session {
+            return;
+        }
+        let text = msg
+            .content
+            .replace(&format!("<@{me}>"), "")
+            .replace(&format!("<@!{me}>"), "")
+            .trim()
+            .to_string();
+        // A mention outside a session's thread gets a thread of its own.
+        let thread = if in_session {
+            msg.channel_id.get()
+        } else {
+            let name = render::one_line(if text.is_empty() { "Airlock" } else { &text }, 90);
+            match msg
+                .channel_id
+                .create_thread_from_message(
+                    &self.http,
+                    msg.id,
+                    CreateThread::new(name).kind(ChannelType::PublicThread),
+                )
+                .await
+            {
+                Ok(t) => t.id.get(),
+                Err(e) => {
+                    tracing::warn!("cannot start a Discord thread: {e}");
+                    return;
+                }
+            }
+        };
+        let req = ChatRequest {
+            surface: Surface::Discord,
+            account: account(
+                &guild.get().to_string(),
+                &msg.author.id.get().to_string(),
+                &msg.author.name,
+            ),
+            channel: msg.channel_id.get().to_string(),
+            thread_key: thread_key(thread),
+            thread_ref: json!({"guild": guild.get().to_string(), "channel": thread.to_string()}),
+            text,
+            prefix: "@Airlock".into(),
+        };
+        match chat::handle(&self.store, self.default_profile.as_deref(), req).await {
+            Reply::Private(t) | Reply::Public(t) => self.say(thread, &t).await,
+            Reply::Started { .. } => {}
+        }
+    }
+
+    /// `/airlock prompt:…`: the answer to give now; the session's thread comes after.
+    async fn command(self: &Arc<Self>, i: &Value) -> Value {
+        let guild = i["guild_id"].as_str().unwrap_or("").to_string();
+        let channel: u64 = i["channel_id"]
+            .as_str()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let user = &i["member"]["user"];
+        let user_id = user["id"].as_str().unwrap_or("").to_string();
+        let name = user["username"].as_str().unwrap_or("").to_string();
+        let text: String = i["data"]["options"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| {
+                let v = o["value"].as_str()?;
+                Some(match o["name"].as_str()? {
+                    "prompt" => v.to_string(),
+                    key => format!("{key}={v}"),
+                })
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        if guild.is_empty() || channel == 0 {
+            return ephemeral("Use /airlock in a server channel.");
+        }
+        let private = |t: String| ephemeral(&t);
+        // Everything but a request to work is answered right here.
+        let cmd = crate::command::parse(&text);
+        let is_run = matches!(cmd, Ok(crate::command::Command::Run { .. }));
+        if !is_run {
+            let req = ChatRequest {
+                surface: Surface::Discord,
+                account: account(&guild, &user_id, &name),
+                channel: channel.to_string(),
+                thread_key: thread_key(channel),
+                thread_ref: json!({"guild": guild, "channel": channel.to_string()}),
+                text,
+                prefix: "/airlock".into(),
+            };
+            return match chat::handle(&self.store, self.default_profile.as_deref(), req).await {
+                Reply::Private(t) => private(t),
+                Reply::Public(t) => {
+                    json!({"type": 4, "data": {"content": t, "allowed_mentions": {"parse": []}}})
+                }
+                Reply::Started { session, .. } => {
+                    private(format!("Session `{session}` continues."))
+                }
+            };
+        }
+        // Known people only, before a thread is made for them.
+        let known =
+            crate::identity::human_of(&self.store, &account(&guild, &user_id, &name), None).await;
+        if !matches!(known, Ok(Some(_))) {
+            return private(chat::not_linked(Surface::Discord, "/airlock"));
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let title = render::one_line(&text, 90);
+            let thread = match ChannelId::new(channel)
+                .create_thread(
+                    &me.http,
+                    CreateThread::new(title).kind(ChannelType::PublicThread),
+                )
+                .await
+            {
+                Ok(t) => t.id.get(),
+                Err(e) => {
+                    tracing::warn!("cannot start a Discord thread: {e}");
+                    return;
+                }
+            };
+            let req = ChatRequest {
+                surface: Surface::Discord,
+                account: account(&guild, &user_id, &name),
+                channel: channel.to_string(),
+                thread_key: thread_key(thread),
+                thread_ref: json!({"guild": guild, "channel": thread.to_string()}),
+                text,
+                prefix: "/airlock".into(),
+            };
+            match chat::handle(&me.store, me.default_profile.as_deref(), req).await {
+                Reply::Private(t) | Reply::Public(t) => me.say(thread, &t).await,
+                Reply::Started { .. } => {}
+            }
+        });
+        private("On it: follow the session in the thread I'm starting here.".into())
+    }
+}
+
+fn ephemeral(text: &str) -> Value {
+    json!({"type": 4, "data": {"content": text, "flags": 64, "allowed_mentions": {"parse": []}}})
+}
+
+#[serenity::async_trait]
+impl EventHandler for DiscordAdapter {
+    async fn ready(&self, _ctx: Context, ready: Ready) {
+        let _ = self.me.set(ready.user.id.get());
+        tracing::info!(user = %ready.user.name, "connected to Discord");
+    }
+
+    async fn message(&self, _ctx: Context, msg: Message) {
+        self.on_message(&msg).await;
+    }
+}
+
+async fn interactions(
+    State(a): State<Arc<DiscordAdapter>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let signature = hex::decode(header("x-signature-ed25519"))
+        .ok()
+        .and_then(|s| ed25519_dalek::Signature::from_slice(&s).ok());
+    let mut signed = header("x-signature-timestamp").as_bytes().to_vec();
+    signed.extend_from_slice(&body);
+    let ok = signature.is_some_and(|s| a.key.verify_strict(&signed, &s).is_ok());
+    if !ok {
+        tracing::warn!("refused a Discord interaction with a bad signature");
+        return (StatusCode::UNAUTHORIZED, "invalid request signature\n").into_response();
+    }
+    let Ok(i) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "not JSON\n").into_response();
+    };
+    match i["type"].as_u64() {
+        Some(1) => Json(json!({"type": 1})).into_response(),
+        Some(2) if i["data"]["name"] == "airlock" => Json(a.command(&i).await).into_response(),
+        _ => Json(ephemeral("Airlock doesn't know that command.")).into_response(),
+    }
+}
+
+/// Discord: the status message in the session's thread, edited in place, and the final
+/// message (split at 2,000 characters).
+pub struct DiscordSink {
+    pub http: Arc<Http>,
+}
+
+fn sent_of(e: serenity::Error) -> Sent {
+    if let serenity::Error::Http(serenity::http::HttpError::UnsuccessfulRequest(r)) = &e {
+        let code = r.status_code.as_u16();
+        if code == 429 {
+            // Discord's per-route windows are a few seconds; this waits longer than any.
+            return Sent::Later(Duration::from_secs(5));
+        }
+        if (400..500).contains(&code) {
+            return Sent::GiveUp(e.to_string());
+        }
+    }
+    Sent::Retry(e.to_string())
+}
+
+#[async_trait::async_trait]
+impl StatusSink for DiscordSink {
+    fn spacing(&self) -> Duration {
+        Duration::from_millis(1200)
+    }
+
+    async fn send(&self, store: &Store, session: &Session, view: &StatusView) -> Sent {
+        let mut t = session.thread_ref.clone();
+        let Some(channel) = t["channel"].as_str().and_then(|c| c.parse::<u64>().ok()) else {
+            return Sent::GiveUp("the session's thread names no channel".into());
+        };
+        let channel = ChannelId::new(channel);
+        let text = view.discord();
+        match t["status_message"]
+            .as_str()
+            .and_then(|m| m.parse::<u64>().ok())
+        {
+            Some(id) => {
+                if let Err(e) = channel
+                    .edit_message(
+                        &self.http,
+                        MessageId::new(id),
+                        EditMessage::new().content(text),
+                    )
+                    .await
+                {
+                    return sent_of(e);
+                }
+            }
+            None => match channel
+                .send_message(&self.http, CreateMessage::new().content(text))
+                .await
+            {
+                Ok(m) => {
+                    t["status_message"] = json!(m.id.get().to_string());
+                    if let Err(e) = store.set_thread_ref(&session.id, &t).await {
+                        return Sent::Retry(e.to_string());
+                    }
+                }
+                Err(e) => return sent_of(e),
+            },
+        }
+        if session.state.is_terminal() && t["final_sent"].is_null() {
+            for part in render::discord(&view.final_markdown(), MESSAGE_MAX) {
+                if let Err(e) = channel
+                    .send_message(&self.http, CreateMessage::new().content(part))
+                    .await
+                {
+                    return sent_of(e);
+                }
+            }
+            t["final_sent"] = json!(true);
+            if let Err(e) = store.set_thread_ref(&session.id, &t).await {
+                return Sent::Retry(e.to_string());
+            }
+        }
+        Sent::Done
+    }
+}
