@@ -16,4 +16,5 @@ pub mod notify;
 pub mod requests;
 pub mod slack;
 pub mod status;
+pub mod triggers;
 pub mod verify;

@@ -68,6 +68,73 @@ pub enum Command {
     /// Sandboxes that exist now
     #[command(subcommand)]
     Sandbox(SandboxCmd),
+    /// Webhooks, schedules and GitHub events that start sessions
+    #[command(subcommand)]
+    Trigger(TriggerCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TriggerCmd {
+    /// Add a trigger
+    Add(TriggerAddArgs),
+    /// List triggers
+    List,
+    /// Show a trigger
+    Show { name: String },
+    /// Let a trigger fire again
+    Enable { name: String },
+    /// Stop a trigger from firing
+    Disable { name: String },
+    /// Delete a trigger
+    Delete { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct TriggerAddArgs {
+    /// The trigger's name (lower-case letters, digits, dashes)
+    pub name: String,
+    /// `webhook` (POST /hooks/<id>), `schedule` (cron) or `github` (an event)
+    #[arg(long, value_parser = parse_enum::<airlock_core::domain::TriggerKind>)]
+    pub kind: airlock_core::domain::TriggerKind,
+    #[arg(long)]
+    pub profile: String,
+    /// The repository its sessions work on, OWNER/NAME
+    #[arg(long)]
+    pub repo: String,
+    /// The human its sessions are attributed to (id or email) [default: the only admin]
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Where the sessions report: github:OWNER/NAME#N, slack:TEAM/CHANNEL,
+    /// discord:GUILD/CHANNEL, origin (the issue or pull request of a GitHub event), none
+    #[arg(long, default_value = "none")]
+    pub reply: String,
+    /// The prompt template (fields of the event as {{ field.path }})
+    #[arg(long, conflicts_with_all = ["prompt_file", "template"])]
+    pub prompt: Option<String>,
+    /// The prompt template, from a file
+    #[arg(long, conflicts_with = "template")]
+    pub prompt_file: Option<PathBuf>,
+    /// A template of templates/prompts/ by name, e.g. review-pull-request
+    #[arg(long)]
+    pub template: Option<String>,
+    /// Webhook: the credential holding the HMAC secret (airlock credential set NAME --kind webhook-secret)
+    #[arg(long)]
+    pub secret_credential: Option<String>,
+    /// Schedule: a cron expression, e.g. "0 9 * * MON"
+    #[arg(long)]
+    pub cron: Option<String>,
+    /// Schedule: the time zone of the cron expression
+    #[arg(long, default_value = "UTC")]
+    pub timezone: String,
+    /// GitHub: issues.labeled, issues.opened or pull_request.opened
+    #[arg(long)]
+    pub event: Option<String>,
+    /// GitHub issues.labeled: the label [default: airlock]
+    #[arg(long)]
+    pub label: Option<String>,
+    /// GitHub pull_request.opened: only pull requests into this branch
+    #[arg(long)]
+    pub base: Option<String>,
 }
 
 #[derive(Debug, Args)]

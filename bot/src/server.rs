@@ -130,7 +130,10 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
         store: store.clone(),
         docker_ok: docker_ok.clone(),
     });
-    // The outbox sender and the adapters.
+    // Triggers, the outbox sender and the adapters.
+    let triggers = airlock_adapters::triggers::Triggers::new(store.clone());
+    app = app.merge(triggers.router());
+    background.push(tokio::spawn(triggers.clone().run(stopped())));
     let mut notifier = Notifier::new(store.clone(), owner.clone(), cfg.public_url());
     if let (Some(gh_cfg), Some(source)) = (&cfg.github, &github) {
         let adapter = GithubAdapter::new(
@@ -139,7 +142,7 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
             source.clone(),
             cfg.broker.default_profile.clone(),
             cfg.public_url(),
-            None,
+            Some(triggers.clone() as Arc<dyn airlock_adapters::github::EventHook>),
         );
         app = app.merge(adapter.router());
         notifier = notifier.with(

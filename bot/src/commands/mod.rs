@@ -4,6 +4,7 @@
 mod admin;
 mod doctor;
 pub mod sandboxes;
+mod triggers;
 
 use std::process::ExitCode;
 
@@ -106,6 +107,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(a) => sandboxes::run(&ctx, a).await,
         Command::Snapshot(c) => sandboxes::snapshot(&ctx, c).await,
         Command::Sandbox(c) => sandboxes::sandbox(&ctx, c).await,
+        Command::Trigger(c) => triggers::trigger(&ctx, c).await,
     }
 }
 

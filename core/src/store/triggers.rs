@@ -170,7 +170,14 @@ impl Store {
         let n = sqlx::query("DELETE FROM triggers WHERE id = $1")
             .bind(id)
             .execute(self.pool())
-            .await?
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(d) if d.is_foreign_key_violation() => StoreError::Conflict(
+                    "the trigger has started sessions, which keep naming it; disable it instead"
+                        .into(),
+                ),
+                _ => StoreError::Db(e),
+            })?
             .rows_affected();
         if n == 0 {
             return Err(StoreError::NotFound(format!("no trigger `{id}`")));
