@@ -76,7 +76,7 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum TriggerCmd {
     /// Add a trigger
-    Add(TriggerAddArgs),
+    Add(Box<TriggerAddArgs>),
     /// List triggers
     List,
     /// Show a trigger
