@@ -201,6 +201,14 @@ pub enum HumanCmd {
         /// Shorthand for --role admin
         #[arg(long)]
         admin: bool,
+        /// Read a password for the admin page from stdin (at least 12 characters)
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Set a human's password for the admin page, read from stdin
+    Password {
+        /// The human (id or email)
+        human: String,
     },
     /// List humans
     List,

@@ -4,6 +4,7 @@
 //! Every failure ends in one line on stderr (`error: …`) and a non-zero exit: 2 for a command
 //! line that does not parse, 1 for everything else. Nothing here prints a credential value.
 
+mod admin;
 mod cli;
 mod commands;
 mod output;

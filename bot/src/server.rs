@@ -130,6 +130,11 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
         store: store.clone(),
         docker_ok: docker_ok.clone(),
     });
+    // The admin page.
+    app = app.merge(crate::admin::router(crate::admin::AdminState {
+        store: store.clone(),
+        secure: cfg.public_url().starts_with("https://"),
+    }));
     // Triggers, the outbox sender and the adapters.
     let triggers = airlock_adapters::triggers::Triggers::new(store.clone());
     app = app.merge(triggers.router());

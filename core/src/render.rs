@@ -43,6 +43,11 @@ fn defuse_mentions(text: &str) -> String {
     out
 }
 
+/// HTML-escapes text (`<`, `>`, `&`, quotes).
+pub fn escape(text: &str) -> String {
+    escape_html(text)
+}
+
 fn escape_html(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {

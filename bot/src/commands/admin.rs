@@ -44,13 +44,22 @@ pub async fn human(ctx: &Ctx, cmd: HumanCmd) -> anyhow::Result<ExitCode> {
             email,
             role,
             admin,
+            password_stdin,
         } => {
             let role = if admin {
                 Role::Admin
             } else {
                 role.unwrap_or(Role::Member)
             };
+            let password = if password_stdin {
+                Some(read_password()?)
+            } else {
+                None
+            };
             let h = store.add_human(&name, &email, role).await?;
+            if let Some(p) = &password {
+                store.set_password(&h.id, p).await?;
+            }
             audit(
                 &store,
                 ctx,
@@ -70,6 +79,17 @@ pub async fn human(ctx: &Ctx, cmd: HumanCmd) -> anyhow::Result<ExitCode> {
                     h.id
                 );
                 println!("Link their chat and GitHub accounts with `airlock identity link --human {} …`.", safe(&h.email));
+            }
+        }
+        HumanCmd::Password { human } => {
+            let h = store.find_human(&human).await?;
+            let password = read_password()?;
+            store.set_password(&h.id, &password).await?;
+            audit(&store, ctx, "human.password", &h.id, serde_json::json!({})).await?;
+            if ctx.json {
+                json(&serde_json::json!({"human": h.id, "password": "set"}))?;
+            } else {
+                println!("Set the admin page password of {}.", safe(&h.email));
             }
         }
         HumanCmd::List => {
@@ -335,6 +355,19 @@ fn agent_name(spec: &ProfileSpec) -> &'static str {
 
 fn safe_multiline(s: &str) -> String {
     s.lines().map(safe).collect::<Vec<_>>().join("\n") + "\n"
+}
+
+/// A password from stdin (one line; the newline is not part of it).
+fn read_password() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
+    let p = line.trim_end_matches(['\n', '\r']).to_string();
+    if p.chars().count() < 12 {
+        bail!("the password is too short: use at least 12 characters");
+    }
+    Ok(p)
 }
 
 /// Reads a credential value: the file, or stdin. One trailing newline is dropped (what `echo`

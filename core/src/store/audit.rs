@@ -209,6 +209,45 @@ impl Store {
             .collect()
     }
 
+    /// A session's entries (its egress among them), oldest first, at most `limit`.
+    pub async fn audit_for_session(&self, session_id: &str, limit: i64) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLS} FROM audit_log WHERE session_id = $1 ORDER BY seq LIMIT $2"
+        ))
+        .bind(session_id)
+        .bind(limit.clamp(1, 100_000))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| raw(r).map(RawRow::into_entry))
+            .collect()
+    }
+
+    /// Entries whose actor, action, target, session or detail contain `text` (any case),
+    /// newest first, at most `limit`; every entry when `text` is empty.
+    pub async fn search_audit(&self, text: &str, limit: i64) -> Result<Vec<AuditEntry>> {
+        let pattern = format!(
+            "%{}%",
+            text.to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let rows = sqlx::query(&format!(
+            "SELECT {COLS} FROM audit_log WHERE $1 = '%%' OR lower(actor) LIKE $1 ESCAPE '\\' \
+               OR lower(action) LIKE $1 ESCAPE '\\' OR lower(target) LIKE $1 ESCAPE '\\' \
+               OR lower(COALESCE(session_id, '')) LIKE $1 ESCAPE '\\' OR lower(detail) LIKE $1 ESCAPE '\\' \
+             ORDER BY seq DESC LIMIT $2"
+        ))
+        .bind(pattern)
+        .bind(limit.clamp(1, 100_000))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| raw(r).map(RawRow::into_entry))
+            .collect()
+    }
+
     /// Recomputes the whole chain and compares it with the stored head.
     pub async fn verify_audit(&self) -> Result<AuditVerdict> {
         const PAGE: i64 = 1000;

@@ -19,6 +19,7 @@ mod profiles;
 mod sandboxes;
 mod sessions;
 mod triggers;
+mod web;
 
 use std::sync::{Arc, Once};
 use std::time::Duration;
@@ -40,6 +41,7 @@ pub use sandboxes::{
 };
 pub use sessions::{NewSession, Session, SessionEvent, SessionFilter};
 pub use triggers::{NewTrigger, Trigger};
+pub use web::{WebSession, WEB_SESSION_MS};
 
 pub use crate::config::DatabaseKind;
 use crate::secrets::{MasterKey, SecretError};

@@ -1,0 +1,383 @@
+//! The admin page in a real browser: headless Chromium driven through chromedriver (Debian's
+//! packages) from Rust with fantoccini. A person signs in, watches a running session's log
+//! grow without reloading, stops it, sets a credential whose value then appears in no page
+//! and no response, and hostile text (agent output, a profile's description, a person's
+//! name) is shown as text and never runs. A form without its CSRF token gets 403; the pages
+//! fit a 375-pixel phone.
+//!
+//! Needs root, Docker, the base image, chromium and chromium-driver (scripts/test installs
+//! them all).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use airlock_tests::sessions::{detach, install_on, state_of};
+use airlock_tests::{free_port, Engine, Server};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+const PASSWORD: &str = "correct horse battery staple";
+/// What hostile text tries to do: set this global.
+const XSS: &str = "<script>window.__pwned=1</script><img src=x onerror=window.__pwned=2>";
+
+struct Browser {
+    client: Client,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian's chromium-driver) is not installed; scripts/test installs it");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let profile = tempfile::tempdir().unwrap();
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                         "--disable-dev-shm-usage", "--window-size=1200,900",
+                         format!("--user-data-dir={}", profile.path().display())],
+            }),
+        );
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("cannot start a Chromium session");
+        Browser {
+            client,
+            driver,
+            _profile: profile,
+        }
+    }
+
+    async fn js(&self, script: &str) -> serde_json::Value {
+        self.client.execute(script, vec![]).await.unwrap()
+    }
+
+    async fn pwned(&self) -> bool {
+        !self
+            .js("return typeof window.__pwned === 'undefined';")
+            .await
+            .as_bool()
+            .unwrap()
+    }
+
+    async fn text(&self) -> String {
+        self.js("return document.body.innerText;")
+            .await
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    async fn fill(&self, css: &str, value: &str) {
+        let e = self.client.find(Locator::Css(css)).await.unwrap();
+        e.clear().await.unwrap();
+        e.send_keys(value).await.unwrap();
+    }
+
+    async fn wait_text(&self, what: &str, secs: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let t = self.text().await;
+            if t.contains(what) {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the page never showed {what:?}:\n{t}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_watches_a_session_live_sets_a_credential_and_nothing_hostile_runs() {
+    let slow =
+        format!("for i in 1 2 3 4 5 6 7 8; do echo \"line $i {XSS}\"; sleep 1; done; sleep 300");
+    let mut install = install_on(Engine::Sqlite, &[]).await;
+    let profile = install.path().join("slow.toml");
+    std::fs::write(
+        &profile,
+        format!("name = \"slow\"\ndescription = '''Runs {XSS}'''\n[agent]\nkind = \"command\"\ncommand = '''{slow}'''\n"),
+    )
+    .unwrap();
+    install.ok(&["profile", "apply", "-f", profile.to_str().unwrap()]);
+    // Ada can sign in; a human's name is hostile too.
+    let out = install.run_with_stdin(
+        &["human", "password", "ada@example.com"],
+        format!("{PASSWORD}\n").as_bytes(),
+    );
+    assert!(out.status.success(), "{}", airlock_tests::stderr(&out));
+    let out = install.run_with_stdin(
+        &[
+            "human",
+            "add",
+            "--name",
+            "Mallory <img src=x onerror=window.__pwned=3>",
+            "--email",
+            "mallory@example.com",
+            "--password-stdin",
+        ],
+        b"short\n",
+    );
+    assert!(!out.status.success(), "a short password is refused");
+    install.ok(&[
+        "human",
+        "add",
+        "--name",
+        "Mallory <img src=x onerror=window.__pwned=3>",
+        "--email",
+        "mallory@example.com",
+    ]);
+    // A profile name cannot carry markup at all.
+    let bad = install.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "name = \"<script>\"\n[agent]\nkind = \"command\"\ncommand = \"true\"\n",
+    )
+    .unwrap();
+    let out = install.run(&["profile", "apply", "-f", bad.to_str().unwrap()]);
+    assert!(!out.status.success() && airlock_tests::stderr(&out).contains("profile field `name`"));
+    let public = format!("http://{}", install_env(&install, "AIRLOCK_SERVER_LISTEN"));
+    install.env("AIRLOCK_SERVER_PUBLIC_URL", &public);
+    let server = Server::start(&install);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let id = detach(&install, "slow", "count slowly");
+
+    let b = Browser::start().await;
+    // Signed out: the pages send you to sign in.
+    b.client.goto(&format!("{base}/credentials")).await.unwrap();
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/login");
+    b.fill("input[name=email]", "ada@example.com").await;
+    b.fill("input[name=password]", "not the password").await;
+    b.client
+        .find(Locator::Css("form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait_text("The email or the password is wrong.", 10).await;
+    b.fill("input[name=email]", "ada@example.com").await;
+    b.fill("input[name=password]", PASSWORD).await;
+    b.client
+        .find(Locator::Css("form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait_text("Sessions", 10).await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/sessions");
+    let cookies = b.client.get_all_cookies().await.unwrap();
+    let session_cookie = cookies
+        .iter()
+        .find(|c| c.name() == "airlock_session")
+        .expect("a session cookie");
+    assert_eq!(session_cookie.http_only(), Some(true));
+    assert_eq!(format!("{:?}", session_cookie.same_site()), "Some(Strict)");
+
+    // The running session's log grows while the page stays loaded.
+    b.client
+        .goto(&format!("{base}/sessions/{id}"))
+        .await
+        .unwrap();
+    b.js("window.__marker = 'still the same page'; return 1;")
+        .await;
+    let t = b.wait_text("line 2 ", 30).await;
+    assert!(
+        !t.contains("line 6 "),
+        "the page was opened early in the run:\n{t}"
+    );
+    let t = b.wait_text("line 6 ", 30).await;
+    assert_eq!(
+        b.js("return window.__marker;").await,
+        json!("still the same page"),
+        "no reload"
+    );
+    assert!(
+        t.contains(&format!("line 6 {XSS}")),
+        "hostile output is shown as text:\n{t}"
+    );
+    assert!(!b.pwned().await, "agent output ran as script");
+    // The plan is on the page.
+    assert!(t.contains("Plan") && t.contains("Profile slow v1"), "{t}");
+
+    // Stop it from the page.
+    b.client
+        .find(Locator::Css("form[action$='/stop'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait_text("stopped by Ada Lovelace on the admin page", 20)
+        .await;
+    assert_eq!(state_of(&install, &id), "cancelled");
+
+    // Hostile names and descriptions elsewhere.
+    b.client.goto(&format!("{base}/profiles")).await.unwrap();
+    let t = b.wait_text("Profiles", 10).await;
+    assert!(t.contains(&format!("Runs {XSS}")), "{t}");
+    b.client.goto(&format!("{base}/humans")).await.unwrap();
+    let t = b.wait_text("Humans", 10).await;
+    assert!(
+        t.contains("Mallory <img src=x onerror=window.__pwned=3>"),
+        "{t}"
+    );
+    assert!(!b.pwned().await, "a name or description ran as script");
+
+    // A credential, set from the page: its value shows up nowhere afterwards.
+    let value = format!("sk-live-{}", ulid::Ulid::new().to_string().to_lowercase());
+    b.client.goto(&format!("{base}/credentials")).await.unwrap();
+    b.fill("input[name=name]", "web-key").await;
+    b.fill("input[name=value]", &value).await;
+    b.client
+        .find(Locator::Css("form.stack button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait_text(
+        "Stored credential web-key. Its value is never shown again.",
+        10,
+    )
+    .await;
+    assert!(!b.client.source().await.unwrap().contains(&value));
+    let http = reqwest::Client::new();
+    let cookie = format!("airlock_session={}", session_cookie.value());
+    let mut bodies = Vec::new();
+    for path in [
+        "/sessions",
+        &format!("/sessions/{id}"),
+        "/humans",
+        "/profiles",
+        "/credentials",
+        "/triggers",
+        "/audit",
+        "/audit.jsonl",
+        "/audit?q=web-key",
+        &format!("/sessions/{id}/events?after=0"),
+        "/healthz",
+    ] {
+        let r = http
+            .get(format!("{base}{path}"))
+            .header("Cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let csp = r
+            .headers()
+            .get("content-security-policy")
+            .map(|v| v.to_str().unwrap().to_string());
+        if path != "/healthz" {
+            assert!(
+                csp.as_deref().is_some_and(
+                    |c| c.contains("script-src 'self'") && !c.contains("unsafe-inline")
+                ),
+                "{path}: {csp:?}"
+            );
+        }
+        bodies.push((path.to_string(), r.text().await.unwrap()));
+    }
+    for (path, body) in &bodies {
+        assert!(
+            !body.contains(&value),
+            "{path} shows the credential's value"
+        );
+    }
+    assert!(bodies
+        .iter()
+        .any(|(p, b)| p == "/audit.jsonl" && b.contains("credential.set")));
+    for args in [
+        vec!["--json", "credential", "list"],
+        vec!["audit", "export"],
+    ] {
+        assert!(!install.ok(&args).contains(&value));
+    }
+
+    // Forms without their CSRF token are refused.
+    for form in [
+        vec![("name", "x"), ("kind", "generic"), ("value", "v")],
+        vec![
+            ("name", "x"),
+            ("kind", "generic"),
+            ("value", "v"),
+            ("csrf", "guess"),
+        ],
+    ] {
+        let r = http
+            .post(format!("{base}/credentials"))
+            .header("Cookie", &cookie)
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+    }
+    assert!(
+        !install.ok(&["credential", "list"]).contains(" x "),
+        "nothing was stored"
+    );
+
+    // A phone: the pages fit 375 pixels.
+    b.client.set_window_size(375, 812).await.unwrap();
+    for path in [
+        "/sessions",
+        &format!("/sessions/{id}"),
+        "/credentials",
+        "/audit",
+    ] {
+        b.client.goto(&format!("{base}{path}")).await.unwrap();
+        let width = b
+            .js("return document.documentElement.scrollWidth;")
+            .await
+            .as_u64()
+            .unwrap();
+        let inner = b.js("return window.innerWidth;").await.as_u64().unwrap();
+        let widest = b
+            .js("let w = [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > window.innerWidth + 1); return w.map(e => e.tagName + '.' + e.className).slice(0, 5).join(', ');")
+            .await;
+        assert!(
+            width <= inner,
+            "{path} is {width} px wide on a {inner} px screen: {widest}"
+        );
+    }
+    assert!(!b.pwned().await);
+    b.client.clone().close().await.unwrap();
+}
+
+fn install_env(install: &airlock_tests::Install, key: &str) -> String {
+    install
+        .env_pairs()
+        .into_iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+        .unwrap()
+}
