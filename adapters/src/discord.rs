@@ -77,6 +77,29 @@ fn thread_key(thread: u64) -> String {
     format!("discord:{thread}")
 }
 
+/// Who asked, and in which channel.
+struct Asker<'a> {
+    guild: &'a str,
+    user: &'a str,
+    name: &'a str,
+    channel: u64,
+}
+
+impl Asker<'_> {
+    /// The request, for a session that lives in `thread`.
+    fn request(&self, thread: u64, text: String, prefix: &str) -> ChatRequest {
+        ChatRequest {
+            surface: Surface::Discord,
+            account: account(self.guild, self.user, self.name),
+            channel: self.channel.to_string(),
+            thread_key: thread_key(thread),
+            thread_ref: json!({"guild": self.guild, "channel": thread.to_string()}),
+            text,
+            prefix: prefix.into(),
+        }
+    }
+}
+
 impl DiscordAdapter {
     pub fn new(
         store: Store,
@@ -199,19 +222,19 @@ impl DiscordAdapter {
                 }
             }
         };
-        let req = ChatRequest {
-            surface: Surface::Discord,
-            account: account(
-                &guild.get().to_string(),
-                &msg.author.id.get().to_string(),
-                &msg.author.name,
-            ),
-            channel: msg.channel_id.get().to_string(),
-            thread_key: thread_key(thread),
-            thread_ref: json!({"guild": guild.get().to_string(), "channel": thread.to_string()}),
-            text,
-            prefix: "@Airlock".into(),
+        let (guild, user) = (guild.get().to_string(), msg.author.id.get().to_string());
+        let asker = Asker {
+            guild: &guild,
+            user: &user,
+            name: &msg.author.name,
+            channel: msg.channel_id.get(),
         };
+        self.answer_in(thread, asker.request(thread, text, "@Airlock"))
+            .await;
+    }
+
+    /// Handles a request whose session lives in `thread`; what the person is told goes there.
+    async fn answer_in(&self, thread: u64, req: ChatRequest) {
         match chat::handle(&self.store, self.default_profile.as_deref(), req).await {
             Reply::Private(t) | Reply::Public(t) => self.say(thread, &t).await,
             Reply::Started { .. } => {}
@@ -249,15 +272,13 @@ impl DiscordAdapter {
         let cmd = crate::command::parse(&text);
         let is_run = matches!(cmd, Ok(crate::command::Command::Run { .. }));
         if !is_run {
-            let req = ChatRequest {
-                surface: Surface::Discord,
-                account: account(&guild, &user_id, &name),
-                channel: channel.to_string(),
-                thread_key: thread_key(channel),
-                thread_ref: json!({"guild": guild, "channel": channel.to_string()}),
-                text,
-                prefix: "/airlock".into(),
+            let asker = Asker {
+                guild: &guild,
+                user: &user_id,
+                name: &name,
+                channel,
             };
+            let req = asker.request(channel, text, "/airlock");
             return match chat::handle(&self.store, self.default_profile.as_deref(), req).await {
                 Reply::Private(t) => private(t),
                 Reply::Public(t) => {
@@ -290,19 +311,14 @@ impl DiscordAdapter {
                     return;
                 }
             };
-            let req = ChatRequest {
-                surface: Surface::Discord,
-                account: account(&guild, &user_id, &name),
-                channel: channel.to_string(),
-                thread_key: thread_key(thread),
-                thread_ref: json!({"guild": guild, "channel": thread.to_string()}),
-                text,
-                prefix: "/airlock".into(),
+            let asker = Asker {
+                guild: &guild,
+                user: &user_id,
+                name: &name,
+                channel,
             };
-            match chat::handle(&me.store, me.default_profile.as_deref(), req).await {
-                Reply::Private(t) | Reply::Public(t) => me.say(thread, &t).await,
-                Reply::Started { .. } => {}
-            }
+            me.answer_in(thread, asker.request(thread, text, "/airlock"))
+                .await;
         });
         private("On it: follow the session in the thread I'm starting here.".into())
     }

@@ -142,15 +142,25 @@ pub fn github(md: &str, max: usize, more: Option<&str>) -> String {
 /// Safe HTML: pulldown-cmark's rendering with raw HTML turned into text, links and images
 /// only to http(s) or mailto (images become links, so nothing loads by itself).
 pub fn html(md: &str) -> String {
-    let mut skip_link = 0usize;
+    // Links (and images, which become links) to anything but http(s) or mailto lose their
+    // tag and keep their text; `skip` counts the ones open.
+    let mut skip = 0usize;
     let events = Parser::new_ext(md, options()).filter_map(|ev| match ev {
         Event::Html(h) | Event::InlineHtml(h) => Some(Event::Text(h)),
-        Event::Start(Tag::Link {
-            link_type,
-            dest_url,
-            title,
-            id,
-        }) => {
+        Event::Start(
+            Tag::Link {
+                link_type,
+                dest_url,
+                title,
+                id,
+            }
+            | Tag::Image {
+                link_type,
+                dest_url,
+                title,
+                id,
+            },
+        ) => {
             if safe_url(&dest_url) {
                 Some(Event::Start(Tag::Link {
                     link_type,
@@ -159,40 +169,15 @@ pub fn html(md: &str) -> String {
                     id,
                 }))
             } else {
-                skip_link += 1;
+                skip += 1;
                 None
             }
         }
-        Event::End(TagEnd::Link) if skip_link > 0 => {
-            skip_link -= 1;
+        Event::End(TagEnd::Link | TagEnd::Image) if skip > 0 => {
+            skip -= 1;
             None
         }
-        Event::Start(Tag::Image {
-            link_type,
-            dest_url,
-            title,
-            id,
-        }) => {
-            if safe_url(&dest_url) {
-                Some(Event::Start(Tag::Link {
-                    link_type,
-                    dest_url,
-                    title,
-                    id,
-                }))
-            } else {
-                skip_link += 1;
-                None
-            }
-        }
-        Event::End(TagEnd::Image) => {
-            if skip_link > 0 {
-                skip_link -= 1;
-                None
-            } else {
-                Some(Event::End(TagEnd::Link))
-            }
-        }
+        Event::End(TagEnd::Image) => Some(Event::End(TagEnd::Link)),
         other => Some(other),
     });
     let mut out = String::new();
