@@ -27,6 +27,8 @@ pub struct Stack {
     pub model_key: String,
     pub install: std::sync::Arc<Install>,
     pub server: Option<Server>,
+    /// Servers killed by [`Stack::restart`], kept so their sandboxes live on.
+    retired: Vec<Server>,
 }
 
 impl Stack {
@@ -118,6 +120,7 @@ impl Stack {
             model_key,
             install: std::sync::Arc::new(install),
             server: None,
+            retired: Vec::new(),
         }
     }
 
@@ -185,6 +188,15 @@ impl Stack {
 
     pub fn start(&mut self) {
         self.server = Some(Server::start(&self.install));
+    }
+
+    /// `kill -9` of the server, then a new one on the same installation.
+    pub fn restart(&mut self) {
+        if let Some(mut old) = self.server.take() {
+            old.kill_hard();
+            self.retired.push(old);
+        }
+        self.start();
     }
 
     /// Runs `airlock ARGS` on a worker thread (the fakes serve on the test's runtime).

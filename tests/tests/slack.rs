@@ -621,3 +621,44 @@ async fn admins_bind_a_channel_and_the_stop_button_stops() {
         chat.slack.problems()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_session_still_finishes_the_thread() {
+    let script = vec![
+        Step::Tools(vec![("shell", json!({"command": "sleep 8; echo slept"}))]),
+        Step::Answer("Finished despite the restart."),
+    ];
+    let mut chat = Chat::new(script, true).await;
+    let answer = chat.slash(USER, &format!("wait a bit repo={REPO}")).await;
+    assert!(
+        answer["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Starting session"),
+        "{answer}"
+    );
+    chat.wait("the working status", 60, || {
+        let (root, _) = chat.first_thread()?;
+        root.shown().contains("🔧 *Working*").then_some(())
+    })
+    .await;
+    chat.stack.restart();
+    let (root, replies) = chat
+        .wait("the final message after the restart", 90, || {
+            let (root, replies) = chat.first_thread()?;
+            (replies.len() == 1).then_some((root, replies))
+        })
+        .await;
+    assert!(root.shown().contains("✅ *Done*"), "{}", root.shown());
+    assert!(replies[0].shown().contains("Finished despite the restart."));
+    assert_eq!(
+        chat.slack.thread(CHANNEL, &root.ts).len(),
+        2,
+        "one status message and one final message"
+    );
+    assert!(
+        chat.slack.problems().is_empty(),
+        "{:?}",
+        chat.slack.problems()
+    );
+}
