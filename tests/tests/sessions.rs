@@ -428,3 +428,52 @@ async fn a_personal_access_token_works_instead_of_an_app() {
         stack.github.unexpected()
     );
 }
+
+/// The per-human daily model budget: once a human's sessions have spent it, their next
+/// session's model calls are refused with a clear error (and the session says why).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_humans_daily_model_budget_refuses_further_calls_once_spent() {
+    let script = vec![Step::Answer("First answer."), Step::Answer("never sent")];
+    let mut stack = Stack::new(Engine::Sqlite, script, "acme/web", &files(), |install| {
+        install.env("AIRLOCK_GATEWAY_HUMAN_DAILY_TOKEN_BUDGET", "100");
+    })
+    .await;
+    stack.profile(&format!(
+        "name = \"builtin\"\n[agent]\nkind = \"builtin\"\nmodel = \"fake-model\"\nbase_url = \"https://{}/v1\"\n{}",
+        airlock_tests::stack::MODEL_HOST,
+        stack.model_route()
+    ));
+    stack.start();
+    let first = stack
+        .airlock(&["run", "--repo", "acme/web", "--profile", "builtin", "look"])
+        .await;
+    assert!(
+        first.status.success(),
+        "{}\n{}",
+        stdout(&first),
+        stderr(&first)
+    );
+    // 120 tokens used of 100: the next session's first call is refused.
+    let second = stack
+        .airlock(&[
+            "run",
+            "--repo",
+            "acme/web",
+            "--profile",
+            "builtin",
+            "look again",
+        ])
+        .await;
+    assert!(!second.status.success());
+    let err = stderr(&second);
+    assert!(
+        err.contains("the requester's daily model budget is spent (120 of 100 tokens today)")
+            && err.contains("gateway.human_daily_token_budget"),
+        "{err}"
+    );
+    assert_eq!(
+        stack.model.requests().len(),
+        1,
+        "the refused call never reached the model"
+    );
+}
