@@ -32,6 +32,13 @@ use crate::Shared;
 
 type Answer = Response<BoxBody>;
 
+/// Reads what is left of a request's body (at most 1 MiB, for at most 2 s) before answering
+/// it early, so a client still sending is not cut off and sees the answer.
+async fn drain(body: Incoming) {
+    let limited = http_body_util::Limited::new(body, 1024 * 1024);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), limited.collect()).await;
+}
+
 fn text(status: StatusCode, body: String) -> Answer {
     Response::builder()
         .status(status)
@@ -412,13 +419,15 @@ async fn forward(
         match ctx.routes.request(&target.host, method.as_str(), &path) {
             Ok(r) => Some(r.clone()),
             Err(refusal) => {
-                return refuse_request(&shared, &ctx, &target, &method, &path, refusal, started)
+                drain(req.into_body()).await;
+                return refuse_request(&shared, &ctx, &target, &method, &path, refusal, started);
             }
         }
     };
     let model_call = route.is_some() && meter::is_model_call(method.as_str(), &path);
     if model_call {
         if let Some(msg) = shared.budgets.refusal(&ctx).await {
+            drain(req.into_body()).await;
             shared.audit(
                 &ctx,
                 "egress.refused",
@@ -454,7 +463,9 @@ async fn forward(
             .filter(|(name, _)| *name != header::PROXY_AUTHORIZATION)
             .find_map(|(_, v)| guard.find(v.as_bytes()));
         if let Some(name) = in_uri.or(in_headers) {
-            return blocked(&shared, &ctx, &target, &method, &path, name, started);
+            let name = name.to_string();
+            drain(req.into_body()).await;
+            return blocked(&shared, &ctx, &target, &method, &path, &name, started);
         }
     }
     // Where it goes.
