@@ -165,6 +165,15 @@ impl Stack {
         (r.status().as_u16(), r.text().await.unwrap_or_default())
     }
 
+    /// Applies the `builtin` profile: Airlock's own agent against the fake model, through the
+    /// gateway.
+    pub fn builtin_profile(&self) {
+        self.profile(&format!(
+            "name = \"builtin\"\n[agent]\nkind = \"builtin\"\nmodel = \"fake-model\"\nbase_url = \"https://{MODEL_HOST}/v1\"\nmax_steps = 10\n{}",
+            self.model_route()
+        ));
+    }
+
     /// Trusts another test CA for upstreams (before [`Stack::start`]).
     pub fn trust(&self, pem: &str) {
         use std::io::Write;

@@ -60,11 +60,7 @@ impl Chat {
             "--handle",
             "ada",
         ]);
-        stack.profile(&format!(
-            "name = \"builtin\"\n[agent]\nkind = \"builtin\"\nmodel = \"fake-model\"\nbase_url = \"https://{}/v1\"\n{}",
-            airlock_tests::stack::MODEL_HOST,
-            stack.model_route()
-        ));
+        stack.builtin_profile();
         stack.start();
         let chat = Chat { stack, discord };
         chat.wait("the bot to connect to the gateway", 30, || {

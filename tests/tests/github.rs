@@ -84,11 +84,7 @@ async fn stack(script: Vec<Step>, permission: &str, link: bool) -> Stack {
             LOGIN,
         ]);
     }
-    stack.profile(&format!(
-        "name = \"builtin\"\n[agent]\nkind = \"builtin\"\nmodel = \"fake-model\"\nbase_url = \"https://{}/v1\"\n{}",
-        airlock_tests::stack::MODEL_HOST,
-        stack.model_route()
-    ));
+    stack.builtin_profile();
     stack.start();
     stack
 }

@@ -103,11 +103,7 @@ async fn the_builtin_agent_fixes_a_bug_and_a_pull_request_names_the_requester() 
         ),
     ];
     let mut stack = Stack::new(Engine::Sqlite, script, "acme/web", &files(), |_| {}).await;
-    stack.profile(&format!(
-        "name = \"builtin\"\n[agent]\nkind = \"builtin\"\nmodel = \"fake-model\"\nbase_url = \"https://{}/v1\"\nmax_steps = 10\n{}",
-        airlock_tests::stack::MODEL_HOST,
-        stack.model_route()
-    ));
+    stack.builtin_profile();
     stack.start();
     let out = stack
         .airlock(&[
@@ -438,11 +434,7 @@ async fn a_humans_daily_model_budget_refuses_further_calls_once_spent() {
         install.env("AIRLOCK_GATEWAY_HUMAN_DAILY_TOKEN_BUDGET", "100");
     })
     .await;
-    stack.profile(&format!(
-        "name = \"builtin\"\n[agent]\nkind = \"builtin\"\nmodel = \"fake-model\"\nbase_url = \"https://{}/v1\"\n{}",
-        airlock_tests::stack::MODEL_HOST,
-        stack.model_route()
-    ));
+    stack.builtin_profile();
     stack.start();
     let first = stack
         .airlock(&["run", "--repo", "acme/web", "--profile", "builtin", "look"])

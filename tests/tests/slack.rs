@@ -77,11 +77,7 @@ impl Chat {
                 "ada",
             ]);
         }
-        stack.profile(&format!(
-            "name = \"builtin\"\n[agent]\nkind = \"builtin\"\nmodel = \"fake-model\"\nbase_url = \"https://{}/v1\"\n{}",
-            airlock_tests::stack::MODEL_HOST,
-            stack.model_route()
-        ));
+        stack.builtin_profile();
         stack.start();
         Chat {
             stack,
