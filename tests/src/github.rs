@@ -735,10 +735,7 @@ fn route(s: &Shared, method: &Method, path: &str, caller: &Caller, body: &Bytes)
                     "Validation Failed: head or base does not exist",
                 );
             }
-            let login = match caller {
-                Caller::Token { login, .. } => login.clone(),
-                Caller::App => unreachable!(),
-            };
+            let login = caller.login();
             let repo = w.repos.get_mut(&full).unwrap();
             if repo.pulls.iter().any(|p| p.head == head && p.base == base) {
                 return err(
@@ -797,20 +794,10 @@ fn route(s: &Shared, method: &Method, path: &str, caller: &Caller, body: &Bytes)
                 return err(StatusCode::NOT_FOUND, "Not Found");
             }
             let n: u64 = n.parse().unwrap_or(0);
-            let Some(text) = parse_body(body)
-                .and_then(|b| b.get("body").and_then(Value::as_str).map(str::to_string))
-            else {
-                return err(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "Validation Failed: body is required",
-                );
+            let text = match comment_body(body) {
+                Ok(t) => t,
+                Err(why) => return err(StatusCode::UNPROCESSABLE_ENTITY, why),
             };
-            if text.chars().count() > 65536 {
-                return err(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "Validation Failed: body is too long (maximum is 65536 characters)",
-                );
-            }
             if !w
                 .repos
                 .get(&full)
@@ -818,10 +805,7 @@ fn route(s: &Shared, method: &Method, path: &str, caller: &Caller, body: &Bytes)
             {
                 return err(StatusCode::NOT_FOUND, "Not Found");
             }
-            let login = match caller {
-                Caller::Token { login, .. } => login.clone(),
-                Caller::App => unreachable!(),
-            };
+            let login = caller.login();
             let id = w.id();
             w.repos
                 .get_mut(&full)
@@ -848,24 +832,11 @@ fn route(s: &Shared, method: &Method, path: &str, caller: &Caller, body: &Bytes)
                 return err(StatusCode::NOT_FOUND, "Not Found");
             }
             let id: u64 = id.parse().unwrap_or(0);
-            let Some(text) = parse_body(body)
-                .and_then(|b| b.get("body").and_then(Value::as_str).map(str::to_string))
-            else {
-                return err(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "Validation Failed: body is required",
-                );
+            let text = match comment_body(body) {
+                Ok(t) => t,
+                Err(why) => return err(StatusCode::UNPROCESSABLE_ENTITY, why),
             };
-            if text.chars().count() > 65536 {
-                return err(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "Validation Failed: body is too long (maximum is 65536 characters)",
-                );
-            }
-            let login = match caller {
-                Caller::Token { login, .. } => login.clone(),
-                Caller::App => unreachable!(),
-            };
+            let login = caller.login();
             let Some((repo, n, mut c)) = w.comments.get(&id).cloned() else {
                 return err(StatusCode::NOT_FOUND, "Not Found");
             };
@@ -923,6 +894,27 @@ fn route(s: &Shared, method: &Method, path: &str, caller: &Caller, body: &Bytes)
                 .into_response()
         }
         _ => err(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+/// A comment's text as GitHub checks it: present, at most 65,536 characters.
+fn comment_body(body: &Bytes) -> Result<String, &'static str> {
+    let text = parse_body(body)
+        .and_then(|b| b.get("body").and_then(Value::as_str).map(str::to_string))
+        .ok_or("Validation Failed: body is required")?;
+    if text.chars().count() > 65536 {
+        return Err("Validation Failed: body is too long (maximum is 65536 characters)");
+    }
+    Ok(text)
+}
+
+impl Caller {
+    /// Who a write is by (the App's JWT cannot write; routes check that first).
+    fn login(&self) -> String {
+        match self {
+            Caller::Token { login, .. } => login.clone(),
+            Caller::App => unreachable!("a JWT cannot write to a repository"),
+        }
     }
 }
 

@@ -4,8 +4,6 @@
 //!
 //! Needs root, a running Docker engine and the base image (scripts/test provides all three).
 
-use std::time::{Duration, Instant};
-
 use airlock_tests::discord::{FakeDiscord, APP, BOT, GUILD};
 use airlock_tests::model::Step;
 use airlock_tests::stack::Stack;
@@ -70,20 +68,15 @@ impl Chat {
         chat
     }
 
-    async fn wait<T>(&self, what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; problems {:?}\n{}",
+    async fn wait<T>(&self, what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
+        airlock_tests::poll(what, secs, f, || {
+            format!(
+                "problems {:?}\n{}",
                 self.discord.problems(),
                 self.stack.server.as_ref().unwrap().log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            )
+        })
+        .await
     }
 
     async fn interaction(&self, body: &serde_json::Value, good_signature: bool) -> (u16, String) {

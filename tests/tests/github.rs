@@ -5,7 +5,7 @@
 //!
 //! Needs root, a running Docker engine and the base image (scripts/test provides all three).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use airlock_tests::github::{fixture, Comment};
 use airlock_tests::model::Step;
@@ -36,15 +36,8 @@ fn comment_payload(body: &str, id: u64) -> Vec<u8> {
     serde_json::to_vec_pretty(&p).unwrap()
 }
 
-async fn wait<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn wait<T>(what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
+    airlock_tests::poll(what, secs, f, String::new).await
 }
 
 /// The bot's comments on the issue.

@@ -167,20 +167,15 @@ impl Chat {
         .unwrap()
     }
 
-    async fn wait<T>(&self, what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; Slack has {:#?}\n{}",
+    async fn wait<T>(&self, what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
+        airlock_tests::poll(what, secs, f, || {
+            format!(
+                "Slack has {:#?}\n{}",
                 self.slack.messages(CHANNEL),
                 self.stack.server.as_ref().unwrap().log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            )
+        })
+        .await
     }
 
     /// The thread of the bot's first top-level message in the channel.
