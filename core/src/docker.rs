@@ -57,3 +57,57 @@ pub async fn image_exists(docker: &Docker, reference: &str) -> Result<bool, Dock
         Err(e) => Err(e.into()),
     }
 }
+
+/// Known problems of a Docker engine version that matter to sandboxes, in words for
+/// `airlock doctor`; empty when none is known.
+///
+/// CVE-2024-29018: before 26.0.0 (fixed also in 25.0.5 and 23.0.11), the embedded DNS server
+/// of an `--internal` network forwards queries for outside names, a way out of the sandbox
+/// network. Airlock blocks that server inside every sandbox either way.
+pub fn known_problems(version: &str) -> Vec<String> {
+    let core = version.split(['+', '-', '~']).next().unwrap_or("");
+    let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
+    let (Some(Some(major)), minor, patch) = (parts.next(), parts.next(), parts.next()) else {
+        return vec![format!(
+            "Airlock cannot read the version `{version}`; check it against CVE-2024-29018 yourself"
+        )];
+    };
+    let minor = minor.flatten().unwrap_or(0);
+    let patch = patch.flatten().unwrap_or(0);
+    let fixed = match major {
+        0..=22 => false,
+        23 => (minor, patch) >= (0, 11),
+        24 => false,
+        25 => (minor, patch) >= (0, 5),
+        _ => true,
+    };
+    if fixed {
+        Vec::new()
+    } else {
+        vec![format!(
+            "Docker {version} is affected by CVE-2024-29018 (the DNS server of internal networks \
+             forwards outside queries); Airlock blocks that DNS server inside every sandbox, so \
+             sandboxes resolve no names either way, but upgrading to Docker 26 or later is wise"
+        )]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::known_problems;
+
+    #[test]
+    fn versions_affected_by_the_dns_flaw_are_named() {
+        for v in ["20.10.24+dfsg1", "24.0.7", "25.0.4", "23.0.10", "1.13.1"] {
+            let p = known_problems(v);
+            assert!(
+                p.len() == 1 && p[0].contains("CVE-2024-29018"),
+                "{v}: {p:?}"
+            );
+        }
+        for v in ["26.0.0", "28.2.2", "25.0.5", "23.0.11", "27.1.1-ce"] {
+            assert!(known_problems(v).is_empty(), "{v}");
+        }
+        assert!(known_problems("unknown")[0].contains("cannot read"));
+    }
+}

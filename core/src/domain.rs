@@ -184,9 +184,14 @@ pub struct ProfileSpec {
     /// Routes the gateway allows, with the credential it injects on each.
     #[serde(default)]
     pub egress: Vec<RouteSpec>,
-    /// Hosts tunnelled without interception (e.g. package registries).
+    /// Hosts tunnelled without interception (e.g. package registries), port 443 only and
+    /// never to an internal address. By default only while the setup steps run (snapshot
+    /// builds): a tunnel cannot be checked, so sessions get one only where
+    /// `passthrough_in_sessions` says so.
     #[serde(default)]
     pub passthrough: Vec<String>,
+    #[serde(default)]
+    pub passthrough_in_sessions: bool,
     /// Repositories this profile may work on: `owner/name` or `owner/*`. Empty means any.
     #[serde(default)]
     pub repos: Vec<String>,
@@ -725,7 +730,7 @@ humans = ["ada@example.com"]
             ("name = \"x\"\n[agent]\nkind = \"command\"\ncommand = \"make\"\n[[egress]]\nhost = \"a.com\"\ncredential = \"k\"", "profile field `egress[0].inject`: say how to inject the credential, e.g. inject = { kind = \"bearer\" }"),
             ("name = \"x\"\n[agent]\nkind = \"command\"\ncommand = \"make\"\n[limits]\nmemory_mb = 1", "profile field `limits.memory_mb`: expected 64 to 1048576 (MiB)"),
             ("name = \"x\"\n[agent]\nkind = \"command\"\ncommand = \"make\"\n[env]\n\"1BAD\" = \"v\"", "profile field `env.1BAD`: is not a valid environment variable name"),
-            ("name = \"x\"\nimage = \"y\"\n[agent]\nkind = \"command\"\ncommand = \"make\"", "profile field `image`: unknown field `image`, expected one of `name`, `description`, `sandbox`, `agent`, `env`, `limits`, `egress`, `passthrough`, `repos`, `access` (line 2)"),
+            ("name = \"x\"\nimage = \"y\"\n[agent]\nkind = \"command\"\ncommand = \"make\"", "profile field `image`: unknown field `image`, expected one of `name`, `description`, `sandbox`, `agent`, `env`, `limits`, `egress`, `passthrough`, `passthrough_in_sessions`, `repos`, `access` (line 2)"),
             ("name = \"x\"", "profile field `(top level)`: missing field `agent`"),
         ];
         for (text, want) in cases {

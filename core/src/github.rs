@@ -135,9 +135,38 @@ struct InstallationRef {
     id: u64,
 }
 
+/// What an installation token is minted for; each gets only the permissions it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Git through the gateway: clone and push (contents write).
+    Git,
+    /// Airlock's own calls: pull requests, comments and reactions. Never contents or
+    /// workflows.
+    Bot,
+}
+
+impl Scope {
+    fn permissions(self) -> serde_json::Value {
+        match self {
+            Scope::Git => serde_json::json!({"contents": "write", "metadata": "read"}),
+            Scope::Bot => serde_json::json!({
+                "pull_requests": "write", "issues": "write", "metadata": "read"
+            }),
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Scope::Git => "git",
+            Scope::Bot => "bot",
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct TokenRequest<'a> {
     repositories: [&'a str; 1],
+    permissions: serde_json::Value,
 }
 
 #[derive(Deserialize)]
@@ -200,8 +229,20 @@ impl Github {
             .map_err(|e| GithubError::from_octocrab("a client", e))
     }
 
-    /// A token that may act on `repo` (and, for an App, on nothing else), minted or cached.
-    pub async fn repo_token(&self, repo: &str) -> Result<RepoToken> {
+    /// The installation token for `repo` and `scope` already minted and still good, if any
+    /// (without waiting for a mint in progress).
+    pub fn cached_repo_token(&self, repo: &str, scope: Scope) -> Option<RepoToken> {
+        let key = format!("{}:{}", scope.key(), repo.to_ascii_lowercase());
+        let tokens = self.tokens.try_lock().ok()?;
+        tokens
+            .get(&key)
+            .filter(|t| t.expires_at > now_ms())
+            .cloned()
+    }
+
+    /// A token that may act on `repo` (and, for an App, on nothing else, with only the
+    /// permissions `scope` needs), minted or cached.
+    pub async fn repo_token(&self, repo: &str, scope: Scope) -> Result<RepoToken> {
         let (owner, name) = split_repo(repo)?;
         let (app_id, key) = match &self.auth {
             Auth::Token(t) => {
@@ -212,7 +253,7 @@ impl Github {
             }
             Auth::App { app_id, key } => (*app_id, key.clone()),
         };
-        let cache_key = repo.to_ascii_lowercase();
+        let cache_key = format!("{}:{}", scope.key(), repo.to_ascii_lowercase());
         // One mint at a time per deployment: concurrent requests for the same repository wait
         // for the first one's token instead of minting their own.
         let mut tokens = self.tokens.lock().await;
@@ -240,6 +281,7 @@ impl Github {
                 format!("/app/installations/{}/access_tokens", inst.id),
                 Some(&TokenRequest {
                     repositories: [name],
+                    permissions: scope.permissions(),
                 }),
             )
             .await
@@ -260,7 +302,7 @@ impl Github {
 
     /// A client acting on `repo` with its token.
     pub async fn for_repo(&self, repo: &str) -> Result<octocrab::Octocrab> {
-        let t = self.repo_token(repo).await?;
+        let t = self.repo_token(repo, Scope::Bot).await?;
         let key = repo.to_ascii_lowercase();
         if let Some((tok, c)) = self.clients.lock().expect("clients").get(&key) {
             if Arc::ptr_eq(tok, &t.token) {

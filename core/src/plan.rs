@@ -66,8 +66,13 @@ pub struct Plan {
     /// The routes the gateway allows, in order: the profile's, then the ones Airlock adds
     /// (git for the session's repository).
     pub routes: Vec<RouteSpec>,
+    /// Tunnelled hosts: the profile's `passthrough`, only if it allows them in sessions.
     pub passthrough: Vec<String>,
     pub git: Option<GitPlan>,
+    /// The one branch the session may push (a pull request's own branch, or
+    /// `airlock/<session>-<slug>`), whether or not Airlock itself pushes it.
+    #[serde(default)]
+    pub branch: String,
 }
 
 /// The branch name of a session: `airlock/<session id>-<slug of the prompt>`.
@@ -156,11 +161,14 @@ impl Plan {
                 co_author: format!("{} <{}>", requester.display_name, requester.email),
             }
         });
+        let branch = match (&git, pull_request_of(session)) {
+            (Some(g), _) => g.branch.clone(),
+            (None, Some((head, _))) => head,
+            (None, None) => branch_name(&session.id, &session.prompt),
+        };
         let mut env = spec.env.clone();
         env.insert("AIRLOCK_REPO".into(), session.repo.clone());
-        if let Some(g) = &git {
-            env.insert("AIRLOCK_BRANCH".into(), g.branch.clone());
-        }
+        env.insert("AIRLOCK_BRANCH".into(), branch.clone());
         Plan {
             profile: spec.name.clone(),
             profile_version,
@@ -174,8 +182,13 @@ impl Plan {
             env,
             limits: spec.limits.clone(),
             routes,
-            passthrough: spec.passthrough.clone(),
+            passthrough: if spec.passthrough_in_sessions {
+                spec.passthrough.clone()
+            } else {
+                Vec::new()
+            },
             git,
+            branch,
         }
     }
 
@@ -310,6 +323,21 @@ inject = { kind = "bearer" }
         );
         assert_eq!(plan.routes.len(), 1);
         assert!(plan.git.is_none());
+        // The session still has its own branch, the only one it may push.
+        assert_eq!(plan.branch, "airlock/ses-01abc-x");
+        assert_eq!(plan.env["AIRLOCK_BRANCH"], plan.branch);
+    }
+
+    #[test]
+    fn passthrough_reaches_sessions_only_where_the_profile_says_so() {
+        let mut spec = ProfileSpec::from_toml(PROFILE).unwrap();
+        spec.passthrough = vec!["registry.npmjs.org".into()];
+        let s = session("x", serde_json::json!({}));
+        let plan = Plan::build(&spec, 1, &s, &human(), &settings(None));
+        assert!(plan.passthrough.is_empty());
+        spec.passthrough_in_sessions = true;
+        let plan = Plan::build(&spec, 1, &s, &human(), &settings(None));
+        assert_eq!(plan.passthrough, ["registry.npmjs.org"]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A body that streams through the gateway frame by frame (never buffered whole) while it is
-//! counted, scanned for credential values (guard: stop; scrub: replace), and metered; the
-//! finisher runs once when the body ends, fails, or is dropped half-way.
+//! counted, scanned for credential values (guard: stop; scrub: replace) in its data and its
+//! trailers, and metered; the finisher runs once when the body ends, fails, or is dropped
+//! half-way.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +12,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame};
 
 use crate::meter::Meter;
-use crate::scan::{Scanned, StreamScan};
+use crate::scan::{Needles, Scanned, StreamScan};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
@@ -75,10 +76,65 @@ impl<B> Observed<B> {
         }
     }
 
-    fn held_back(&mut self) -> Bytes {
+    /// What was held back, at the end of the data; `Err` when the guard trips on it.
+    fn held_back(&mut self) -> Result<Bytes, String> {
         match &mut self.scan {
-            Scan::None => Bytes::new(),
-            Scan::Guard(s, _) | Scan::Scrub(s) => s.finish(),
+            Scan::None => Ok(Bytes::new()),
+            Scan::Scrub(s) => Ok(s.scrub_end(Bytes::new())),
+            Scan::Guard(s, _) => match s.check_end(Bytes::new()) {
+                Scanned::Pass(b) => Ok(b),
+                Scanned::Found(label) => Err(label),
+            },
+        }
+    }
+
+    fn trip(&mut self, label: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Scan::Guard(_, flag) = &self.scan {
+            *flag.lock().expect("guard flag") = Some(label);
+        }
+        self.finish();
+        Poll::Ready(Some(Err(Box::new(Blocked))))
+    }
+
+    /// Trailers, scrubbed (values replaced, names that carry a value dropped) or checked.
+    fn trailers(&mut self, mut t: http::HeaderMap) -> Result<http::HeaderMap, String> {
+        match &self.scan {
+            Scan::None => Ok(t),
+            Scan::Guard(s, _) => {
+                let n = s.needles().clone();
+                for (name, value) in &t {
+                    let found = n
+                        .find(name.as_str().as_bytes())
+                        .or_else(|| n.find(value.as_bytes()));
+                    if let Some(label) = found {
+                        return Err(label);
+                    }
+                }
+                Ok(t)
+            }
+            Scan::Scrub(s) => {
+                scrub_headers(s.needles(), &mut t);
+                Ok(t)
+            }
+        }
+    }
+}
+
+/// Headers with every value replaced where it holds a credential value, and every header
+/// whose name holds one dropped.
+pub fn scrub_headers(n: &std::sync::Arc<Needles>, headers: &mut http::HeaderMap) {
+    let names: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|k| n.find(k.as_str().as_bytes()).is_some())
+        .cloned()
+        .collect();
+    for k in names {
+        headers.remove(k);
+    }
+    for value in headers.values_mut() {
+        if let Some(clean) = n.redact(value.as_bytes()) {
+            *value = http::HeaderValue::from_bytes(&clean)
+                .unwrap_or(http::HeaderValue::from_static("[REDACTED]"));
         }
     }
 }
@@ -98,8 +154,13 @@ where
         let this = self.get_mut();
         loop {
             if let Some(t) = this.trailers.take() {
-                this.finish();
-                return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                return match this.trailers(t) {
+                    Ok(t) => {
+                        this.finish();
+                        Poll::Ready(Some(Ok(Frame::trailers(t))))
+                    }
+                    Err(label) => this.trip(label),
+                };
             }
             if this.ended {
                 return Poll::Ready(None);
@@ -107,7 +168,10 @@ where
             let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
-                    let tail = this.held_back();
+                    let tail = match this.held_back() {
+                        Ok(t) => t,
+                        Err(label) => return this.trip(label),
+                    };
                     this.finish();
                     return Poll::Ready((!tail.is_empty()).then(|| Ok(Frame::data(tail))));
                 }
@@ -121,7 +185,10 @@ where
                 Ok(data) => data,
                 Err(frame) => match frame.into_trailers() {
                     Ok(trailers) => {
-                        let tail = this.held_back();
+                        let tail = match this.held_back() {
+                            Ok(t) => t,
+                            Err(label) => return this.trip(label),
+                        };
                         this.trailers = Some(trailers);
                         if tail.is_empty() {
                             continue;
@@ -137,14 +204,10 @@ where
             }
             let out = match &mut this.scan {
                 Scan::None => data,
-                Scan::Scrub(s) => s.scrub(&data),
-                Scan::Guard(s, flag) => match s.check(&data) {
+                Scan::Scrub(s) => s.scrub(data),
+                Scan::Guard(s, _) => match s.check(data) {
                     Scanned::Pass(b) => b,
-                    Scanned::Found(name) => {
-                        *flag.lock().expect("guard flag") = Some(name);
-                        this.finish();
-                        return Poll::Ready(Some(Err(Box::new(Blocked))));
-                    }
+                    Scanned::Found(label) => return this.trip(label),
                 },
             };
             if !out.is_empty() {

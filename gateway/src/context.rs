@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use airlock_core::domain::CredentialKind;
-use airlock_core::github::{Auth, Github, RepoToken};
+use airlock_core::github::{Auth, Github, RepoToken, Scope};
 use airlock_core::ids::now_ms;
 use airlock_core::plan::Plan;
 use airlock_core::secrets::SecretValue;
@@ -28,6 +28,10 @@ const CTX_TTL: Duration = Duration::from_secs(5);
 const DENY_TTL: Duration = Duration::from_secs(1);
 /// Values shorter than this are not looked for in requests: they would match by chance.
 pub const GUARD_MIN_LEN: usize = 8;
+/// The label the form guard reports for a `_method` field.
+pub const METHOD_OVERRIDE: &str = "method override";
+/// How a form body restates its method (Rails, Laravel, Symfony read these).
+const METHOD_OVERRIDE_FIELDS: [&[u8]; 2] = [b"_method=", b"name=\"_method\""];
 
 /// One sandbox's standing at the gateway.
 pub struct Ctx {
@@ -41,6 +45,11 @@ pub struct Ctx {
     pub address: IpAddr,
     pub expires_at: i64,
     pub routes: RouteTable,
+    /// The one branch this sandbox's session may push; `None` outside a session.
+    pub branch: Option<String>,
+    /// Credentials this sandbox's routes name (their values are scrubbed from everything
+    /// that comes back, on every route).
+    pub credentials: Vec<String>,
 }
 
 impl Ctx {
@@ -135,8 +144,12 @@ impl Sessions {
             .store
             .profile_version(&sb.profile_id, Some(sb.profile_version))
             .await?;
-        // A session's sandbox gets exactly its plan's routes; an unbound one its profile's.
-        let mut routes = RouteTable::compile(&pv.spec);
+        // A session's sandbox gets exactly its plan's routes (and no tunnels unless the
+        // profile allows them in sessions); a build sandbox, running the setup steps, its
+        // profile's routes and passthrough; any other unbound sandbox nothing.
+        let mut egress = Vec::new();
+        let mut passthrough = Vec::new();
+        let mut branch = None;
         let (human_id, repo) = match &binding.session_id {
             Some(id) => {
                 let s = self.store.session(id).await?;
@@ -144,12 +157,24 @@ impl Sessions {
                     return Ok(None);
                 }
                 if let Some(plan) = s.plan.as_ref().and_then(Plan::from_json) {
-                    routes = RouteTable::from_parts(&plan.routes, &plan.passthrough);
+                    egress = plan.routes;
+                    passthrough = plan.passthrough;
+                    branch = Some(plan.branch).filter(|b| !b.is_empty());
                 }
                 (Some(s.requester_id), Some(s.repo))
             }
+            None if sb.role == "build" => {
+                egress = pv.spec.egress.clone();
+                passthrough = pv.spec.passthrough.clone();
+                (None, None)
+            }
             None => (None, None),
         };
+        let mut credentials: Vec<String> =
+            egress.iter().filter_map(|r| r.credential.clone()).collect();
+        credentials.sort();
+        credentials.dedup();
+        let routes = RouteTable::from_parts(&egress, &passthrough);
         Ok(Some(Ctx {
             token: token.to_string(),
             token_hash: hash.to_string(),
@@ -161,16 +186,25 @@ impl Sessions {
             address,
             expires_at: binding.expires_at,
             routes,
+            branch,
+            credentials,
         }))
     }
 }
 
 /// The stored credentials, in clear, and the guard that looks for any of them in requests.
+/// A session's scrubber is cached by the names of its credentials and its minted tokens' ids.
+type ScrubberKey = (Vec<String>, Vec<i64>);
+
 pub struct SecretSet {
     values: HashMap<String, (CredentialKind, SecretValue)>,
     /// `github-app` credentials, ready to mint installation tokens (with their own caches).
     apps: HashMap<String, Result<Github, String>>,
     pub guard: Option<Arc<Needles>>,
+    /// The guard for form bodies on routes with method limits: also `_method` fields.
+    pub form_guard: Option<Arc<Needles>>,
+    /// Scrubbers by the credentials they cover (and the minted tokens' expiry times).
+    scrubbers: Mutex<HashMap<ScrubberKey, Option<Arc<Needles>>>>,
 }
 
 /// What a route's credential puts into a request.
@@ -189,6 +223,44 @@ impl Injected<'_> {
 }
 
 impl SecretSet {
+    /// What is scrubbed from everything coming back to `ctx`'s sandbox: the values of every
+    /// credential its routes name, and the installation tokens minted for its repository.
+    pub fn scrubber(&self, ctx: &Ctx) -> Option<Arc<Needles>> {
+        let mut minted = Vec::new();
+        for name in &ctx.credentials {
+            if let (Some(Ok(app)), Some(repo)) = (self.apps.get(name), &ctx.repo) {
+                if let Some(t) = app.cached_repo_token(repo, Scope::Git) {
+                    minted.push(t);
+                }
+            }
+        }
+        let key = (
+            ctx.credentials.clone(),
+            minted.iter().map(|t| t.expires_at).collect::<Vec<_>>(),
+        );
+        let mut cache = self.scrubbers.lock().expect("scrubbers");
+        if let Some(n) = cache.get(&key) {
+            return n.clone();
+        }
+        let mut values: Vec<(Vec<u8>, String)> = Vec::new();
+        for name in &ctx.credentials {
+            if let Some((kind, v)) = self.values.get(name) {
+                if *kind != CredentialKind::GithubApp {
+                    values.push((trimmed(v.expose()).to_vec(), name.clone()));
+                }
+            }
+        }
+        for t in &minted {
+            values.push((t.token.expose().to_vec(), "a minted GitHub token".into()));
+        }
+        let needles = Needles::new(values).map(Arc::new);
+        if cache.len() > 1000 {
+            cache.clear();
+        }
+        cache.insert(key, needles.clone());
+        needles
+    }
+
     /// The value to inject for credential `name` on a request of `ctx`: the stored value, or
     /// for a GitHub App an installation token limited to the session's repository. `Err`
     /// explains, without any value, why there is none.
@@ -222,7 +294,7 @@ impl SecretSet {
             ));
         };
         github
-            .repo_token(repo)
+            .repo_token(repo, Scope::Git)
             .await
             .map(Injected::Minted)
             .map_err(|e| format!("uses the GitHub App credential `{name}`: {e}"))
@@ -245,6 +317,9 @@ impl Secrets {
                 values: HashMap::new(),
                 apps: HashMap::new(),
                 guard: None,
+                form_guard: Needles::build(Vec::new(), &METHOD_OVERRIDE_FIELDS, METHOD_OVERRIDE)
+                    .map(Arc::new),
+                scrubbers: Mutex::new(HashMap::new()),
             })),
             fingerprint: Mutex::new(None),
             github_api_url,
@@ -272,13 +347,14 @@ impl Secrets {
             return Ok(());
         }
         let all = self.store.reveal_all_credentials().await?;
-        let guard = Needles::new(
-            all.iter()
-                .filter(|c| c.value.len() >= GUARD_MIN_LEN)
-                .map(|c| (c.value.expose().to_vec(), c.name.clone()))
-                .collect(),
-        )
-        .map(Arc::new);
+        let guarded: Vec<(Vec<u8>, String)> = all
+            .iter()
+            .filter(|c| trimmed(c.value.expose()).len() >= GUARD_MIN_LEN)
+            .map(|c| (trimmed(c.value.expose()).to_vec(), c.name.clone()))
+            .collect();
+        let guard = Needles::new(guarded.clone()).map(Arc::new);
+        let form_guard =
+            Needles::build(guarded, &METHOD_OVERRIDE_FIELDS, METHOD_OVERRIDE).map(Arc::new);
         let apps = all
             .iter()
             .filter(|c| c.kind == CredentialKind::GithubApp)
@@ -292,10 +368,24 @@ impl Secrets {
             values,
             apps,
             guard,
+            form_guard,
+            scrubbers: Mutex::new(HashMap::new()),
         });
         *self.fingerprint.lock().expect("fingerprint") = Some(fp);
         Ok(())
     }
+}
+
+/// A value as it is injected: without the line break a file or a pipe may have added.
+pub fn trimmed(value: &[u8]) -> &[u8] {
+    let start = value.iter().take_while(|b| b.is_ascii_whitespace()).count();
+    let end = value.len()
+        - value[start..]
+            .iter()
+            .rev()
+            .take_while(|b| b.is_ascii_whitespace())
+            .count();
+    &value[start..end]
 }
 
 /// Model budgets: tokens per session, and per human per UTC day (0 = no limit).

@@ -10,13 +10,21 @@
 //! `airlock up` runs it on the sandbox network's bridge address; `airlock gateway` runs it
 //! alone. See decision 0007.
 
+mod addr;
+mod answer;
 mod body;
 mod ca;
+pub mod canon;
 mod context;
+mod decode;
+mod forward;
+pub mod git;
 mod meter;
+pub mod path;
 mod proxy;
 pub mod routes;
-mod scan;
+pub mod scan;
+mod websocket;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -74,9 +82,22 @@ pub struct GatewaySettings {
 
 type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, body::BoxBody>;
 
+type PublicClient =
+    Client<hyper_rustls::HttpsConnector<HttpConnector<addr::PublicResolver>>, body::BoxBody>;
+
+/// The upstream clients: for routes with an admin-written `upstream` (which may point
+/// anywhere) and for hosts the sandbox named (public addresses only), each with HTTP/2 by
+/// ALPN or, for WebSocket upgrades, HTTP/1.1 only.
+pub(crate) struct Clients {
+    pub any: UpstreamClient,
+    pub public: PublicClient,
+    pub any_h1: UpstreamClient,
+    pub public_h1: PublicClient,
+}
+
 pub(crate) struct Shared {
     authority: Authority,
-    client: UpstreamClient,
+    clients: Clients,
     sessions: context::Sessions,
     secrets: context::Secrets,
     budgets: context::Budgets,
@@ -122,7 +143,21 @@ impl Gateway {
             .gateway_ca(|| Authority::generate().expect("generating a CA key cannot fail"))
             .await?;
         let authority = Authority::load(&ca.cert_pem, &ca.key_pem)?;
-        let client = upstream_client(settings.extra_ca_file.as_deref())?;
+        let tls = upstream_tls(settings.extra_ca_file.as_deref())?;
+        let clients = Clients {
+            any: upstream_client(HttpConnector::new(), tls.clone(), true),
+            public: upstream_client(
+                HttpConnector::new_with_resolver(addr::PublicResolver),
+                tls.clone(),
+                true,
+            ),
+            any_h1: upstream_client(HttpConnector::new(), tls.clone(), false),
+            public_h1: upstream_client(
+                HttpConnector::new_with_resolver(addr::PublicResolver),
+                tls,
+                false,
+            ),
+        };
         let secrets = context::Secrets::new(
             store.clone(),
             settings.github_api_url.clone(),
@@ -133,7 +168,7 @@ impl Gateway {
         let (usage_tx, usage_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             authority,
-            client,
+            clients,
             sessions: context::Sessions::new(store.clone()),
             secrets,
             budgets: context::Budgets::new(
@@ -182,7 +217,7 @@ impl Gateway {
     }
 }
 
-fn upstream_client(extra_ca: Option<&Path>) -> Result<UpstreamClient, GatewayError> {
+fn upstream_tls(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, GatewayError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
@@ -214,19 +249,35 @@ fn upstream_client(extra_ca: Option<&Path>) -> Result<UpstreamClient, GatewayErr
     .map_err(GatewayError::ca)?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let mut http = HttpConnector::new();
+    Ok(tls)
+}
+
+fn upstream_client<R>(
+    mut http: HttpConnector<R>,
+    tls: rustls::ClientConfig,
+    h2: bool,
+) -> Client<hyper_rustls::HttpsConnector<HttpConnector<R>>, body::BoxBody>
+where
+    R: Clone + Send + Sync + 'static,
+    HttpConnector<R>: tower_service::Service<http::Uri>,
+    hyper_rustls::HttpsConnector<HttpConnector<R>>:
+        hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(15)));
-    let https = HttpsConnectorBuilder::new()
+    let builder = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
+        .enable_http1();
+    let https = if h2 {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.wrap_connector(http)
+    };
+    Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
-        .build(https))
+        .build(https)
 }
 
 /// Writes audit records in batches, off the request path. A failed write is retried; nothing

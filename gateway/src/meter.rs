@@ -22,6 +22,11 @@ pub fn is_model_call(method: &str, path: &str) -> bool {
     method == "POST" && MODEL_PATHS.iter().any(|p| path.ends_with(p))
 }
 
+/// A WebSocket upgrade on a model path (the Responses API over WebSocket, as Codex uses it).
+pub fn is_model_upgrade(path: &str) -> bool {
+    MODEL_PATHS.iter().any(|p| path.ends_with(p))
+}
+
 /// The largest JSON body (or SSE line) read for usage; larger ones are passed on unread.
 const MAX_JSON: usize = 8 * 1024 * 1024;
 const MAX_LINE: usize = 1024 * 1024;
@@ -38,7 +43,8 @@ impl Usage {
         self.input_tokens == 0 && self.output_tokens == 0
     }
 
-    fn merge(&mut self, v: &Value) {
+    /// Takes in the usage one JSON value (a response, or a stream event) reports.
+    pub fn merge(&mut self, v: &Value) {
         for obj in [Some(v), v.get("response"), v.get("message")]
             .into_iter()
             .flatten()

@@ -4,7 +4,9 @@
 //!
 //! Pure: no I/O, no credential values (a route names its credential, nothing more).
 
-use airlock_core::domain::{Inject, ProfileSpec, RouteSpec};
+use airlock_core::domain::{Inject, RouteSpec};
+
+use crate::path::{normalise, NormalPath, PathError};
 
 /// A host pattern: `api.github.com`, or `*.example.com` for any sub-domain (not the domain
 /// itself).
@@ -140,9 +142,9 @@ pub enum Refusal {
     Path {
         prefixes: Vec<String>,
     },
-    /// The path has dot segments or encoded separators, which upstreams would resolve to
-    /// another path than the one checked.
-    AmbiguousPath,
+    /// The path is malformed or something upstreams resolve to another path than the one
+    /// checked (dot segments, parameters, encoded separators, `//`).
+    Path400(PathError),
 }
 
 /// A session's compiled routes.
@@ -153,10 +155,6 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn compile(spec: &ProfileSpec) -> RouteTable {
-        Self::from_parts(&spec.egress, &spec.passthrough)
-    }
-
     pub fn from_parts(egress: &[RouteSpec], passthrough: &[String]) -> RouteTable {
         let mut routes: Vec<Route> = egress
             .iter()
@@ -197,8 +195,14 @@ impl RouteTable {
         }
     }
 
-    /// The route that allows `method` on `path` (no query) at `host`.
-    pub fn request(&self, host: &str, method: &str, path: &str) -> Result<&Route, Refusal> {
+    /// The route that allows `method` on `raw_path` (no query) at `host`, and the path in
+    /// the form it was matched in (which is what must be forwarded).
+    pub fn request(
+        &self,
+        host: &str,
+        method: &str,
+        raw_path: &str,
+    ) -> Result<(&Route, NormalPath), Refusal> {
         let host = normalise_host(host);
         let best = self
             .routes
@@ -212,34 +216,43 @@ impl RouteTable {
             .iter()
             .filter(|r| r.host.matches(&host) && r.host.specificity() == best)
             .collect();
-        // Where the path decides (a route with a narrower prefix than `/`), a path the
-        // upstream would normalise into another one is refused. Where every route allows the
-        // whole host, there is nothing to confuse (npm's `/@scope%2fname` must pass).
-        let path_matters = candidates.iter().any(|r| r.path_prefix != "/");
-        if (path_matters && is_ambiguous_path(path)) || !path.starts_with('/') {
-            return Err(Refusal::AmbiguousPath);
+        let path = normalise(raw_path).map_err(Refusal::Path400)?;
+        // Where the path decides (a route with a narrower prefix than `/`), a path some
+        // upstream would read as another one is refused. Where every route allows the whole
+        // host, there is nothing to confuse (npm's `/@scope%2fname` must pass).
+        if candidates.iter().any(|r| r.path_prefix != "/") {
+            if let Some(why) = path.is_ambiguous() {
+                return Err(Refusal::Path400(why));
+            }
         }
         let on_path: Vec<&Route> = candidates
             .iter()
             .copied()
-            .filter(|r| prefix_matches(&r.path_prefix, path))
+            .filter(|r| prefix_matches(&r.path_prefix, &path.path))
             .collect();
         if on_path.is_empty() {
             return Err(Refusal::Path {
                 prefixes: candidates.iter().map(|r| r.path_prefix.clone()).collect(),
             });
         }
-        on_path
+        let route = on_path
             .iter()
             .copied()
-            .find(|r| r.methods.is_empty() || r.methods.iter().any(|m| m == method))
+            .find(|r| r.allows_method(method))
             .ok_or_else(|| {
                 let mut allowed: Vec<String> =
                     on_path.iter().flat_map(|r| r.methods.clone()).collect();
                 allowed.sort();
                 allowed.dedup();
                 Refusal::Method { allowed }
-            })
+            })?;
+        Ok((route, path))
+    }
+}
+
+impl Route {
+    pub fn allows_method(&self, method: &str) -> bool {
+        self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
     }
 }
 
@@ -250,22 +263,6 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
         && (prefix.ends_with('/')
             || path.len() == prefix.len()
             || path.as_bytes()[prefix.len()] == b'/')
-}
-
-/// Dot segments (plain or percent-encoded), encoded slashes or backslashes: an upstream would
-/// normalise them into a path other than the one the route was checked against.
-fn is_ambiguous_path(path: &str) -> bool {
-    if !path.starts_with('/') || path.contains('\\') {
-        return true;
-    }
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%00") {
-        return true;
-    }
-    lower.split('/').any(|seg| {
-        let seg = seg.replace("%2e", ".");
-        seg == "." || seg == ".."
-    })
 }
 
 #[cfg(test)]
@@ -322,7 +319,7 @@ mod tests {
     #[test]
     fn requests_match_the_most_specific_route_or_say_why_not() {
         let t = table();
-        let idx = |h: &str, m: &str, p: &str| t.request(h, m, p).map(|r| r.index);
+        let idx = |h: &str, m: &str, p: &str| t.request(h, m, p).map(|(r, _)| r.index);
         assert_eq!(idx("api.openai.com", "POST", "/v1/chat/completions"), Ok(0));
         assert_eq!(
             idx("api.openai.com", "GET", "/v1/models"),
@@ -347,20 +344,27 @@ mod tests {
         );
         assert_eq!(idx("raw.github.com", "GET", "/x"), Ok(1));
         assert_eq!(idx("evil.com", "GET", "/"), Err(Refusal::Host));
-        for p in [
-            "/v1/../admin",
-            "/v1/%2e%2E/admin",
-            "/v1/./x",
-            "/v1%2fx",
-            "/v1\\x",
-            "v1/x",
+        for (p, why) in [
+            ("/v1/../admin", PathError::DotSegment),
+            ("/v1/%2e%2E/admin", PathError::DotSegment),
+            ("/v1/./x", PathError::DotSegment),
+            ("/v1/..;/admin", PathError::DotSegment),
+            ("/v1/%2e%2e;x=1/admin", PathError::DotSegment),
+            ("/v1%2fx", PathError::EncodedSeparator),
+            ("/v1/a;b", PathError::Parameter),
+            ("/v1//chat", PathError::EmptySegment),
+            ("/v1\\x", PathError::Backslash),
+            ("v1/x", PathError::NotAbsolute),
         ] {
             assert_eq!(
                 idx("api.openai.com", "POST", p),
-                Err(Refusal::AmbiguousPath),
+                Err(Refusal::Path400(why)),
                 "{p}"
             );
         }
+        // What matched is what goes on: encoded unreserved characters decoded.
+        let (_, path) = t.request("api.openai.com", "POST", "/%76%31/chat").unwrap();
+        assert_eq!(path.path, "/v1/chat");
     }
 
     #[test]
@@ -376,13 +380,19 @@ mod tests {
             }],
             &[],
         );
-        assert!(t
+        let (_, path) = t
             .request("registry.npmjs.org", "GET", "/@openai%2fcodex")
-            .is_ok());
+            .unwrap();
+        assert_eq!(path.path, "/@openai%2Fcodex");
         assert_eq!(
             t.request("registry.npmjs.org", "GET", "no-slash")
-                .map(|r| r.index),
-            Err(Refusal::AmbiguousPath)
+                .map(|(r, _)| r.index),
+            Err(Refusal::Path400(PathError::NotAbsolute))
+        );
+        assert_eq!(
+            t.request("registry.npmjs.org", "GET", "/a/../b")
+                .map(|(r, _)| r.index),
+            Err(Refusal::Path400(PathError::DotSegment))
         );
     }
 
@@ -413,10 +423,27 @@ mod tests {
         }
 
         #[test]
-        fn a_path_with_a_dot_segment_is_never_allowed(a in "[a-z]{0,8}", b in "[a-z]{0,8}", dots in "(\\.\\.|\\.|%2e%2e|%2E\\.)") {
+        fn a_path_with_a_dot_segment_is_never_allowed(a in "[a-z]{0,8}", b in "[a-z]{0,8}", dots in "(\\.\\.|\\.|%2e%2e|%2E\\.)", param in "(;[a-z=]{0,4})?") {
             let t = table();
-            let path = format!("/v1/{a}/{dots}/{b}");
-            prop_assert_eq!(t.request("api.openai.com", "POST", &path).map(|r| r.index), Err(Refusal::AmbiguousPath));
+            let path = format!("/v1/{a}/{dots}{param}/{b}");
+            prop_assert_eq!(t.request("api.openai.com", "POST", &path).map(|(r, _)| r.index), Err(Refusal::Path400(PathError::DotSegment)));
+        }
+
+        /// Whatever path is asked for, what matches a route's prefix after normalisation is
+        /// under that prefix for every reading an upstream could give it: it has no dot
+        /// segment, parameter, `//` or encoded separator where the prefix decides.
+        #[test]
+        fn a_matched_path_stays_under_its_prefix(segs in proptest::collection::vec("([a-z.;]|%2[eEfF]|%5[cC]|%3[bB]|/){0,6}", 1..5)) {
+            let t = RouteTable::from_parts(&[route("h.test", "/echo/", &[])], &[]);
+            let raw = format!("/echo/{}", segs.join("/"));
+            if let Ok((_, path)) = t.request("h.test", "GET", &raw) {
+                prop_assert!(path.path.starts_with("/echo/"));
+                prop_assert!(path.is_ambiguous().is_none());
+                for seg in path.path.split('/') {
+                    let head = seg.split(';').next().unwrap_or("");
+                    prop_assert!(head != "." && head != ".." && !seg.contains(';'));
+                }
+            }
         }
     }
 }

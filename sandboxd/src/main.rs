@@ -18,9 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_sandboxd::proto::{
-    tool_env, FromSandbox, PtySize, Stream, ToSandbox, CA_MOUNT, CONNECT_PATH, ENV_BOOTSTRAP,
-    ENV_ENDPOINT, ENV_SANDBOX, MAX_READ_BYTES, NODE_PROXY_PRELOAD, PROTOCOL_VERSION,
-    SANDBOX_HEADER, SYSTEM_BUNDLE, WORKSPACE,
+    tool_env, Boot, FromSandbox, PtySize, Stream, ToSandbox, BOOT_FILE, CA_MOUNT, CONNECT_PATH,
+    MAX_READ_BYTES, NODE_PROXY_PRELOAD, PROTOCOL_VERSION, SANDBOX_HEADER, SYSTEM_BUNDLE, WORKSPACE,
 };
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -50,6 +49,14 @@ async fn main() -> std::process::ExitCode {
     if args.first().map(String::as_str) == Some("agent") {
         return agent::main().await;
     }
+    // The agent runs as the same user: it must not read this process's memory, environment
+    // or file descriptors (/proc/<pid>/mem, environ, fd, ptrace all need a dumpable process
+    // or CAP_SYS_PTRACE, which no sandbox has). Children get the flag reset by exec.
+    // SAFETY: prctl with PR_SET_DUMPABLE takes plain integers and touches no memory.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        log("cannot make sandboxd non-dumpable; refusing to run");
+        return std::process::ExitCode::from(2);
+    }
     match install_ca() {
         Ok(true) => log("installed the deployment CA into the system trust store"),
         Ok(false) => {}
@@ -59,21 +66,19 @@ async fn main() -> std::process::ExitCode {
         wait_for_term().await;
         return std::process::ExitCode::SUCCESS;
     }
-    let need = |name: &str| {
-        std::env::var(name)
-            .map_err(|_| format!("{name} is not set; sandboxd runs inside an Airlock sandbox"))
+    let boot = match read_boot() {
+        Ok(b) => b,
+        Err(e) => {
+            log(e);
+            return std::process::ExitCode::from(2);
+        }
     };
-    let (endpoint, sandbox, bootstrap) =
-        match (need(ENV_ENDPOINT), need(ENV_SANDBOX), need(ENV_BOOTSTRAP)) {
-            (Ok(e), Ok(s), Ok(b)) => (e, s, b),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-                log(e);
-                return std::process::ExitCode::from(2);
-            }
-        };
-    // Children never see sandboxd's own environment.
-    std::env::remove_var(ENV_BOOTSTRAP);
-    let mut daemon = Daemon::new(sandbox, bootstrap);
+    let Boot {
+        endpoint,
+        sandbox,
+        token,
+    } = boot;
+    let mut daemon = Daemon::new(sandbox, token);
     tokio::select! {
         code = daemon.run(&endpoint) => std::process::ExitCode::from(code),
         _ = wait_for_term() => {
@@ -81,6 +86,18 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
     }
+}
+
+/// Reads the start-up settings the runtime left, then removes them: they are in this
+/// process's memory only from here on.
+fn read_boot() -> Result<Boot, String> {
+    let text = std::fs::read_to_string(BOOT_FILE).map_err(|e| {
+        format!("cannot read {BOOT_FILE} ({e}); sandboxd runs inside an Airlock sandbox")
+    })?;
+    // The directory stays (its parent belongs to root); the file goes.
+    std::fs::remove_file(BOOT_FILE)
+        .map_err(|e| format!("cannot remove {BOOT_FILE} after reading it: {e}"))?;
+    serde_json::from_str(&text).map_err(|e| format!("{BOOT_FILE} is not valid: {e}"))
 }
 
 async fn wait_for_term() {

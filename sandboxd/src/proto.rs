@@ -3,8 +3,11 @@
 //!
 //! Connecting: `GET /sandbox/v1/connect` with `Authorization: Bearer <token>` and
 //! `X-Airlock-Sandbox: <sandbox id>`. The first connection presents the one-time bootstrap
-//! token (`alk_boot_…`); the server answers with [`ToSandbox::Token`], a short-lived token
-//! (`alk_sbx_…`) bound to this sandbox, that sandboxd presents on every reconnect.
+//! token (`alk_boot_…`, from [`BOOT_FILE`]); every connection is answered with
+//! [`ToSandbox::Token`], a new token (`alk_sbx_…`) bound to this sandbox for the next
+//! reconnect, and the one presented stops working. While a connection is live, no other may
+//! open for the same sandbox. sandboxd is not dumpable, so the agent (same user) cannot read
+//! its memory or environment.
 //!
 //! Durability: everything a command produces ([`FromSandbox::Output`], [`FromSandbox::Exit`],
 //! [`FromSandbox::Failed`]) carries a sequence number and stays in sandboxd's outbox until the
@@ -33,10 +36,31 @@ pub const WORKSPACE: &str = "/workspace";
 /// Largest file `ReadFile` returns.
 pub const MAX_READ_BYTES: u64 = 16 * 1024 * 1024;
 
-/// Environment variables sandboxd reads at start (set by the server on the container).
-pub const ENV_ENDPOINT: &str = "AIRLOCK_ENDPOINT";
-pub const ENV_SANDBOX: &str = "AIRLOCK_SANDBOX_ID";
-pub const ENV_BOOTSTRAP: &str = "AIRLOCK_BOOTSTRAP";
+/// Where the runtime puts sandboxd's start-up settings ([`Boot`]) before the sandbox starts:
+/// a file only sandboxd's user can read, which sandboxd removes once read. Nothing of it is
+/// in the container's configuration, so no snapshot committed from the sandbox carries it.
+pub const BOOT_DIR: &str = "/run/airlock-boot";
+pub const BOOT_FILE: &str = "/run/airlock-boot/sandboxd.json";
+
+/// sandboxd's start-up settings.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Boot {
+    /// `ws://<bridge address>:<port>`.
+    pub endpoint: String,
+    pub sandbox: String,
+    /// The one-time bootstrap token (`alk_boot_…`).
+    pub token: String,
+}
+
+impl std::fmt::Debug for Boot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Boot")
+            .field("endpoint", &self.endpoint)
+            .field("sandbox", &self.sandbox)
+            .field("token", &"[REDACTED]")
+            .finish()
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PtySize {

@@ -63,6 +63,8 @@ struct Token {
     login: String,
     /// `None`: a personal access token (its user's permissions apply).
     repos: Option<Vec<String>>,
+    /// An installation token's permissions, as minted (`{"contents": "write", ...}`).
+    permissions: Value,
 }
 
 #[derive(Default)]
@@ -236,6 +238,7 @@ impl FakeGithub {
             Token {
                 login: login.to_string(),
                 repos: None,
+                permissions: Value::Null,
             },
         );
     }
@@ -464,7 +467,18 @@ enum Caller {
     Token {
         login: String,
         repos: Option<Vec<String>>,
+        permissions: Value,
     },
+}
+
+/// What a call needs of its token.
+#[derive(Clone, Copy, PartialEq)]
+enum Need {
+    Read,
+    Contents,
+    PullRequests,
+    /// Issue comments and reactions (on a pull request, pull-request write also does).
+    Issues,
 }
 
 fn caller(s: &Shared, headers: &HeaderMap) -> Result<Caller, Box<Response>> {
@@ -518,18 +532,33 @@ fn caller(s: &Shared, headers: &HeaderMap) -> Result<Caller, Box<Response>> {
         Some(t) => Ok(Caller::Token {
             login: t.login.clone(),
             repos: t.repos.clone(),
+            permissions: t.permissions.clone(),
         }),
         None => Err(Box::new(err(StatusCode::UNAUTHORIZED, "Bad credentials"))),
     }
 }
 
-fn may(w: &World, caller: &Caller, repo: &str, write: bool) -> bool {
+fn may(w: &World, caller: &Caller, repo: &str, need: Need) -> bool {
+    let write = need != Need::Read;
     match caller {
         Caller::App => false,
         Caller::Token {
-            repos: Some(repos), ..
-        } => repos.iter().any(|r| r == repo),
-        Caller::Token { login, repos: None } => {
+            repos: Some(repos),
+            permissions,
+            ..
+        } => {
+            let has = |p: &str| permissions[p] == "write";
+            repos.iter().any(|r| r == repo)
+                && match need {
+                    Need::Read => true,
+                    Need::Contents => has("contents"),
+                    Need::PullRequests => has("pull_requests"),
+                    Need::Issues => has("issues") || has("pull_requests"),
+                }
+        }
+        Caller::Token {
+            login, repos: None, ..
+        } => {
             let p = w
                 .repos
                 .get(repo)
@@ -644,11 +673,20 @@ fn route(s: &Shared, method: &Method, path: &str, caller: &Caller, body: &Bytes)
                 None => installed,
             };
             let token = format!("ghs_{}", ulid::Ulid::new().to_string().to_lowercase());
+            // The token gets what was asked for; without a request, the App's full grant.
+            let permissions = req.get("permissions").cloned().unwrap_or_else(
+                || json!({"contents": "write", "issues": "write", "pull_requests": "write", "metadata": "read"}),
+            );
+            if permissions.get("workflows").is_some() {
+                w.unexpected
+                    .push("an installation token asked for workflows".into());
+            }
             w.tokens.insert(
                 token.clone(),
                 Token {
                     login: s.bot.clone(),
                     repos: Some(repos.clone()),
+                    permissions: permissions.clone(),
                 },
             );
             let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
@@ -657,7 +695,7 @@ fn route(s: &Shared, method: &Method, path: &str, caller: &Caller, body: &Bytes)
                 .unwrap();
             (
                 StatusCode::CREATED,
-                Json(json!({"token": token, "expires_at": expires, "permissions": {"contents": "write", "issues": "write", "pull_requests": "write"},
+                Json(json!({"token": token, "expires_at": expires, "permissions": permissions,
                             "repository_selection": "selected",
                             "repositories": repos.iter().map(|r| json!({"full_name": r})).collect::<Vec<_>>()})),
             )
@@ -665,7 +703,7 @@ fn route(s: &Shared, method: &Method, path: &str, caller: &Caller, body: &Bytes)
         }
         ("GET", ["repos", o, r]) => {
             let full = format!("{o}/{r}");
-            if !w.repos.contains_key(&full) || !may(&w, caller, &full, false) {
+            if !w.repos.contains_key(&full) || !may(&w, caller, &full, Need::Read) {
                 return err(StatusCode::NOT_FOUND, "Not Found");
             }
             let id = w.repos[&full].id;
@@ -675,7 +713,7 @@ fn route(s: &Shared, method: &Method, path: &str, caller: &Caller, body: &Bytes)
         }
         ("GET", ["repos", o, r, "collaborators", user, "permission"]) => {
             let full = format!("{o}/{r}");
-            if !w.repos.contains_key(&full) || !may(&w, caller, &full, false) {
+            if !w.repos.contains_key(&full) || !may(&w, caller, &full, Need::Read) {
                 return err(StatusCode::NOT_FOUND, "Not Found");
             }
             let Some(uid) = w.users.get(*user).copied() else {
@@ -691,7 +729,7 @@ fn route(s: &Shared, method: &Method, path: &str, caller: &Caller, body: &Bytes)
         }
         ("GET", ["repos", o, r, "pulls", n]) => {
             let full = format!("{o}/{r}");
-            if !may(&w, caller, &full, false) {
+            if !may(&w, caller, &full, Need::Read) {
                 return err(StatusCode::NOT_FOUND, "Not Found");
             }
             let n: u64 = n.parse().unwrap_or(0);
@@ -706,7 +744,7 @@ fn route(s: &Shared, method: &Method, path: &str, caller: &Caller, body: &Bytes)
         }
         ("POST", ["repos", o, r, "pulls"]) => {
             let full = format!("{o}/{r}");
-            if !w.repos.contains_key(&full) || !may(&w, caller, &full, true) {
+            if !w.repos.contains_key(&full) || !may(&w, caller, &full, Need::PullRequests) {
                 return err(StatusCode::NOT_FOUND, "Not Found");
             }
             let Some(req) = parse_body(body) else {
@@ -772,7 +810,7 @@ fn route(s: &Shared, method: &Method, path: &str, caller: &Caller, body: &Bytes)
         }
         ("GET", ["repos", o, r, "issues", n]) => {
             let full = format!("{o}/{r}");
-            if !may(&w, caller, &full, false) {
+            if !may(&w, caller, &full, Need::Read) {
                 return err(StatusCode::NOT_FOUND, "Not Found");
             }
             let n: u64 = n.parse().unwrap_or(0);
@@ -790,7 +828,7 @@ fn route(s: &Shared, method: &Method, path: &str, caller: &Caller, body: &Bytes)
         }
         ("POST", ["repos", o, r, "issues", n, "comments"]) => {
             let full = format!("{o}/{r}");
-            if !may(&w, caller, &full, true) {
+            if !may(&w, caller, &full, Need::Issues) {
                 return err(StatusCode::NOT_FOUND, "Not Found");
             }
             let n: u64 = n.parse().unwrap_or(0);
@@ -828,7 +866,7 @@ fn route(s: &Shared, method: &Method, path: &str, caller: &Caller, body: &Bytes)
         }
         ("PATCH", ["repos", o, r, "issues", "comments", id]) => {
             let full = format!("{o}/{r}");
-            if !may(&w, caller, &full, true) {
+            if !may(&w, caller, &full, Need::Issues) {
                 return err(StatusCode::NOT_FOUND, "Not Found");
             }
             let id: u64 = id.parse().unwrap_or(0);
@@ -854,7 +892,7 @@ fn route(s: &Shared, method: &Method, path: &str, caller: &Caller, body: &Bytes)
         }
         ("POST", ["repos", o, r, kind @ ("issues" | "pulls"), "comments", id, "reactions"]) => {
             let full = format!("{o}/{r}");
-            if !may(&w, caller, &full, false) {
+            if !may(&w, caller, &full, Need::Issues) {
                 return err(StatusCode::NOT_FOUND, "Not Found");
             }
             let id: u64 = id.parse().unwrap_or(0);
@@ -976,8 +1014,10 @@ async fn git(State(s): State<Shared>, Path(path): Path<String>, req: Request) ->
         let caller = Caller::Token {
             login: t.login.clone(),
             repos: t.repos.clone(),
+            permissions: t.permissions.clone(),
         };
-        if !w.repos.contains_key(&full) || !may(&w, &caller, &full, push) {
+        let need = if push { Need::Contents } else { Need::Read };
+        if !w.repos.contains_key(&full) || !may(&w, &caller, &full, need) {
             return (
                 StatusCode::FORBIDDEN,
                 format!(

@@ -6,6 +6,7 @@
 pub mod discord;
 pub mod git;
 pub mod github;
+pub mod hostile;
 pub mod model;
 pub mod registry;
 pub mod sessions;
@@ -13,6 +14,7 @@ pub mod slack;
 pub mod stack;
 pub mod tls;
 pub mod upstream;
+pub mod websocket;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

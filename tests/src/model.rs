@@ -1,8 +1,11 @@
 //! A strict, scripted fake of an OpenAI-compatible model API, over HTTPS with its own test CA.
 //!
 //! Chat completions (`POST /v1/chat/completions`, JSON) answer the script's steps in order:
-//! tool calls, then a final answer. The Responses API (`POST /v1/responses`, server-sent
-//! events), which Codex CLI speaks, answers from the same script. Every request needs the
+//! tool calls, then a final answer. The Responses API, which Codex CLI speaks, answers from
+//! the same script, over HTTP (`POST /v1/responses`, server-sent events) or over a WebSocket
+//! (`GET /v1/responses`, one `response.create` message per request, the same events back as
+//! messages); which transport each request came by, and the WebSocket extensions offered,
+//! are recorded. Every request needs the
 //! right `Authorization: Bearer <key>`; a tool result the agent failed to send back, a body
 //! that is not the API's shape, or a request past the end of the script is recorded as a
 //! problem (and answered with an error), and tests assert there were none.
@@ -45,6 +48,10 @@ struct Shared {
     problems: Arc<Mutex<Vec<String>>>,
     /// Which step each API (chat or responses) is at.
     position: Arc<Mutex<(usize, usize)>>,
+    /// For each Responses request: "http" or "websocket".
+    transports: Arc<Mutex<Vec<&'static str>>>,
+    /// The `Sec-WebSocket-Extensions` of each WebSocket upgrade.
+    ws_offers: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 impl FakeModel {
@@ -57,10 +64,12 @@ impl FakeModel {
             requests: Arc::default(),
             problems: Arc::default(),
             position: Arc::default(),
+            transports: Arc::default(),
+            ws_offers: Arc::default(),
         };
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
-            .route("/v1/responses", post(responses).get(no_websocket))
+            .route("/v1/responses", post(responses).get(ws_responses))
             .route("/v1/models", get(models))
             .fallback(unknown)
             .with_state(shared.clone());
@@ -81,6 +90,16 @@ impl FakeModel {
 
     pub fn problems(&self) -> Vec<String> {
         self.shared.problems.lock().unwrap().clone()
+    }
+
+    /// How each Responses request came: "http" or "websocket".
+    pub fn transports(&self) -> Vec<&'static str> {
+        self.shared.transports.lock().unwrap().clone()
+    }
+
+    /// The extensions each WebSocket upgrade offered.
+    pub fn ws_offers(&self) -> Vec<Option<String>> {
+        self.shared.ws_offers.lock().unwrap().clone()
     }
 }
 
@@ -119,11 +138,6 @@ async fn unknown(State(s): State<Shared>, req: axum::extract::Request) -> Respon
         Json(json!({"error": {"message": format!("Unknown request URL: {what}")}})),
     )
         .into_response()
-}
-
-async fn no_websocket() -> Response {
-    // Codex tries a WebSocket first and falls back to HTTP when the upgrade is refused.
-    (StatusCode::NOT_FOUND, "no websocket here").into_response()
 }
 
 async fn models(State(s): State<Shared>, headers: HeaderMap) -> Response {
@@ -217,7 +231,8 @@ fn sse(events: Vec<Value>) -> Response {
     ([("content-type", "text/event-stream")], body).into_response()
 }
 
-/// The Responses API as Codex uses it: each request answers the next step, streamed.
+/// The Responses API as Codex uses it over HTTP: each request answers the next step,
+/// streamed as server-sent events.
 async fn responses(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     if !authorized(&s, &headers) {
         return unauthorized();
@@ -225,9 +240,94 @@ async fn responses(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
         return problem(&s, "the body is not JSON".into());
     };
+    s.transports.lock().unwrap().push("http");
+    match response_events(&s, &req) {
+        Ok(events) => sse(events),
+        Err(what) => problem(&s, what),
+    }
+}
+
+/// The Responses API over a WebSocket: each `response.create` message is one request (its
+/// other fields are the request body); the events come back as text messages.
+async fn ws_responses(State(s): State<Shared>, req: axum::extract::Request) -> Response {
+    if !authorized(&s, req.headers()) {
+        return unauthorized();
+    }
+    s.ws_offers
+        .lock()
+        .unwrap()
+        .push(crate::websocket::offered_extensions(req.headers()));
+    let shared = s.clone();
+    crate::websocket::accept(req, HeaderMap::new(), move |mut ws| async move {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        while let Some(Ok(m)) = ws.next().await {
+            let text = match m {
+                Message::Text(t) => t.as_str().to_string(),
+                Message::Close(_) => return,
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => {
+                    shared
+                        .problems
+                        .lock()
+                        .unwrap()
+                        .push(format!("unexpected WebSocket message {other:?}"));
+                    return;
+                }
+            };
+            let Ok(mut req) = serde_json::from_str::<Value>(&text) else {
+                shared
+                    .problems
+                    .lock()
+                    .unwrap()
+                    .push("a WebSocket message is not JSON".into());
+                return;
+            };
+            if req["type"] != "response.create" {
+                shared
+                    .problems
+                    .lock()
+                    .unwrap()
+                    .push(format!("unexpected WebSocket message type {}", req["type"]));
+                return;
+            }
+            req.as_object_mut().map(|o| o.remove("type"));
+            // A warm-up request (`generate: false`) gets an empty completed response and
+            // takes no step of the script.
+            let events = if req["generate"] == false {
+                let id = "resp_warmup";
+                Ok(vec![
+                    json!({"type": "response.created", "response": {"id": id}}),
+                    json!({"type": "response.completed", "response": {"id": id, "object": "response", "status": "completed", "output": [],
+                        "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}}}),
+                ])
+            } else {
+                shared.transports.lock().unwrap().push("websocket");
+                response_events(&shared, &req)
+            };
+            let events = match events {
+                Ok(e) => e,
+                Err(what) => {
+                    shared.problems.lock().unwrap().push(what.clone());
+                    vec![
+                        json!({"type": "error", "status": 400, "error": {"type": "invalid_request_error", "message": what}}),
+                    ]
+                }
+            };
+            for e in events {
+                if ws.send(Message::text(e.to_string())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+/// The events that answer one Responses request: the next step of the script.
+fn response_events(s: &Shared, req: &Value) -> Result<Vec<Value>, String> {
     s.requests.lock().unwrap().push(req.clone());
     if !req["input"].is_array() {
-        return problem(&s, "no input array".into());
+        return Err("no input array".into());
     }
     let step = {
         let mut p = s.position.lock().unwrap();
@@ -235,10 +335,10 @@ async fn responses(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> 
         p.1 - 1
     };
     let Some(answer) = s.script.get(step) else {
-        return problem(
-            &s,
-            format!("request {} is past the end of the script", step + 1),
-        );
+        return Err(format!(
+            "request {} is past the end of the script",
+            step + 1
+        ));
     };
     let id = format!("resp_{step}");
     let mut events = vec![json!({"type": "response.created", "response": {"id": id}})];
@@ -266,5 +366,5 @@ async fn responses(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     }
     events.push(json!({"type": "response.completed", "response": {"id": id, "object": "response", "status": "completed", "output": output,
         "usage": {"input_tokens": 100, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 20, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 120}}}));
-    sse(events)
+    Ok(events)
 }

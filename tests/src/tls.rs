@@ -62,8 +62,17 @@ impl TestCa {
 
 /// Serves `app` over HTTPS on a new loopback port (with upgrades); returns the port.
 pub async fn serve_https(app: Router, tls: rustls::ServerConfig) -> u16 {
+    serve_https_on("127.0.0.1:0".parse().unwrap(), app, tls).await
+}
+
+/// Serves `app` over HTTPS on `addr` (port 0 for any); returns the port.
+pub async fn serve_https_on(
+    addr: std::net::SocketAddr,
+    app: Router,
+    tls: rustls::ServerConfig,
+) -> u16 {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {

@@ -554,3 +554,55 @@ async fn up_serves_health_and_stops_cleanly_on_sigterm() {
     };
     assert!(status.success(), "airlock up exited with {status}");
 }
+
+/// A Docker engine answering only what `doctor` asks, as an engine of `version` would.
+async fn fake_engine(version: &'static str) -> u16 {
+    use axum::response::IntoResponse;
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| async move {
+        let path = req.uri().path().to_string();
+        if path.ends_with("/version") {
+            axum::Json(serde_json::json!({"Version": version, "ApiVersion": "1.41", "MinAPIVersion": "1.12", "Os": "linux", "Arch": "amd64"}))
+                .into_response()
+        } else if path.ends_with("/_ping") {
+            "OK".into_response()
+        } else {
+            (
+                axum::http::StatusCode::NOT_FOUND,
+                axum::Json(serde_json::json!({"message": format!("no such thing: {path}")})),
+            )
+                .into_response()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_names_the_docker_version_and_the_dns_flaw_it_has() {
+    for (version, affected) in [("20.10.24+dfsg1", true), ("26.1.5", false)] {
+        let port = fake_engine(version).await;
+        let mut install = Install::new(Engine::Sqlite).await;
+        install.ok(&["migrate"]);
+        install.env("AIRLOCK_DOCKER_HOST", &format!("tcp://127.0.0.1:{port}"));
+        let out = install.run(&["doctor"]);
+        let text = stdout(&out);
+        let line = text
+            .lines()
+            .find(|l| l.contains("docker version"))
+            .unwrap_or_else(|| panic!("no docker version line:\n{text}"));
+        assert!(line.contains(&format!("Docker {version}")), "{line}");
+        if affected {
+            assert!(line.starts_with("[warn]"), "{line}");
+            assert!(
+                line.contains("affected by CVE-2024-29018")
+                    && line.contains("Airlock blocks that DNS server inside every sandbox"),
+                "{line}"
+            );
+        } else {
+            assert!(line.starts_with("[ok  ]"), "{line}");
+            assert!(line.contains("not affected by CVE-2024-29018"), "{line}");
+        }
+    }
+}

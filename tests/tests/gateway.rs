@@ -33,7 +33,7 @@ echo "http2=$(curl -s --http2 -o /dev/null -w '%{http_version} %{http_code}' htt
 git clone -q https://git.example.test/repo.git "$HOME/repo" && cd "$HOME/repo" \
   && echo "changed in the sandbox" > CHANGE.md && git add CHANGE.md \
   && git -c user.name=Agent -c user.email=agent@example.com commit -qm "from the sandbox" \
-  && git push -q origin HEAD:main && echo "git: pushed"
+  && git push -q origin "HEAD:refs/heads/$AIRLOCK_BRANCH" && echo "git: pushed"
 cd "$HOME"
 
 python3 - <<'PY'
@@ -64,7 +64,7 @@ echo "guard-header: $(curl -s -w ' status=%{http_code}' -H "X-Note: $LEAKED" htt
 echo "guard-body: $(curl -s -w ' status=%{http_code}' --data-binary "note=$LEAKED" https://api.model.test/echo | tr -d '\n')"
 
 printf '%s\n' "$UPSTREAM_CA" > "$HOME/upstream-ca.pem"
-echo "passthrough: $(curl -sS --noproxy '' -x "$https_proxy" --cacert "$HOME/upstream-ca.pem" https://localhost:$UPSTREAM_PORT/public)"
+echo "passthrough=$(curl -s -o /dev/null -w '%{http_connect}' --noproxy '' -x "$https_proxy" --cacert "$HOME/upstream-ca.pem" https://localhost:$UPSTREAM_PORT/public)"
 "#;
 
 fn random(prefix: &str) -> String {
@@ -190,13 +190,20 @@ upstream = "{up}"
         "HTTP/2 towards the client (ALPN)"
     );
     assert_eq!(line(&text, "git: "), "git: pushed");
+    // The session's own branch (the only one it may push) has the commit.
+    let branches =
+        airlock_tests::git::in_bare(&bare, &["branch", "--format=%(refname:short)"]).unwrap();
+    let branch = branches
+        .lines()
+        .find(|b| b.starts_with("airlock/"))
+        .unwrap_or_else(|| panic!("no session branch in {branches}"));
     let log = Command::new("git")
         .args([
             "--git-dir",
             bare.to_str().unwrap(),
             "log",
             "--format=%s",
-            "main",
+            branch,
         ])
         .output()
         .unwrap();
@@ -251,8 +258,9 @@ upstream = "{up}"
             "{l}"
         );
     }
-    // Passthrough: tunnelled untouched, so the client verified the upstream's own certificate.
-    assert_eq!(line(&text, "passthrough: "), "passthrough: public ok");
+    // Passthrough hosts are for setup steps: a session gets no tunnel unless its profile says
+    // `passthrough_in_sessions` (tested in tests/wall.rs).
+    assert_eq!(line(&text, "passthrough="), "passthrough=403");
 
     // Nothing the session recorded holds a credential value.
     let secrets = [
@@ -301,7 +309,7 @@ upstream = "{up}"
     assert!(has("egress.refused", &|d| d["decision"] == "no_route"));
     assert!(has("egress.refused", &|d| d["decision"] == "budget"));
     assert!(has("egress.blocked", &|d| d["credential"] == "leaked"));
-    assert!(has("egress.tunnel", &|d| d["decision"] == "passthrough"));
+    assert!(!egress.iter().any(|e| e["action"] == "egress.tunnel"));
 
     // The session's usage is recorded.
     let sessions = install.json(&["session", "list"]);
@@ -431,7 +439,7 @@ cd "$HOME"
 git clone -q https://github.test/acme/web.git web && cd web \
   && echo app > APP.md && git add APP.md \
   && git -c user.name=Agent -c user.email=agent@example.com commit -qm "via the app" \
-  && git push -q origin HEAD:main && echo "web: pushed"
+  && git push -q origin "HEAD:refs/heads/$AIRLOCK_BRANCH" && echo "web: pushed"
 git ls-remote https://github.test/acme/web.git main >/dev/null && echo "web: listed again"
 git clone -q https://github.test/acme/other.git "$HOME/other" 2>&1 | tr -d '\n' | sed 's/^/other: /'; echo
 '''
@@ -463,12 +471,21 @@ upstream = "{git}"
         other.contains("Permission to acme/other.git denied"),
         "the token reaches only the session's repository: {other}"
     );
-    let log = airlock_tests::git::in_bare(&web, &["log", "--format=%s", "main"]).unwrap();
+    let branch = airlock_tests::git::in_bare(&web, &["branch", "--format=%(refname:short)"])
+        .unwrap()
+        .lines()
+        .find(|b| b.starts_with("airlock/"))
+        .expect("the session branch was pushed")
+        .to_string();
+    let log = airlock_tests::git::in_bare(&web, &["log", "--format=%s", &branch]).unwrap();
     assert_eq!(log, "via the app\nseed\n");
-    // One token, for the session's repository only, reused for the later requests.
+    // One token, for the session's repository only, with only what git needs, reused for the
+    // later requests.
     assert_eq!(
         github.token_requests(),
-        vec![serde_json::json!({"repositories": ["web"]})]
+        vec![
+            serde_json::json!({"repositories": ["web"], "permissions": {"contents": "write", "metadata": "read"}})
+        ]
     );
     assert!(github.unexpected().is_empty(), "{:?}", github.unexpected());
     let audit = install.ok(&["audit", "export"]);

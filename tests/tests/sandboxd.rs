@@ -243,12 +243,14 @@ async fn sandboxd_runs_processes_files_and_ptys_and_refuses_foreign_tokens() {
         try_token(&a_token, &a.id), // A's token, claimed for A, from B's address
         try_token(&a_token, &b.id), // A's token, claimed for B
         try_token("alk_sbx_madeup", &b.id),
-        try_token(&b_token, &b.id), // the control: B's own token from B
+        // B's own valid token from B: refused while B's sandboxd is connected, so a token
+        // alone cannot stand in for sandboxd.
+        try_token(&b_token, &b.id),
     ]
     .join("\n");
     let (codes, _, _, _) = collect(hub.exec(&b.id, sh(&script)).unwrap()).await;
     let codes: Vec<&str> = codes.lines().collect();
-    assert_eq!(codes, ["401", "401", "401", "101"], "{codes:?}");
+    assert_eq!(codes, ["401", "401", "401", "409"], "{codes:?}");
     // A's token from the host (not A's address) is refused too.
     let host_try = std::process::Command::new("sh")
         .arg("-c")
@@ -259,4 +261,101 @@ async fn sandboxd_runs_processes_files_and_ptys_and_refuses_foreign_tokens() {
 
     stack.sandboxes.release(&a, "test over").await;
     stack.sandboxes.release(&b, "test over").await;
+}
+
+/// What an agent tries to take sandboxd's place: its memory, environment, descriptors and
+/// ptrace (same user), every readable process's memory and environment, any file: no
+/// endpoint token anywhere, so nothing to stand in for sandboxd with.
+const TAKE_SANDBOXD: &str = r#"
+import ctypes, glob, os, re
+libc = ctypes.CDLL(None, use_errno=True)
+def cmd(p):
+    try:
+        return open(p + "/cmdline", "rb").read()
+    except OSError:
+        return b""
+pids = [int(p.split("/")[2]) for p in glob.glob("/proc/[0-9]*") if cmd(p).startswith(b"/opt/airlock/sandboxd")]
+pid = [p for p in pids if b"agent" not in cmd(f"/proc/{p}")][0]
+for what in ["environ", "mem", "maps", "fd"]:
+    try:
+        if what == "fd":
+            os.listdir(f"/proc/{pid}/fd")
+        else:
+            open(f"/proc/{pid}/{what}", "rb").read(1)
+        print(what, "readable")
+    except OSError as e:
+        print(what, "denied")
+r = libc.ptrace(16, pid, None, None)
+print("ptrace", "attached" if r == 0 else "denied")
+token = re.compile(rb"alk_(?:sbx|boot)_[A-Za-z0-9_-]{20,}")
+found = set()
+for p in glob.glob("/proc/[0-9]*"):
+    for f in ["environ", "cmdline"]:
+        try:
+            found |= set(token.findall(open(p + "/" + f, "rb").read()))
+        except OSError:
+            pass
+    try:
+        mem = open(p + "/mem", "rb")
+        for line in open(p + "/maps").read().splitlines():
+            lo, hi = [int(x, 16) for x in line.split()[0].split("-")]
+            if "r" not in line.split()[1] or hi - lo > 1 << 28:
+                continue
+            try:
+                mem.seek(lo)
+                found |= set(token.findall(mem.read(hi - lo)))
+            except (OSError, ValueError, OverflowError):
+                pass
+    except OSError:
+        pass
+for root in ["/run", "/tmp", "/home", "/workspace", "/etc"]:
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            try:
+                found |= set(token.findall(open(os.path.join(dirpath, f), "rb").read(1 << 20)))
+            except OSError:
+                pass
+print("tokens found", len(found))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_cannot_read_sandboxd_or_stand_in_for_it() {
+    let stack = LocalStack::start(None, None).await;
+    let store = &stack.store;
+    let hub = &stack.sandboxes.hub;
+    let spec =
+        ProfileSpec::from_toml("name = \"p\"\n[agent]\nkind = \"command\"\ncommand = \"true\"\n")
+            .unwrap();
+    let ApplyOutcome::Created { profile_id, .. } = store.apply_profile(&spec, None).await.unwrap()
+    else {
+        panic!()
+    };
+    let pv = store.profile_version(&profile_id, None).await.unwrap();
+    let a = stack
+        .sandboxes
+        .start("warm", &pv, None, &stack.sandboxes.settings.base_image)
+        .await
+        .unwrap();
+    hub.wait_connected(&a.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let req = ExecRequest {
+        argv: vec!["python3".into(), "-c".into(), TAKE_SANDBOXD.into()],
+        ..Default::default()
+    };
+    let (out, err, code, _) = collect(hub.exec(&a.id, req).unwrap()).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "environ denied",
+            "mem denied",
+            "maps denied",
+            "fd denied",
+            "ptrace denied",
+            "tokens found 0",
+        ],
+        "{err}"
+    );
+    stack.sandboxes.release(&a, "test over").await;
 }

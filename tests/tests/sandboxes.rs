@@ -25,6 +25,23 @@ probe host-main-address "$MAIN_IP" "$HOST_PORT"
 probe other-sandbox "$PEER" 8000
 probe outside 1.1.1.1 80
 if getent hosts example.com >/dev/null 2>&1; then echo "dns: resolved"; else echo "dns: blocked"; fi
+timeout 4 getent hosts "$PEER_NAME" >/dev/null 2>&1; echo "dns-peer: exit $?"
+timeout 4 getent hosts example.com >/dev/null 2>&1; echo "dns-outside: exit $?"
+python3 -c '
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+q = bytes.fromhex("123401000001000000000000076578616d706c6503636f6d0000010001")
+try:
+    s.sendto(q, ("127.0.0.11", 53))
+    s.recv(512)
+    print("dns-direct: answered")
+except (ConnectionRefusedError, PermissionError):
+    print("dns-direct: refused")
+except socket.timeout:
+    print("dns-direct: timed out")
+'
+
 if [ -e /var/run/docker.sock ] || [ -e /run/docker.sock ]; then echo "docker-socket: present"; else echo "docker-socket: absent"; fi
 echo "uid: $(id -u)"
 grep -E '^CapEff' /proc/self/status
@@ -58,18 +75,25 @@ touch /etc/should-not-write 2>/dev/null && echo "etc: writable" || echo "etc: re
         output_of(&show(&install, &peer)).contains("serving")
     });
     let sandboxes = install.json(&["sandbox", "list"]);
-    let peer_ip = sandboxes
+    let peer_row = sandboxes
         .as_array()
         .unwrap()
         .iter()
         .find(|s| s["session_id"] == peer.as_str())
-        .and_then(|s| s["address"].as_str())
+        .expect("the peer sandbox is listed");
+    let peer_ip = peer_row["address"]
+        .as_str()
         .expect("the peer sandbox has an address")
         .to_string();
+    // Docker names the container after the sandbox, and its DNS would answer for that name.
+    let peer_name = format!(
+        "airlock-{}",
+        peer_row["id"].as_str().unwrap().replace('_', "-")
+    );
 
     // The probe reads its targets from the profile's environment.
     let probe_profile = format!(
-        "name = \"probe\"\n[agent]\nkind = \"command\"\ncommand = '''{}'''\n[env]\nHOST = \"{host}\"\nGATEWAY_PORT = \"{}\"\nHOST_PORT = \"{host_port}\"\nMAIN_IP = \"{main_ip}\"\nPEER = \"{peer_ip}\"\n",
+        "name = \"probe\"\n[agent]\nkind = \"command\"\ncommand = '''{}'''\n[env]\nHOST = \"{host}\"\nGATEWAY_PORT = \"{}\"\nHOST_PORT = \"{host_port}\"\nMAIN_IP = \"{main_ip}\"\nPEER = \"{peer_ip}\"\nPEER_NAME = \"{peer_name}\"\n",
         std::fs::read_to_string(install.path().join("probe.toml"))
             .unwrap()
             .split("'''")
@@ -94,6 +118,11 @@ touch /etc/should-not-write 2>/dev/null && echo "etc: writable" || echo "etc: re
         "other-sandbox: blocked",
         "outside: blocked",
         "dns: blocked",
+        // Not found at once (exit 2), not a timeout (124): there is no resolver at all, for a
+        // neighbour's name or any other.
+        "dns-peer: exit 2",
+        "dns-outside: exit 2",
+        "dns-direct: refused",
         "docker-socket: absent",
         "uid: 1000",
         "CapEff:\t0000000000000000",

@@ -212,12 +212,20 @@ async fn the_builtin_agent_fixes_a_bug_and_a_pull_request_names_the_requester() 
         "{:?}",
         stack.github.unexpected()
     );
-    // One installation token, for this repository only.
-    assert!(stack
-        .github
-        .token_requests()
-        .iter()
-        .all(|r| r == &json!({"repositories": ["web"]})));
+    // Installation tokens for this repository only, each with the least it needs: git gets
+    // contents, the bot's own calls get pull requests and issues; none gets workflows.
+    let requests = stack.github.token_requests();
+    let git =
+        json!({"repositories": ["web"], "permissions": {"contents": "write", "metadata": "read"}});
+    let bot = json!({"repositories": ["web"], "permissions": {"pull_requests": "write", "issues": "write", "metadata": "read"}});
+    assert!(
+        requests.contains(&git) && requests.contains(&bot),
+        "{requests:?}"
+    );
+    assert!(
+        requests.iter().all(|r| r == &git || r == &bot),
+        "{requests:?}"
+    );
 
     // Neither the model key nor any git token was ever in the sandbox.
     let mut secrets = vec![stack.model_key.clone()];
@@ -296,10 +304,23 @@ async fn a_command_agent_session_pushes_its_change_and_opens_a_pull_request() {
 }
 
 /// The real Codex CLI, installed with npm (from a local registry holding the real package)
-/// into the profile's snapshot, talks to the fake model through the gateway, edits the file,
-/// runs the tests, and the session pushes the branch and opens the pull request.
+/// into the profile's snapshot, talks to the fake model through the gateway over HTTP
+/// (server-sent events), edits the file, runs the tests, and the session pushes the branch
+/// and opens the pull request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codex_cli_from_npm_runs_the_same_session_through_the_gateway() {
+    codex_session(false).await;
+}
+
+/// The same with the provider's WebSocket transport (as Codex's built-in OpenAI provider
+/// uses it, `permessage-deflate` offered): the gateway relays, scrubs and meters the frames,
+/// and the fake model sees the real key and no compression extension.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_cli_over_a_websocket_runs_the_same_session_through_the_gateway() {
+    codex_session(true).await;
+}
+
+async fn codex_session(websocket: bool) {
     let registry =
         airlock_tests::registry::FakeRegistry::start(&airlock_tests::registry::cache_dir()).await;
     let version = registry
@@ -321,7 +342,7 @@ setup = ["npm install --global --prefix \"$HOME/.local\" --no-audit --no-fund --
 [agent]
 kind = "codex"
 model = "fake-model"
-args = ["-c", "model_provider=\"airlock\"", "-c", 'model_providers.airlock={{name="Airlock gateway", base_url="https://{model}/v1", env_key="OPENAI_API_KEY", wire_api="responses"}}']
+args = ["-c", "model_provider=\"airlock\"", "-c", 'model_providers.airlock={{name="Airlock gateway", base_url="https://{model}/v1", env_key="OPENAI_API_KEY", wire_api="responses", supports_websockets={websocket}}}']
 [env]
 PATH = "/home/agent/.local/bin:/usr/local/bin:/usr/bin:/bin"
 [limits]
@@ -375,6 +396,16 @@ upstream = "{registry}"
         "{:?}",
         stack.model.problems()
     );
+    let want = if websocket { "websocket" } else { "http" };
+    assert_eq!(stack.model.transports(), vec![want; 2]);
+    if websocket {
+        // The gateway relays frames it can read: no compression extension reaches upstream.
+        let offers = stack.model.ws_offers();
+        assert!(
+            !offers.is_empty() && offers.iter().all(Option::is_none),
+            "{offers:?}"
+        );
+    }
     let session = &stack.json(&["session", "list"]).await[0];
     let branch = session["branch"].as_str().unwrap();
     let (author, body, calc) = tip(&stack, branch);

@@ -224,6 +224,26 @@ pub async fn run(ctx: &Ctx) -> ExitCode {
                 format!("engine {version} at {}", cfg.docker.host),
                 None,
             ));
+            let problems = airlock_core::docker::known_problems(&version);
+            if problems.is_empty() {
+                checks.push(check(
+                    "docker version",
+                    Status::Ok,
+                    format!(
+                        "Docker {version} is not affected by CVE-2024-29018 (and Airlock blocks \
+                         Docker's DNS inside every sandbox anyway)"
+                    ),
+                    None,
+                ));
+            }
+            for p in problems {
+                checks.push(check(
+                    "docker version",
+                    Status::Warn,
+                    p,
+                    Some("upgrade the Docker engine (26.0 or later)".into()),
+                ));
+            }
             let reference = airlock_core::image::base_image_ref(&cfg.docker.base_image);
             match airlock_core::docker::image_exists(&docker, &reference).await {
                 Ok(true) => checks.push(check("base image", Status::Ok, reference, None)),

@@ -149,6 +149,93 @@ impl DockerRuntime {
     }
 }
 
+/// Docker's embedded DNS server, which every container on a user-defined network gets.
+const EMBEDDED_DNS: &str = "127.0.0.11";
+
+/// Makes the embedded DNS server unreachable from a running container, in the container's own
+/// network namespace (where the agent, without capabilities, cannot change it): lookups of a
+/// neighbouring container's name fail, and so do external names, which Docker before 26.0
+/// forwards outside even for internal networks (CVE-2024-29018). Sandboxes need no resolver:
+/// the gateway resolves names. Rejected, not dropped, so a lookup fails at once.
+fn block_dns(pid: i64) -> Result<()> {
+    if pid <= 0 {
+        return Err(RuntimeError::Failed(
+            "the sandbox container has no process to fence in".into(),
+        ));
+    }
+    let out = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-n",
+            "iptables",
+            "-w",
+            "-I",
+            "OUTPUT",
+            "1",
+            "-d",
+        ])
+        .args([EMBEDDED_DNS, "-j", "REJECT"])
+        .output()
+        .map_err(|e| RuntimeError::Unavailable(format!("cannot run nsenter: {e}")))?;
+    if !out.status.success() {
+        return Err(RuntimeError::Unavailable(format!(
+            "cannot block DNS inside the sandbox: {}. Airlock needs root (nsenter and iptables) \
+             to keep sandboxes from resolving names",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// A tar holding `sandboxd.json` in a directory only the agent user owns.
+fn boot_tar(boot: &airlock_sandboxd::proto::Boot) -> std::io::Result<Vec<u8>> {
+    let json = serde_json::to_vec(boot).map_err(std::io::Error::other)?;
+    let mut tar = tar::Builder::new(Vec::new());
+    let dir = std::path::Path::new(airlock_sandboxd::proto::BOOT_DIR)
+        .file_name()
+        .unwrap_or_default();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o700);
+    h.set_uid(1000);
+    h.set_gid(1000);
+    h.set_size(0);
+    h.set_mtime(0);
+    tar.append_data(&mut h, dir, std::io::empty())?;
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o400);
+    h.set_uid(1000);
+    h.set_gid(1000);
+    h.set_size(json.len() as u64);
+    h.set_mtime(0);
+    let file = std::path::Path::new(airlock_sandboxd::proto::BOOT_FILE);
+    let rel = std::path::Path::new(dir).join(file.file_name().unwrap_or_default());
+    tar.append_data(&mut h, rel, json.as_slice())?;
+    tar.into_inner()
+}
+
+impl DockerRuntime {
+    async fn put_boot(&self, id: &str, boot: &airlock_sandboxd::proto::Boot) -> Result<()> {
+        let tar = boot_tar(boot).map_err(|e| RuntimeError::Failed(e.to_string()))?;
+        let parent = std::path::Path::new(airlock_sandboxd::proto::BOOT_DIR)
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "/".into());
+        self.docker
+            .upload_to_container(
+                id,
+                Some(bollard::query_parameters::UploadToContainerOptions {
+                    path: parent,
+                    ..Default::default()
+                }),
+                bollard::body_full(tar.into()),
+            )
+            .await
+            .map_err(api)
+    }
+}
+
 #[async_trait]
 impl Runtime for DockerRuntime {
     async fn prepare(&self) -> Result<Network> {
@@ -270,7 +357,6 @@ impl Runtime for DockerRuntime {
             working_dir: Some(WORKSPACE.into()),
             entrypoint: Some(cmd),
             cmd: Some(vec![]),
-            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(labels),
             hostname: Some("sandbox".into()),
             host_config: Some(host_config),
@@ -295,6 +381,12 @@ impl Runtime for DockerRuntime {
                 )),
                 _ => api(e),
             })?;
+        if let Some(boot) = &spec.boot {
+            if let Err(e) = self.put_boot(&created.id, boot).await {
+                let _ = self.remove(&created.id).await;
+                return Err(e);
+            }
+        }
         Ok(created.id)
     }
 
@@ -303,9 +395,21 @@ impl Runtime for DockerRuntime {
             .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
             .await
             .map_err(api)?;
-        self.inspect(id)
-            .await?
-            .ok_or_else(|| RuntimeError::Failed(format!("sandbox container {id} vanished")))
+        let r = self
+            .docker
+            .inspect_container(
+                id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .map_err(api)?;
+        let pid = r.state.as_ref().and_then(|s| s.pid).unwrap_or(0);
+        // Before anything but sandboxd runs in it: no DNS answers inside the sandbox.
+        if let Err(e) = block_dns(pid) {
+            let _ = self.remove(id).await;
+            return Err(e);
+        }
+        Ok(self.instance_of(r))
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<()> {

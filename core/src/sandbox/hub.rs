@@ -119,7 +119,11 @@ struct Conn {
     generation: u64,
     tx: mpsc::UnboundedSender<ToSandbox>,
     heartbeat: Option<Heartbeat>,
+    opened: Instant,
 }
+
+/// A connection that beat (or opened) this recently is live: no other may replace it.
+const LIVE_WITHIN: Duration = Duration::from_secs(15);
 
 #[derive(Default)]
 struct Acks {
@@ -401,14 +405,24 @@ impl Hub {
         self.changed.notify_waiters();
     }
 
-    /// Checks a connecting sandboxd; returns the new sandbox token when a bootstrap token was
-    /// exchanged.
+    /// Whether `sandbox` has a connection that is still beating.
+    fn has_live_connection(&self, sandbox: &str) -> bool {
+        self.lock().conns.get(sandbox).is_some_and(|c| {
+            let last = c
+                .heartbeat
+                .as_ref()
+                .map_or(c.opened, |h| h.at.max(c.opened));
+            last.elapsed() < LIVE_WITHIN
+        })
+    }
+
+    /// Checks a connecting sandboxd; returns the token's kind and the sandbox's session.
     async fn authorize(
         &self,
         token: &str,
         sandbox: &str,
         peer: IpAddr,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<(String, Option<String>), String> {
         let binding = self
             .store
             .check_token(token)
@@ -448,6 +462,21 @@ impl Hub {
             ));
         }
         match binding.kind.as_str() {
+            "boot" | "sbx" => Ok((binding.kind, row.session_id)),
+            other => Err(format!("a {other} token cannot open a sandbox connection")),
+        }
+    }
+
+    /// The token an authorised sandboxd is to present next time: every connection gets a new
+    /// one (a bootstrap token is spent for it), and older ones stop working.
+    async fn exchange(
+        &self,
+        token: &str,
+        kind: &str,
+        sandbox: &str,
+        session: Option<&str>,
+    ) -> Result<String, String> {
+        match kind {
             "boot" => {
                 if !self
                     .store
@@ -457,30 +486,33 @@ impl Hub {
                 {
                     return Err("the bootstrap token was already used".into());
                 }
-                let token = self
+                self.store
+                    .issue_token(TokenKind::Sbx, sandbox, session, SANDBOX_TOKEN_TTL_MS)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            _ => {
+                let next = self
                     .store
-                    .issue_token(
-                        TokenKind::Sbx,
-                        sandbox,
-                        row.session_id.as_deref(),
-                        SANDBOX_TOKEN_TTL_MS,
-                    )
+                    .issue_token(TokenKind::Sbx, sandbox, session, SANDBOX_TOKEN_TTL_MS)
                     .await
                     .map_err(|e| e.to_string())?;
-                Ok(Some(token))
+                // The presented token lasts until the new one is in sandboxd's hands (the
+                // connection could drop before it arrives); anything older ends now.
+                self.store
+                    .retire_tokens(sandbox, TokenKind::Sbx, [token, &next])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(next)
             }
-            "sbx" => Ok(None),
-            other => Err(format!("a {other} token cannot open a sandbox connection")),
         }
     }
 
-    async fn serve(self: Arc<Self>, sandbox: String, socket: WebSocket, token: Option<String>) {
+    async fn serve(self: Arc<Self>, sandbox: String, socket: WebSocket, token: String) {
         let (mut sink, mut source) = socket.split();
         let (tx, mut rx) = mpsc::unbounded_channel::<ToSandbox>();
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        if let Some(token) = token {
-            let _ = tx.send(ToSandbox::Token { token });
-        }
+        let _ = tx.send(ToSandbox::Token { token });
         // The first message must be Hello.
         let hello = tokio::time::timeout(Duration::from_secs(10), source.next()).await;
         let ok = match &hello {
@@ -515,6 +547,7 @@ impl Hub {
                     generation,
                     tx: tx.clone(),
                     heartbeat: None,
+                    opened: Instant::now(),
                 },
             );
         }
@@ -691,7 +724,24 @@ async fn connect(
     if token.is_empty() || sandbox.is_empty() {
         return (StatusCode::UNAUTHORIZED, "a sandbox token is required\n").into_response();
     }
-    match hub.authorize(token, &sandbox, peer.ip()).await {
+    let (kind, session) = match hub.authorize(token, &sandbox, peer.ip()).await {
+        Ok(k) => k,
+        Err(why) => {
+            tracing::warn!(%sandbox, %peer, "refused a sandbox connection: {why}");
+            return (StatusCode::UNAUTHORIZED, "refused\n").into_response();
+        }
+    };
+    // One sandboxd per sandbox: a second connection while the first still beats is refused,
+    // even with a valid token (409, which sandboxd retries: its own half-dead connection is
+    // dropped within seconds).
+    if hub.has_live_connection(&sandbox) {
+        tracing::warn!(%sandbox, %peer, "refused a second connection for a sandbox that is connected");
+        return (StatusCode::CONFLICT, "this sandbox is connected already\n").into_response();
+    }
+    match hub
+        .exchange(token, &kind, &sandbox, session.as_deref())
+        .await
+    {
         Ok(new_token) => ws
             .max_message_size(64 << 20)
             .on_upgrade(move |socket| hub.serve(sandbox, socket, new_token)),

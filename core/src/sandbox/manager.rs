@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_sandboxd::proto::{tool_env, ENV_BOOTSTRAP, ENV_ENDPOINT, ENV_SANDBOX};
+use airlock_sandboxd::proto::{tool_env, Boot};
 use sha2::{Digest, Sha256};
 
 use super::hub::Hub;
@@ -155,11 +155,11 @@ impl Sandboxes {
             sandbox_id: row.id.clone(),
             image: image.to_string(),
             labels,
-            env: BTreeMap::from([
-                (ENV_ENDPOINT.to_string(), self.settings.endpoint.clone()),
-                (ENV_SANDBOX.to_string(), row.id.clone()),
-                (ENV_BOOTSTRAP.to_string(), boot),
-            ]),
+            boot: Some(Boot {
+                endpoint: self.settings.endpoint.clone(),
+                sandbox: row.id.clone(),
+                token: boot,
+            }),
             args: vec![],
             limits: pv.spec.limits.clone(),
             sandboxd: self.settings.sandboxd.clone(),
@@ -357,7 +357,7 @@ impl Sandboxes {
             sandbox_id: row.id.clone(),
             image: base,
             labels: self.labels(&row.id, pv, "build"),
-            env: BTreeMap::new(),
+            boot: None,
             args: vec!["--hold".into()],
             limits: spec.limits.clone(),
             sandboxd: self.settings.sandboxd.clone(),

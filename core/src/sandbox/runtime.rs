@@ -33,9 +33,11 @@ pub struct ContainerSpec {
     pub sandbox_id: String,
     pub image: String,
     pub labels: BTreeMap<String, String>,
-    /// sandboxd's own environment (endpoint, sandbox id, bootstrap token). Nothing else: the
-    /// agent's environment arrives over the sandbox connection, never in the container config.
-    pub env: BTreeMap<String, String>,
+    /// sandboxd's start-up settings (endpoint, sandbox id, bootstrap token), put where only
+    /// sandboxd reads them ([`airlock_sandboxd::proto::BOOT_FILE`]), never in the container's
+    /// configuration (which a snapshot would keep). `None` for build sandboxes. The agent's
+    /// environment arrives over the sandbox connection.
+    pub boot: Option<airlock_sandboxd::proto::Boot>,
     /// Arguments for sandboxd (`--hold` for build sandboxes).
     pub args: Vec<String>,
     pub limits: Limits,

@@ -388,6 +388,27 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Ends every unspent token of `kind` of a sandbox except the ones given.
+    pub async fn retire_tokens(
+        &self,
+        sandbox_id: &str,
+        kind: TokenKind,
+        keep: [&str; 2],
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE sandbox_tokens SET used_at = $5 WHERE sandbox_id = $1 AND kind = $2 \
+               AND used_at IS NULL AND hash <> $3 AND hash <> $4",
+        )
+        .bind(sandbox_id)
+        .bind(kind.as_str())
+        .bind(token_hash(keep[0]))
+        .bind(token_hash(keep[1]))
+        .bind(now_ms())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Binds a sandbox's tokens to a session and sets their expiry.
     pub async fn bind_tokens(
         &self,
