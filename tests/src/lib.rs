@@ -142,6 +142,19 @@ impl Install {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Adds Ada Lovelace <ada@example.com>, an admin: the person most tests act as.
+    pub fn add_admin(&self) {
+        self.ok(&[
+            "human",
+            "add",
+            "--name",
+            "Ada Lovelace",
+            "--email",
+            "ada@example.com",
+            "--admin",
+        ]);
+    }
+
     /// Runs with `--json` and parses stdout.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = vec!["--json"];

@@ -9,15 +9,7 @@ pub async fn install_on(engine: Engine, profiles: &[(&str, &str, &str)]) -> Inst
     let mut install = Install::new(engine).await;
     Server::configure(&mut install);
     install.ok(&["migrate"]);
-    install.ok(&[
-        "human",
-        "add",
-        "--name",
-        "Ada Lovelace",
-        "--email",
-        "ada@example.com",
-        "--admin",
-    ]);
+    install.add_admin();
     for (name, command, extra) in profiles {
         let text = format!(
             "name = \"{name}\"\n[agent]\nkind = \"command\"\ncommand = '''{command}'''\n{extra}\n"

@@ -90,15 +90,7 @@ impl Stack {
         };
         configure(&mut install);
         install.ok(&["migrate"]);
-        install.ok(&[
-            "human",
-            "add",
-            "--admin",
-            "--name",
-            "Ada Lovelace",
-            "--email",
-            "ada@example.com",
-        ]);
+        install.add_admin();
         for (name, kind, value) in [
             ("model-key", "api-key", model_key.as_str()),
             (auth_name, auth_kind, auth_value.as_str()),

@@ -94,15 +94,7 @@ async fn sandboxed_clients_reach_upstreams_only_through_the_gateway_and_never_se
         )
         .env("AIRLOCK_GATEWAY_SESSION_TOKEN_BUDGET", "30");
     install.ok(&["migrate"]);
-    install.ok(&[
-        "human",
-        "add",
-        "--name",
-        "Ada Lovelace",
-        "--email",
-        "ada@example.com",
-        "--admin",
-    ]);
+    install.add_admin();
     for (name, kind, value) in [
         ("model-key", "api-key", &model_key),
         ("git-token", "github-token", &git_token),

@@ -38,6 +38,12 @@ fn recoverable_forms(value: &str) -> Vec<String> {
     out
 }
 
+/// The agent's `tag` line holds `want`.
+fn assert_line_has(text: &str, tag: &str, want: &str) {
+    let l = line(text, tag);
+    assert!(l.contains(want), "{l}");
+}
+
 fn assert_no_form_of(text: &str, value: &str, what: &str) {
     let lower = text.to_ascii_lowercase();
     for f in recoverable_forms(value) {
@@ -61,15 +67,7 @@ async fn install(
         install.env(k, v);
     }
     install.ok(&["migrate"]);
-    install.ok(&[
-        "human",
-        "add",
-        "--name",
-        "Ada Lovelace",
-        "--email",
-        "ada@example.com",
-        "--admin",
-    ]);
+    install.add_admin();
     for (name, value) in creds {
         let out = install.run_with_stdin(
             &["credential", "set", name, "--kind", "generic"],
@@ -333,11 +331,7 @@ upstream = "{up}"
             && trailers.contains("trailer: x-echo-auth"),
         "{trailers}"
     );
-    assert!(
-        line(&text, "h2-trailers: ").contains("the value is in the trailers"),
-        "{}",
-        line(&text, "h2-trailers: ")
-    );
+    assert_line_has(&text, "h2-trailers: ", "the value is in the trailers");
     let forms = line(&text, "forms: ").trim_start_matches("forms: '");
     let parts: Vec<&str> = forms.split("\\n").collect();
     for tag in [
@@ -363,19 +357,11 @@ upstream = "{up}"
             "{tag} was not redacted: {forms}"
         );
     }
-    assert!(
-        line(&text, "stash: ").contains("[REDACTED]"),
-        "{}",
-        line(&text, "stash: ")
-    );
+    assert_line_has(&text, "stash: ", "[REDACTED]");
 
     // WebSocket: the 101 headers and every message scrubbed, the split one included;
     // compression was never offered upstream, and frames compressed anyway end the relay.
-    assert!(
-        line(&text, "ws-head: ").contains("x-echo-auth: Bearer [REDACTED]"),
-        "{}",
-        line(&text, "ws-head: ")
-    );
+    assert_line_has(&text, "ws-head: ", "x-echo-auth: Bearer [REDACTED]");
     assert!(
         !line(&text, "ws-head: ").contains("permessage-deflate"),
         "{}",
@@ -416,22 +402,10 @@ upstream = "{up}"
     assert!(hwm < 300, "the server peaked at {hwm} MB");
 
     // The guard: a stored value never leaves, compressed, in trailers, in a URL, in frames.
-    assert!(
-        line(&text, "guard-gzip: ").contains("403"),
-        "{}",
-        line(&text, "guard-gzip: ")
-    );
-    assert!(
-        line(&text, "guard-url: ").contains("403"),
-        "{}",
-        line(&text, "guard-url: ")
-    );
+    assert_line_has(&text, "guard-gzip: ", "403");
+    assert_line_has(&text, "guard-url: ", "403");
     // A request trailer carrying the value ends the request before the trailer goes.
-    assert!(
-        line(&text, "guard-trailer: ").contains("403"),
-        "{}",
-        line(&text, "guard-trailer: ")
-    );
+    assert_line_has(&text, "guard-trailer: ", "403");
     for tag in ["guard-ws: ", "guard-ws-split: "] {
         let l = line(&text, tag);
         assert!(
