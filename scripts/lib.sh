@@ -1,7 +1,7 @@
 # Shared steps of scripts/up and scripts/test. Each is idempotent and non-interactive.
 # shellcheck shell=bash
 
-log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+log() { printf '\033[1m==> [%ss] %s\033[0m\n' "$SECONDS" "$*" >&2; }
 
 # Installs the Debian packages named, if any is missing.
 ensure_packages() {

@@ -596,34 +596,39 @@ pub async fn forward(
         (true, true) => c.any_h1.request(upstream_req).await,
         (false, true) => c.public_h1.request(upstream_req).await,
     };
-    let resp = match sent {
-        Ok(r) => r,
-        Err(e) => {
-            if let Some(name) = tripped.lock().expect("guard flag").clone() {
-                if name == METHOD_OVERRIDE {
-                    return answer::refuse(
-                        &shared,
-                        &ctx,
-                        &asked,
-                        StatusCode::FORBIDDEN,
-                        "method",
-                        &format!(
-                            "the form restates its method in a `_method` field, which a route \
-                             limited to {} does not allow.",
-                            route.methods.join(", ")
-                        ),
-                    );
-                }
-                return answer::blocked(
-                    &shared,
-                    &ctx,
-                    &target.host,
-                    &method,
-                    &raw_path,
-                    &name,
-                    started,
-                );
-            }
+    // A guard that tripped ends the request body with an error; whether hyper then reports
+    // that error or an answer the upstream gave before reading the rest is a race, so the
+    // flag decides, not the outcome: a refused body is refused either way.
+    let refused = |name: String| {
+        if name == METHOD_OVERRIDE {
+            return answer::refuse(
+                &shared,
+                &ctx,
+                &asked,
+                StatusCode::FORBIDDEN,
+                "method",
+                &format!(
+                    "the form restates its method in a `_method` field, which a route \
+                     limited to {} does not allow.",
+                    route.methods.join(", ")
+                ),
+            );
+        }
+        answer::blocked(
+            &shared,
+            &ctx,
+            &target.host,
+            &method,
+            &raw_path,
+            &name,
+            started,
+        )
+    };
+    let tripped = tripped.lock().expect("guard flag").clone();
+    let resp = match (sent, tripped) {
+        (_, Some(name)) => return refused(name),
+        (Ok(r), None) => r,
+        (Err(e), None) => {
             shared.audit(
                 &ctx,
                 "egress.request",

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
@@ -325,6 +325,13 @@ async fn path_echo(State(s): State<Shared>, req: Request) -> Response {
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
     s.paths.lock().unwrap().push(p.clone());
+    // A server that honours `_method` reads the form before it answers; so does this one.
+    if axum::body::to_bytes(req.into_body(), 1 << 20)
+        .await
+        .is_err()
+    {
+        return (StatusCode::BAD_REQUEST, "the body did not arrive\n").into_response();
+    }
     format!("upstream saw {p}\n").into_response()
 }
 
