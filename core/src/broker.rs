@@ -788,7 +788,13 @@ impl Broker {
         let mut last_output = Instant::now();
         let mut check = tokio::time::interval(Duration::from_millis(500));
         let mut flush = tokio::time::interval(COALESCE);
-        let mut out = Output::new(self.store.clone(), session.id.clone(), sb.id.clone(), mode);
+        let mut out = Output::new(
+            self.store.clone(),
+            session.id.clone(),
+            sb.id.clone(),
+            exec,
+            mode,
+        );
         let mut disconnected_since: Option<Instant> = None;
         let store = &self.store;
         let sid = &session.id;
@@ -830,7 +836,7 @@ impl Broker {
                                 "duration_ms": duration_ms, "text": text, "ok": ok,
                                 "runner": if mode == Mode::Events { "agent" } else { "command" },
                             })).await?;
-                            hub.done(&sb.id, seq);
+                            hub.done(&sb.id, exec, seq);
                             let _ = store.set_sandbox_agent_exec(&sb.id, None).await;
                             let reason = match (mode, ok) {
                                 (Mode::Raw, _) => format!("the agent's command {what}"),
@@ -850,7 +856,7 @@ impl Broker {
                         }
                         ExecEvent::Failed { seq, message } => {
                             out.flush(hub).await?;
-                            hub.done(&sb.id, seq);
+                            hub.done(&sb.id, exec, seq);
                             return Ok(Outcome::failed(message));
                         }
                     }
@@ -1009,6 +1015,7 @@ struct Output {
     store: Store,
     session: String,
     sandbox: String,
+    exec: u64,
     mode: Mode,
     chunks: Vec<(Stream, Vec<u8>)>,
     bytes: usize,
@@ -1024,11 +1031,12 @@ struct Output {
 }
 
 impl Output {
-    fn new(store: Store, session: String, sandbox: String, mode: Mode) -> Output {
+    fn new(store: Store, session: String, sandbox: String, exec: u64, mode: Mode) -> Output {
         Output {
             store,
             session,
             sandbox,
+            exec,
             mode,
             chunks: Vec::new(),
             bytes: 0,
@@ -1160,7 +1168,7 @@ impl Output {
         } else {
             self.stored_seq = self.partial_after;
         }
-        hub.done(&self.sandbox, self.stored_seq);
+        hub.done(&self.sandbox, self.exec, self.stored_seq);
         Ok(())
     }
 }

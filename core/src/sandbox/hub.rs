@@ -9,7 +9,7 @@
 //! has stored it ([`Hub::done`]); the acknowledged number is kept in the database, so after a
 //! server restart sandboxd replays exactly what was not stored.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -129,10 +129,59 @@ const LIVE_WITHIN: Duration = Duration::from_secs(15);
 struct Acks {
     /// Highest durable number received (later copies of lower numbers are duplicates).
     highest: u64,
-    /// Received but not yet stored by their consumer.
-    pending: BTreeSet<u64>,
+    /// Received but not yet stored by their consumer: number → the exec it belongs to.
+    pending: BTreeMap<u64, u64>,
     /// The last number acknowledged to sandboxd.
     sent: u64,
+}
+
+impl Acks {
+    /// Durable message `seq` of exec `exec` arrived; `false` for a replayed copy of one
+    /// that arrived before.
+    fn receive(&mut self, seq: u64, exec: u64) -> bool {
+        if seq <= self.highest {
+            return false;
+        }
+        self.highest = seq;
+        self.pending.insert(seq, exec);
+        true
+    }
+
+    /// Exec `exec`'s messages up to `upto` are stored.
+    fn stored(&mut self, exec: u64, upto: u64) {
+        let done: Vec<u64> = self
+            .pending
+            .range(..=upto)
+            .filter(|(_, e)| **e == exec)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in done {
+            self.pending.remove(&s);
+        }
+    }
+
+    /// The number to acknowledge now, if it moved: everything below the oldest unstored
+    /// message.
+    fn next_ack(&mut self) -> Option<u64> {
+        let ack = match self.pending.first_key_value() {
+            Some((first, _)) => first - 1,
+            None => self.highest,
+        };
+        if ack > self.sent {
+            self.sent = ack;
+            Some(ack)
+        } else {
+            None
+        }
+    }
+
+    /// sandboxd (re)connected and the database says `acked` was acknowledged: where it
+    /// resumes from (it replays everything after).
+    fn resume(&mut self, acked: u64) -> u64 {
+        self.sent = self.sent.max(acked);
+        self.highest = self.highest.max(acked);
+        self.sent
+    }
 }
 
 #[derive(Default)]
@@ -277,27 +326,34 @@ impl Hub {
         }
     }
 
-    /// The consumer has stored durable message `seq`; sandboxd may forget it.
-    pub fn done(&self, sandbox: &str, seq: u64) {
+    /// The consumer of exec `exec` has stored every durable message of it up to `seq`
+    /// (cumulative: a batch of many messages is acknowledged by its last number); sandboxd
+    /// may forget them once nothing older of any exec waits.
+    pub fn done(&self, sandbox: &str, exec: u64, seq: u64) {
         if seq == 0 {
             return;
         }
         let ack = {
             let mut st = self.lock();
             let acks = st.acks.entry(sandbox.to_string()).or_default();
-            acks.pending.remove(&seq);
-            next_ack(acks)
+            acks.stored(exec, seq);
+            acks.next_ack()
         };
         if let Some(ack) = ack {
-            let _ = self.send(sandbox, ToSandbox::Ack { seq: ack });
-            let store = self.store.clone();
-            let sandbox = sandbox.to_string();
-            tokio::spawn(async move {
-                if let Err(e) = store.set_sandbox_acked(&sandbox, ack).await {
-                    tracing::warn!(%sandbox, "cannot record acknowledged output: {e}");
-                }
-            });
+            self.acknowledge(sandbox, ack);
         }
+    }
+
+    /// Tells sandboxd it may forget everything up to `ack`, and records that.
+    fn acknowledge(&self, sandbox: &str, ack: u64) {
+        let _ = self.send(sandbox, ToSandbox::Ack { seq: ack });
+        let store = self.store.clone();
+        let sandbox = sandbox.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = store.set_sandbox_acked(&sandbox, ack).await {
+                tracing::warn!(%sandbox, "cannot record acknowledged output: {e}");
+            }
+        });
     }
 
     pub fn cancel(&self, sandbox: &str, id: u64) -> Result<(), HubError> {
@@ -536,10 +592,7 @@ impl Hub {
         };
         {
             let mut st = self.lock();
-            let acks = st.acks.entry(sandbox.clone()).or_default();
-            acks.sent = acks.sent.max(acked);
-            acks.highest = acks.highest.max(acked);
-            let resume = acks.sent;
+            let resume = st.acks.entry(sandbox.clone()).or_default().resume(acked);
             let _ = tx.send(ToSandbox::Resume { acked: resume });
             st.conns.insert(
                 sandbox.clone(),
@@ -664,17 +717,33 @@ impl Hub {
         let seq = ev.seq();
         let key = (sandbox.to_string(), id);
         let mut st = self.lock();
-        if seq > 0 {
-            let acks = st.acks.entry(sandbox.to_string()).or_default();
-            if seq <= acks.highest {
-                return; // a replayed copy of something already here
-            }
-            acks.highest = seq;
-            acks.pending.insert(seq);
+        if seq > 0
+            && !st
+                .acks
+                .entry(sandbox.to_string())
+                .or_default()
+                .receive(seq, id)
+        {
+            return; // a replayed copy of something already here
         }
+        let last = !matches!(ev, ExecEvent::Output { .. });
         if let Some(tx) = st.listeners.get(&key) {
-            if tx.send(ev).is_err() {
+            if tx.send(ev).is_ok() {
+                return;
+            }
+            // Its consumer is gone (its session ended): nobody will store this, and it must
+            // not hold back the acknowledgement of what other execs send. The closed
+            // listener stays until the exec's last message, so the rest goes the same way.
+            if last {
                 st.listeners.remove(&key);
+            }
+            let ack = st.acks.get_mut(sandbox).and_then(|acks| {
+                acks.stored(id, seq);
+                acks.next_ack()
+            });
+            drop(st);
+            if let Some(ack) = ack {
+                self.acknowledge(sandbox, ack);
             }
             return;
         }
@@ -688,20 +757,6 @@ impl Hub {
                 st.orphans.entry(key).or_default().push(ev);
             }
         }
-    }
-}
-
-/// The number to acknowledge now, if it moved: everything below the oldest unstored message.
-fn next_ack(acks: &mut Acks) -> Option<u64> {
-    let ack = match acks.pending.first() {
-        Some(first) => first - 1,
-        None => acks.highest,
-    };
-    if ack > acks.sent {
-        acks.sent = ack;
-        Some(ack)
-    } else {
-        None
     }
 }
 
@@ -756,21 +811,156 @@ async fn connect(
 mod tests {
     use super::*;
 
+    use proptest::prelude::*;
+    use std::collections::VecDeque;
+
     #[test]
-    fn acknowledgements_stop_below_the_oldest_unstored_message() {
+    fn a_batch_is_acknowledged_by_its_last_number() {
         let mut a = Acks::default();
         for s in 1..=5 {
-            a.highest = s;
-            a.pending.insert(s);
+            assert!(a.receive(s, 7));
         }
-        a.pending.remove(&2);
-        assert_eq!(next_ack(&mut a), None, "1 is not stored yet");
-        a.pending.remove(&1);
-        assert_eq!(next_ack(&mut a), Some(2));
-        a.pending.remove(&4);
-        a.pending.remove(&5);
-        assert_eq!(next_ack(&mut a), None, "3 holds the line");
-        a.pending.remove(&3);
-        assert_eq!(next_ack(&mut a), Some(5));
+        assert!(!a.receive(3, 7), "a replayed copy");
+        a.stored(7, 5);
+        assert_eq!(
+            a.next_ack(),
+            Some(5),
+            "one acknowledgement covers the batch"
+        );
+    }
+
+    #[test]
+    fn another_execs_unstored_message_holds_the_line() {
+        let mut a = Acks::default();
+        a.receive(1, 1);
+        a.receive(2, 2);
+        a.receive(3, 1);
+        a.stored(1, 3);
+        assert_eq!(a.next_ack(), Some(1), "2 (of exec 2) is not stored yet");
+        a.stored(2, 2);
+        assert_eq!(a.next_ack(), Some(3));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// The running exec writes a message.
+        Emit,
+        /// The next exec starts, once everything of the last is stored (a sandbox runs its
+        /// durable execs, the agent's turns, one after another).
+        NextExec,
+        Deliver,
+        Flush(u64),
+        Reconnect,
+        RestartServer,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => Just(Op::Emit),
+            1 => Just(Op::NextExec),
+            6 => Just(Op::Deliver),
+            3 => (0u64..3).prop_map(Op::Flush),
+            1 => Just(Op::Reconnect),
+            1 => Just(Op::RestartServer),
+        ]
+    }
+
+    /// sandboxd's outbox, the wire, the hub's bookkeeping and one consumer per exec, driven
+    /// by any interleaving of output, delivery, stores (any batch), reconnects and restarts.
+    struct Model {
+        next: u64,
+        exec: u64,
+        outbox: VecDeque<(u64, u64)>,
+        wire: VecDeque<(u64, u64)>,
+        acks: Acks,
+        db_acked: u64,
+        buffered: [Vec<u64>; 3],
+        stored: [Vec<u64>; 3],
+        emitted: [Vec<u64>; 3],
+    }
+
+    impl Model {
+        fn apply(&mut self, op: &Op) {
+            match *op {
+                Op::NextExec => {
+                    let e = self.exec as usize;
+                    if self.exec < 2 && self.stored[e] == self.emitted[e] {
+                        self.exec += 1;
+                    }
+                }
+                Op::Emit => {
+                    let exec = self.exec;
+                    self.next += 1;
+                    self.outbox.push_back((self.next, exec));
+                    self.wire.push_back((self.next, exec));
+                    self.emitted[exec as usize].push(self.next);
+                }
+                Op::Deliver => {
+                    if let Some((seq, exec)) = self.wire.pop_front() {
+                        if self.acks.receive(seq, exec) {
+                            self.buffered[exec as usize].push(seq);
+                        }
+                    }
+                }
+                Op::Flush(exec) => {
+                    let batch = std::mem::take(&mut self.buffered[exec as usize]);
+                    let Some(&last) = batch.last() else { return };
+                    self.stored[exec as usize].extend(batch);
+                    self.acks.stored(exec, last);
+                    if let Some(ack) = self.acks.next_ack() {
+                        self.outbox.retain(|(s, _)| *s > ack);
+                        self.db_acked = ack;
+                    }
+                }
+                Op::Reconnect => {
+                    let resume = self.acks.resume(self.db_acked);
+                    self.outbox.retain(|(s, _)| *s > resume);
+                    self.wire = self.outbox.clone();
+                }
+                Op::RestartServer => {
+                    // What the consumers had not stored is gone with the process.
+                    self.acks = Acks::default();
+                    self.buffered = Default::default();
+                    self.apply(&Op::Reconnect);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn nothing_is_lost_or_repeated_and_the_outbox_drains(ops in prop::collection::vec(op(), 0..200)) {
+            let mut m = Model {
+                next: 0,
+                exec: 0,
+                outbox: VecDeque::new(),
+                wire: VecDeque::new(),
+                acks: Acks::default(),
+                db_acked: 0,
+                buffered: Default::default(),
+                stored: Default::default(),
+                emitted: Default::default(),
+            };
+            for op in &ops {
+                m.apply(op);
+            }
+            while !m.wire.is_empty() {
+                m.apply(&Op::Deliver);
+            }
+            for exec in 0..3 {
+                m.apply(&Op::Flush(exec));
+            }
+            // A turn that outlives its consumer's restart: the replay completes it.
+            m.apply(&Op::Reconnect);
+            while !m.wire.is_empty() {
+                m.apply(&Op::Deliver);
+            }
+            for exec in 0..3 {
+                m.apply(&Op::Flush(exec));
+            }
+            prop_assert_eq!(&m.stored, &m.emitted);
+            prop_assert!(m.outbox.is_empty(), "left in the outbox: {:?}", m.outbox);
+        }
     }
 }
