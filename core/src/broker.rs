@@ -794,6 +794,7 @@ impl Broker {
             sb.id.clone(),
             exec,
             mode,
+            limits.output_mb,
         );
         let mut disconnected_since: Option<Instant> = None;
         let store = &self.store;
@@ -824,6 +825,7 @@ impl Broker {
                         ExecEvent::Exit { seq, code, signal, oom_killed, duration_ms } => {
                             out.finish_lines();
                             out.flush(hub).await?;
+                            out.write_tail().await?;
                             let what = describe_exit(code, signal, oom_killed);
                             let exited_ok = code == Some(0);
                             let (text, said_ok) = match (&out.summary, mode) {
@@ -856,6 +858,7 @@ impl Broker {
                         }
                         ExecEvent::Failed { seq, message } => {
                             out.flush(hub).await?;
+                            out.write_tail().await?;
                             hub.done(&sb.id, exec, seq);
                             return Ok(Outcome::failed(message));
                         }
@@ -870,6 +873,7 @@ impl Broker {
                         "ran longer than the wall-clock limit of {} s and was stopped; raise limits.wall_clock_secs in profile `{}` if it needs longer",
                         limits.wall_clock_secs, profile.name
                     ));
+                    out.write_tail().await?;
                     return Ok(timed_out(reason, &out));
                 }
                 _ = check.tick() => {
@@ -877,6 +881,8 @@ impl Broker {
                     let now = store.session(sid).await?;
                     if now.state.is_terminal() {
                         let _ = hub.cancel(&sb.id, exec);
+                        out.flush(hub).await?;
+                        out.write_tail().await?;
                         return Ok(Outcome {
                             state: now.state,
                             reason: now.reason.unwrap_or_else(|| "cancelled".into()),
@@ -890,6 +896,7 @@ impl Broker {
                             "produced no output for {} s (the idle limit) and was stopped; raise limits.idle_secs in profile `{}` if it needs longer",
                             limits.idle_secs, profile.name
                         ));
+                        out.write_tail().await?;
                         return Ok(timed_out(reason, &out));
                     }
                     if hub.is_connected(&sb.id) {
@@ -907,6 +914,8 @@ impl Broker {
                                 Some(_) => None,
                             };
                             if let Some(reason) = gone {
+                                out.flush(hub).await?;
+                                out.write_tail().await?;
                                 return Ok(Outcome::failed(reason));
                             }
                         }
@@ -1028,11 +1037,33 @@ struct Output {
     stored_seq: u64,
     /// The runner's final `summary` event: its text and whether it succeeded.
     summary: Option<(String, bool)>,
+    /// Bounded output: what may still be stored as it comes, then the latest events held
+    /// back (up to `tail_cap` bytes) and how much fell out between the two.
+    head_left: usize,
+    held: std::collections::VecDeque<(EventKind, serde_json::Value, usize)>,
+    tail_bytes: usize,
+    tail_cap: usize,
+    dropped: u64,
+    limit_mb: u64,
 }
 
 impl Output {
-    fn new(store: Store, session: String, sandbox: String, exec: u64, mode: Mode) -> Output {
+    fn new(
+        store: Store,
+        session: String,
+        sandbox: String,
+        exec: u64,
+        mode: Mode,
+        limit_mb: u64,
+    ) -> Output {
+        let half = (limit_mb.max(1) as usize) << 19;
         Output {
+            head_left: half,
+            held: std::collections::VecDeque::new(),
+            tail_bytes: 0,
+            tail_cap: half,
+            dropped: 0,
+            limit_mb,
             store,
             session,
             sandbox,
@@ -1086,13 +1117,12 @@ impl Output {
                 end -= 1;
             }
             let (piece, more) = rest.split_at(end);
-            self.store
-                .append_event(
-                    &self.session,
-                    EventKind::CommandOutput,
-                    &json!({ "stream": stream, "text": piece }),
-                )
-                .await?;
+            self.record(
+                EventKind::CommandOutput,
+                json!({ "stream": stream, "text": piece }),
+                piece.len(),
+            )
+            .await?;
             rest = more;
         }
         Ok(())
@@ -1119,9 +1149,62 @@ impl Output {
             ),
             Err(_) => return self.output_event("stdout", &format!("{text}\n")).await,
         };
-        self.store
-            .append_event(&self.session, kind, &payload)
-            .await?;
+        self.record(kind, payload, line.len()).await
+    }
+
+    /// Stores an event while the turn's head budget lasts; after that, holds it among the
+    /// latest (older ones fall out), for [`Output::write_tail`] at the end of the turn.
+    async fn record(
+        &mut self,
+        kind: EventKind,
+        payload: serde_json::Value,
+        size: usize,
+    ) -> anyhow::Result<()> {
+        if self.held.is_empty() && size <= self.head_left {
+            self.head_left -= size;
+            self.store
+                .append_event(&self.session, kind, &payload)
+                .await?;
+            return Ok(());
+        }
+        self.head_left = 0;
+        self.held.push_back((kind, payload, size));
+        self.tail_bytes += size;
+        while self.tail_bytes > self.tail_cap {
+            let Some((_, _, s)) = self.held.pop_front() else {
+                break;
+            };
+            self.tail_bytes -= s;
+            self.dropped += s as u64;
+        }
+        Ok(())
+    }
+
+    /// At the end of a turn: a note of what was left out (if anything), then the latest
+    /// events held back.
+    async fn write_tail(&mut self) -> anyhow::Result<()> {
+        if self.dropped > 0 {
+            let text = format!(
+                "{} of output truncated here: this turn printed more than limits.output_mb = {} MB, so its first and last {} are kept",
+                crate::render::human_bytes(self.dropped),
+                self.limit_mb,
+                crate::render::human_bytes(self.tail_cap as u64),
+            );
+            self.store
+                .append_event(
+                    &self.session,
+                    EventKind::Note,
+                    &json!({ "text": text, "truncated_bytes": self.dropped }),
+                )
+                .await?;
+            self.dropped = 0;
+        }
+        while let Some((kind, payload, _)) = self.held.pop_front() {
+            self.store
+                .append_event(&self.session, kind, &payload)
+                .await?;
+        }
+        self.tail_bytes = 0;
         Ok(())
     }
 

@@ -284,6 +284,9 @@ pub struct Limits {
     pub wall_clock_secs: u64,
     /// Longest a session may go without output, in seconds.
     pub idle_secs: u64,
+    /// Output kept per turn, in MB: beyond it the first and last halves are kept and what
+    /// lies between is replaced by a note saying how much was left out.
+    pub output_mb: u64,
 }
 
 impl Default for Limits {
@@ -294,6 +297,7 @@ impl Default for Limits {
             pids: 512,
             wall_clock_secs: 3600,
             idle_secs: 900,
+            output_mb: 16,
         }
     }
 }
