@@ -111,7 +111,60 @@ on_both_engines!(
     concurrent_senders_never_claim_one_delivery_twice,
     a_schedule_slot_fires_once,
     migrations_apply_again_to_a_database_with_data,
+    hot_queries_use_an_index,
 );
+
+/// The queries the admin pages, the CLI lists, the broker and the reconciler run on every
+/// view or tick, as the store writes them: none may read a whole table.
+const HOT_QUERIES: &[&str] = &[
+    "SELECT id FROM sessions ORDER BY created_at DESC, id DESC LIMIT 50",
+    "SELECT id FROM sessions WHERE state = 'running' ORDER BY created_at DESC, id DESC LIMIT 50",
+    "SELECT id FROM sessions WHERE requester_id = 'h' ORDER BY created_at DESC, id DESC LIMIT 50",
+    "SELECT id FROM sessions WHERE state = 'queued' ORDER BY created_at, id LIMIT 1",
+    "SELECT seq FROM session_events WHERE session_id = 's' ORDER BY seq",
+    "SELECT seq FROM audit_log WHERE session_id = 's' ORDER BY seq LIMIT 100",
+    "SELECT seq FROM audit_log ORDER BY seq DESC LIMIT 100",
+    "SELECT id FROM snapshots WHERE session_id = 's' AND kind = 'session' \
+       ORDER BY created_at DESC, id DESC LIMIT 1",
+    "SELECT id FROM deliveries WHERE session_id = 's' ORDER BY id",
+    "SELECT id FROM sandboxes WHERE state IN ('creating', 'ready', 'bound') ORDER BY created_at",
+    "SELECT id FROM sandboxes WHERE session_id = 's'",
+];
+
+async fn hot_queries_use_an_index(db: Db) {
+    let mut conn = db.raw.acquire().await.unwrap();
+    let postgres = db.url.starts_with("postgres");
+    if postgres {
+        // The tables are empty, so the planner would rightly pick a scan; this asks whether
+        // it could do otherwise.
+        sqlx::query("SET enable_seqscan = off")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    for q in HOT_QUERIES {
+        let (sql, col) = if postgres {
+            (format!("EXPLAIN {q}"), 0)
+        } else {
+            (format!("EXPLAIN QUERY PLAN {q}"), 3)
+        };
+        let plan: Vec<String> = sqlx::query(&sql)
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| sqlx::Row::get::<String, _>(r, col))
+            .collect();
+        let full_scan = plan.iter().any(|line| {
+            if postgres {
+                line.contains("Seq Scan")
+            } else {
+                line.starts_with("SCAN ") && !line.contains(" USING ")
+            }
+        });
+        assert!(!full_scan, "{q}\nreads a whole table:\n{}", plan.join("\n"));
+    }
+}
 
 const PROFILE: &str = r#"
 name = "rust-ci"

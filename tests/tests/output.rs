@@ -59,9 +59,16 @@ async fn a_session_printing_200_mb_ends_normally_with_its_output_bounded() {
         "{} bytes of output stored",
         output.len()
     );
-    assert!(output.len() >= 8 * 1024 * 1024 - 64 * 1024, "{}", output.len());
+    assert!(
+        output.len() >= 8 * 1024 * 1024 - 64 * 1024,
+        "{}",
+        output.len()
+    );
     assert!(output.starts_with(&"x".repeat(99)), "the head is kept");
-    assert!(output.trim_end().ends_with("the-very-end"), "the tail is kept");
+    assert!(
+        output.trim_end().ends_with("the-very-end"),
+        "the tail is kept"
+    );
     let notes = notes_of(&shown);
     let note = notes
         .iter()

@@ -215,7 +215,7 @@ impl Store {
     /// Sandboxes not yet gone, oldest first.
     pub async fn live_sandboxes(&self) -> Result<Vec<Sandbox>> {
         let rows = sqlx::query(&format!(
-            "SELECT {SANDBOX_COLS} FROM sandboxes WHERE state <> 'gone' ORDER BY created_at"
+            "SELECT {SANDBOX_COLS} FROM sandboxes WHERE state IN ('creating', 'ready', 'bound') ORDER BY created_at"
         ))
         .fetch_all(self.pool())
         .await?;
