@@ -117,6 +117,11 @@ const KEYS: &[(&str, Kind, &str)] = &[
         "model tokens one human's sessions may use per UTC day, 0 for no limit",
     ),
     (
+        "gateway.audit_backlog",
+        Kind::Int,
+        "audit records that may wait to be written before egress is refused with 503, 0 for the default (50000)",
+    ),
+    (
         "broker.max_sessions",
         Kind::Int,
         "how many sessions may run at once on this deployment, 1 to 10000",
@@ -437,6 +442,7 @@ pub struct GatewayConfig {
     pub extra_ca_file: Option<PathBuf>,
     pub session_token_budget: u64,
     pub human_daily_token_budget: u64,
+    pub audit_backlog: u64,
 }
 
 impl Default for GatewayConfig {
@@ -446,6 +452,7 @@ impl Default for GatewayConfig {
             extra_ca_file: None,
             session_token_budget: 0,
             human_daily_token_budget: 0,
+            audit_backlog: 0,
         }
     }
 }

@@ -28,8 +28,9 @@ mod websocket;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use airlock_core::store::{NewAudit, NewUsage};
 use airlock_core::Store;
@@ -78,7 +79,14 @@ pub struct GatewaySettings {
     pub github_api_url: Option<String>,
     /// The GitHub App whose private key `github-app` credentials hold.
     pub github_app_id: Option<u64>,
+    /// Audit records that may wait to be written before new requests are refused with 503
+    /// (back-pressure instead of unbounded memory when the database is slow or away);
+    /// 0 for the default, [`AUDIT_BACKLOG`].
+    pub audit_backlog: usize,
 }
+
+/// Audit records that may wait to be written, by default (a few hundred bytes each).
+pub const AUDIT_BACKLOG: usize = 50_000;
 
 type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, body::BoxBody>;
 
@@ -102,6 +110,9 @@ pub(crate) struct Shared {
     secrets: context::Secrets,
     budgets: context::Budgets,
     audit_tx: mpsc::UnboundedSender<NewAudit>,
+    /// Records sent to the audit writer and not yet written, and how many may wait.
+    audit_waiting: Arc<AtomicUsize>,
+    audit_limit: usize,
     usage_tx: mpsc::UnboundedSender<NewUsage>,
 }
 
@@ -165,6 +176,7 @@ impl Gateway {
         );
         secrets.refresh().await?;
         let (audit_tx, audit_rx) = mpsc::unbounded_channel();
+        let audit_waiting = Arc::new(AtomicUsize::new(0));
         let (usage_tx, usage_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             authority,
@@ -177,10 +189,16 @@ impl Gateway {
                 settings.human_daily_token_budget,
             ),
             audit_tx,
+            audit_waiting: audit_waiting.clone(),
+            audit_limit: if settings.audit_backlog == 0 {
+                AUDIT_BACKLOG
+            } else {
+                settings.audit_backlog
+            },
             usage_tx,
         });
         let writers = vec![
-            tokio::spawn(audit_writer(store.clone(), audit_rx)),
+            tokio::spawn(audit_writer(store.clone(), audit_rx, audit_waiting)),
             tokio::spawn(usage_writer(store.clone(), usage_rx)),
             tokio::spawn(refresh_secrets(Arc::downgrade(&shared))),
         ];
@@ -209,6 +227,17 @@ impl Gateway {
                     }
                 }
             }
+        }
+        // Flush: every record of a request already answered is written before this returns
+        // (within 30 s; what is still waiting then is named in the log).
+        let waiting = self.shared.audit_waiting.clone();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while waiting.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = waiting.load(Ordering::Acquire);
+        if left > 0 {
+            tracing::error!("the gateway stops with {left} audit records not written (the database did not take them within 30 s)");
         }
         drop(self.shared);
         for w in self.writers {
@@ -301,7 +330,11 @@ async fn linger<T>(rx: &mut mpsc::UnboundedReceiver<T>, batch: &mut Vec<T>, max:
 
 /// Writes audit records in batches, off the request path. A failed write is retried; nothing
 /// is dropped while the process lives.
-async fn audit_writer(store: Store, mut rx: mpsc::UnboundedReceiver<NewAudit>) {
+async fn audit_writer(
+    store: Store,
+    mut rx: mpsc::UnboundedReceiver<NewAudit>,
+    waiting: Arc<AtomicUsize>,
+) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, AUDIT_BATCH).await > 0 {
         linger(&mut rx, &mut batch, AUDIT_BATCH).await;
@@ -311,6 +344,7 @@ async fn audit_writer(store: Store, mut rx: mpsc::UnboundedReceiver<NewAudit>) {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(10));
         }
+        waiting.fetch_sub(batch.len(), Ordering::AcqRel);
         batch.clear();
     }
 }

@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,6 +66,9 @@ pub async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: IpAd
 
 async fn outer(shared: Arc<Shared>, peer: IpAddr, req: Request<Incoming>) -> Answer {
     let started = Instant::now();
+    if let Some(busy) = shared.audit_behind() {
+        return busy;
+    }
     let ctx = match proxy_token(req.headers()) {
         Some(token) => shared.sessions.authorize(&token, peer).await,
         None => None,
@@ -187,6 +191,9 @@ async fn connect(
                     let (shared, ctx, target) = (shared.clone(), ctx.clone(), target.clone());
                     async move {
                         let started = Instant::now();
+                        if let Some(busy) = shared.audit_behind() {
+                            return Ok::<_, Infallible>(busy);
+                        }
                         let Some(ctx) = shared.sessions.revalidate(&ctx).await else {
                             return Ok::<_, Infallible>(text(
                                 StatusCode::FORBIDDEN,
@@ -301,6 +308,7 @@ impl Shared {
         if let Some(r) = &ctx.repo {
             detail["repo"] = serde_json::json!(r);
         }
+        self.audit_waiting.fetch_add(1, Ordering::AcqRel);
         let _ = self.audit_tx.send(NewAudit {
             actor: ctx.actor(),
             action: action.to_string(),
@@ -308,6 +316,22 @@ impl Shared {
             session_id: ctx.session_id.clone(),
             detail,
         });
+    }
+
+    /// A 503 while more audit records wait to be written than the gateway may hold: what
+    /// cannot be audited is not done.
+    pub(crate) fn audit_behind(&self) -> Option<Answer> {
+        let waiting = self.audit_waiting.load(Ordering::Acquire);
+        (waiting >= self.audit_limit).then(|| {
+            tracing::warn!("refusing egress: {waiting} audit records wait to be written");
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "Airlock's gateway is behind on writing its audit log ({waiting} records wait); \
+                     nothing goes out unaudited, so try again shortly.\n"
+                ),
+            )
+        })
     }
 
     pub(crate) fn meter(&self, ctx: &Ctx, host: &str, usage: meter::Usage) {

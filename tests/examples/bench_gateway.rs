@@ -15,9 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airlock_core::domain::{ProfileSpec, Role, Surface};
-use airlock_core::secrets::{MasterKey, SecretValue};
-use airlock_core::store::{ApplyOutcome, NewSandbox, NewSession, TokenKind};
+use airlock_tests::inproc::InProcess;
 use airlock_tests::upstream::Upstream;
 
 const BULK: usize = 100 * 1024 * 1024;
@@ -135,99 +133,17 @@ async fn main() -> anyhow::Result<()> {
     let key = "sk-bench-0123456789abcdef";
     let upstream = Upstream::start(key, "unused-git-token").await;
 
-    // A store with one session whose sandbox is this program at 127.0.0.1.
-    let dir = tempfile::tempdir()?;
-    let (master, _) = MasterKey::load_or_create(&dir.path().join("key"))?;
-    let url = format!("sqlite://{}", dir.path().join("airlock.db").display());
-    let store = airlock_core::Store::connect(&url, 5, master).await?;
-    store.migrate().await?;
-    let human = store
-        .add_human("Bench", "bench@example.com", Role::Admin)
-        .await?;
-    store
-        .set_credential(
-            "model",
-            "api-key".parse().unwrap(),
-            &SecretValue::new(key.as_bytes().to_vec()),
-            None,
-        )
-        .await?;
-    let spec = ProfileSpec::from_toml(&format!(
-        "name = \"bench\"\n[agent]\nkind = \"command\"\ncommand = \"true\"\n\
-         [[egress]]\nhost = \"api.bench.test\"\ncredential = \"model\"\ninject = {{ kind = \"bearer\" }}\nupstream = \"{}\"\n",
-        upstream.url()
-    ))?;
-    let (profile_id, version) = match store.apply_profile(&spec, None).await? {
-        ApplyOutcome::Created {
-            profile_id,
-            version,
-        }
-        | ApplyOutcome::Updated {
-            profile_id,
-            version,
-        }
-        | ApplyOutcome::Unchanged {
-            profile_id,
-            version,
-        } => (profile_id, version),
-    };
-    let session = store
-        .create_session(NewSession {
-            requester_id: human.id.clone(),
-            surface: Surface::Cli,
-            thread_ref: serde_json::json!({}),
-            repo: "acme/web".into(),
-            profile_id: profile_id.clone(),
-            profile_version: version,
-            prompt: "bench".into(),
-            trigger_id: None,
-            thread_key: None,
-            notify: None,
-        })
-        .await?;
-    // The session's plan is what the gateway enforces (no plan, no routes).
-    let plan = airlock_core::plan::Plan::build(
-        &spec,
-        version,
-        &session,
-        &human,
-        &airlock_core::plan::PlanSettings {
-            github: None,
-            author_name: "Airlock".into(),
-            author_email: "airlock@example.com".into(),
-        },
-    );
-    store
-        .set_session_plan(&session.id, &plan.to_json(), None)
-        .await?;
-    let sb = store
-        .insert_sandbox(NewSandbox {
-            role: "session",
-            profile_id,
-            profile_version: version,
-            image: "none".into(),
-            session_id: Some(session.id.clone()),
-        })
-        .await?;
-    store
-        .set_sandbox_started(&sb.id, "bench", "127.0.0.1")
-        .await?;
-    let token = store
-        .issue_token(TokenKind::Egr, &sb.id, Some(&session.id), 3_600_000)
-        .await?;
-
-    let gateway = airlock_gateway::Gateway::start(
-        store.clone(),
-        airlock_gateway::GatewaySettings {
-            extra_ca_file: Some(upstream.ca_file.clone()),
-            ..Default::default()
-        },
+    let mut gw = InProcess::start(
+        &upstream.url(),
+        &upstream.ca_file,
+        key,
+        airlock_gateway::GatewaySettings::default(),
     )
     .await?;
-    let airlock_ca = gateway.ca_pem().to_string();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let gw_port = listener.local_addr()?.port();
-    tokio::spawn(gateway.serve(listener, std::future::pending()));
+    let store = gw.store.clone();
+    let airlock_ca = gw.ca_pem.clone();
+    let proxy = gw.proxy.clone();
+    let dir = tempfile::tempdir()?;
 
     // mitmproxy, injecting the same header with a two-line addon.
     let mitm_dir = dir.path().join("mitm");
@@ -242,11 +158,7 @@ async fn main() -> anyhow::Result<()> {
     if only_gateway {
         let through = measure(
             "Airlock gateway (injects)",
-            client(
-                &airlock_ca,
-                Some(&format!("http://airlock:{token}@127.0.0.1:{gw_port}")),
-                None,
-            ),
+            client(&airlock_ca, Some(&proxy), None),
             "https://api.bench.test",
             seconds,
         )
@@ -302,11 +214,7 @@ async fn main() -> anyhow::Result<()> {
     .await;
     let through = measure(
         "Airlock gateway (injects)",
-        client(
-            &airlock_ca,
-            Some(&format!("http://airlock:{token}@127.0.0.1:{gw_port}")),
-            None,
-        ),
+        client(&airlock_ca, Some(&proxy), None),
         "https://api.bench.test",
         seconds,
     )
@@ -340,8 +248,8 @@ async fn main() -> anyhow::Result<()> {
         through.mb_s / direct.mb_s,
         through.mb_s / mitm_figs.mb_s
     );
-    // Let the audit writer catch up, then show it kept every request.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Stop the gateway (it writes what waits), then show the audit log kept every request.
+    gw.stop().await;
     let verdict = store.verify_audit().await?;
     println!(
         "audit log: {} rows, chain intact: {}",

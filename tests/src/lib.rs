@@ -7,6 +7,7 @@ pub mod discord;
 pub mod git;
 pub mod github;
 pub mod hostile;
+pub mod inproc;
 pub mod model;
 pub mod registry;
 pub mod sessions;

@@ -87,6 +87,7 @@ pub fn gateway_settings(cfg: &airlock_core::Config) -> airlock_gateway::GatewayS
         human_daily_token_budget: cfg.gateway.human_daily_token_budget,
         github_api_url: cfg.github.as_ref().map(|g| g.api_url.clone()),
         github_app_id: cfg.github.as_ref().and_then(|g| g.app_id),
+        audit_backlog: cfg.gateway.audit_backlog as usize,
     }
 }
 
