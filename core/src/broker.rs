@@ -218,7 +218,10 @@ impl Broker {
     /// Claims and runs queued sessions until `shutdown` resolves.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        // The queue wakes the broker when it changes (core/src/store/queue.rs); the poll is
+        // only the fallback.
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let watcher = tokio::spawn(self.store.clone().watch_queue());
         let mut warm = tokio::time::interval(Duration::from_secs(5));
         let hour = Duration::from_secs(3600);
         let mut prune = tokio::time::interval_at(tokio::time::Instant::now() + hour, hour);
@@ -236,6 +239,7 @@ impl Broker {
                 }
                 _ = tick.tick() => {}
                 _ = self.wake.notified() => {}
+                _ = self.store.queue_changed() => {}
                 _ = warm.tick() => {
                     if let Err(e) = self.sandboxes.fill_warm_pools().await {
                         tracing::warn!("warm pools: {e}");
@@ -264,6 +268,7 @@ impl Broker {
                 }
             }
         }
+        watcher.abort();
     }
 
     fn spawn(self: &Arc<Self>, session: String, attach: Option<(Sandbox, ExecStream)>) {

@@ -397,6 +397,21 @@ pub fn one_line(text: &str, max: usize) -> String {
     }
 }
 
+/// A byte count as people read it: `812 B`, `3.4 KB`, `190.7 MB`, `1.2 GB` (powers of 1024).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KB", "MB", "GB", "TB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,19 +512,12 @@ mod tests {
             for p in discord(&md, max) { prop_assert!(p.chars().count() <= max.max(16)); }
         }
     }
-}
 
-/// A byte count as people read it: `812 B`, `3.4 KB`, `190.7 MB`, `1.2 GB` (powers of 1024).
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KB", "MB", "GB", "TB"];
-    if n < 1024 {
-        return format!("{n} B");
+    #[test]
+    fn byte_counts_read_as_people_say_them() {
+        assert_eq!(human_bytes(812), "812 B");
+        assert_eq!(human_bytes(3_500), "3.4 KB");
+        assert_eq!(human_bytes(193_650_688), "184.7 MB");
+        assert_eq!(human_bytes(5 << 30), "5.0 GB");
     }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
 }

@@ -16,6 +16,7 @@ mod gateway;
 mod humans;
 mod inbound;
 mod profiles;
+mod queue;
 mod sandboxes;
 mod sessions;
 mod triggers;
@@ -91,6 +92,9 @@ pub struct Store {
     pool: AnyPool,
     kind: DatabaseKind,
     key: Arc<MasterKey>,
+    /// The URL as connected (for connections of their own: the queue watcher).
+    url: Arc<str>,
+    queue: Arc<queue::QueueSignal>,
 }
 
 impl std::fmt::Debug for Store {
@@ -184,6 +188,8 @@ impl Store {
             pool,
             kind,
             key: Arc::new(key),
+            url: url.into(),
+            queue: Arc::default(),
         })
     }
 

@@ -195,6 +195,7 @@ impl Store {
         let payload = serde_json::json!({ "from": null, "to": "queued" }).to_string();
         insert_event(&mut tx, &id, 1, now, EventKind::State, &payload).await?;
         tx.commit().await?;
+        self.signal_queue().await;
         self.session(&id).await
     }
 
@@ -328,6 +329,10 @@ impl Store {
         let payload = serde_json::json!({ "from": from, "to": to, "reason": reason }).to_string();
         insert_event(&mut tx, session_id, seq, now, EventKind::State, &payload).await?;
         tx.commit().await?;
+        if to == SessionState::Queued || to.is_terminal() {
+            // Queued again, or a slot freed: the broker looks at once.
+            self.signal_queue().await;
+        }
         self.session(session_id).await
     }
 }
@@ -372,6 +377,7 @@ impl Store {
                 .to_string();
         insert_event(&mut tx, session_id, seq, now, EventKind::State, &state).await?;
         tx.commit().await?;
+        self.signal_queue().await;
         self.session(session_id).await
     }
 }
@@ -452,6 +458,14 @@ impl Store {
         max_total: u32,
         max_per_human: u32,
     ) -> Result<Option<Session>> {
+        // A read first (indexed): the broker looks whenever the database changes, and most
+        // looks find nothing, which must not take the write lock.
+        let queued = sqlx::query("SELECT id FROM sessions WHERE state = 'queued' LIMIT 1")
+            .fetch_optional(self.pool())
+            .await?;
+        if queued.is_none() {
+            return Ok(None);
+        }
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
         let lock = match self.kind() {
