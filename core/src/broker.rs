@@ -379,12 +379,14 @@ impl Broker {
                 Err(e) => tracing::warn!(session = %id, "cannot keep a session snapshot: {e}"),
             }
         }
+        // The sandbox goes before the session ends: ending frees its slot, and the queue
+        // wakes at once, so the next session must not start beside a sandbox still going.
+        self.sandboxes.release(&sb, &outcome.reason).await;
         if !self.store.session(id).await?.state.is_terminal() {
             self.store
                 .transition(id, outcome.state, Some(&outcome.reason))
                 .await?;
         }
-        self.sandboxes.release(&sb, &outcome.reason).await;
         Ok(())
     }
 
