@@ -772,6 +772,20 @@ impl Config {
         if !(1..=10_000).contains(&b.max_sessions_per_human) {
             return Err(want("broker.max_sessions_per_human"));
         }
+        // Every running session's sandbox needs an address on the sandbox network.
+        if let Some(room) = crate::sandbox::docker::subnet_capacity(&self.sandbox.subnet) {
+            if b.max_sessions > room {
+                return Err((
+                    "broker.max_sessions",
+                    format!(
+                        "is {} but sandbox.subnet {} has addresses for {room} sandboxes (warm \
+                         pools take theirs too); widen the subnet (a /20 holds 4093) or lower \
+                         broker.max_sessions",
+                        b.max_sessions, self.sandbox.subnet
+                    ),
+                ));
+            }
+        }
         if let Some(p) = &b.default_profile {
             if !crate::domain::is_name(p) {
                 return Err(want("broker.default_profile"));
@@ -1082,6 +1096,11 @@ mod tests {
                 Some("[github]\nwebhook_secret_credential = \"gh-hook\"\n"),
                 &[],
                 "config key `github.token_credential` (from airlock.toml): set either github.app_id and github.app_credential (GitHub App) or github.token_credential (personal access token)",
+            ),
+            (
+                Some("[broker]\nmax_sessions = 300\n[sandbox]\nsubnet = \"10.9.0.0/24\"\n"),
+                &[],
+                "config key `broker.max_sessions` (from airlock.toml): is 300 but sandbox.subnet 10.9.0.0/24 has addresses for 253 sandboxes (warm pools take theirs too); widen the subnet (a /20 holds 4093) or lower broker.max_sessions",
             ),
             (
                 Some("[docker]\nhost = \"/var/run/docker.sock\"\n"),

@@ -69,6 +69,14 @@ pub fn host_address(subnet: &str) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::from(n + 1))
 }
 
+/// How many sandboxes a subnet can address: all of it but the network and broadcast
+/// addresses and the bridge's own (`None` for a subnet [`host_address`] refuses).
+pub fn subnet_capacity(subnet: &str) -> Option<u32> {
+    host_address(subnet)?;
+    let bits: u32 = subnet.split_once('/')?.1.parse().ok()?;
+    Some((1u32 << (32 - bits)) - 3)
+}
+
 impl DockerRuntime {
     pub fn new(docker: Docker, cfg: DockerRuntimeConfig) -> DockerRuntime {
         DockerRuntime { docker, cfg }
