@@ -1227,24 +1227,40 @@ async fn audit_export(
         return d.into_response();
     }
     let query = q.get("q").cloned().unwrap_or_default();
-    match st.store.search_audit(&query, 100_000).await {
-        Ok(entries) => {
-            let body: String = entries
-                .iter()
-                .map(|e| serde_json::to_string(e).unwrap_or_default() + "\n")
-                .collect();
-            (
-                [
-                    (header::CONTENT_TYPE, "application/x-ndjson"),
-                    (
-                        header::CONTENT_DISPOSITION,
-                        "attachment; filename=\"airlock-audit.jsonl\"",
-                    ),
-                ],
-                body,
-            )
-                .into_response()
+    // Every matching entry, oldest first, a page at a time: memory stays flat however long
+    // the log is (a failure mid-way ends the download short, and the log says why).
+    let store = st.store.clone();
+    let pages = futures_util::stream::unfold(Some(0i64), move |after| {
+        let (store, query) = (store.clone(), query.clone());
+        async move {
+            let after = after?;
+            match store.search_audit_page(&query, after, 1000).await {
+                Ok(page) if page.is_empty() => None,
+                Ok(page) => {
+                    let next = page.last().map(|e| e.seq);
+                    let mut chunk = Vec::with_capacity(page.len() * 256);
+                    for e in &page {
+                        let _ = serde_json::to_writer(&mut chunk, e);
+                        chunk.push(b'\n');
+                    }
+                    Some((Ok::<_, std::io::Error>(chunk), next))
+                }
+                Err(e) => {
+                    tracing::error!("the audit export stopped early: {e}");
+                    Some((Err(std::io::Error::other(e.to_string())), None))
+                }
+            }
         }
-        Err(e) => internal(e),
-    }
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"airlock-audit.jsonl\"",
+            ),
+        ],
+        axum::body::Body::from_stream(pages),
+    )
+        .into_response()
 }

@@ -319,11 +319,14 @@ pub enum AuditCmd {
     },
     /// Recompute the hash chain; exits non-zero if any row was edited or removed
     Verify,
-    /// Write every entry as JSON lines
+    /// Write every entry as JSON lines, oldest first
     Export {
         /// File to write [default: stdout]
         #[arg(long, short = 'o', value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Only entries written at or after this time (2026-12-01 or RFC 3339)
+        #[arg(long, value_name = "TIME", value_parser = airlock_core::timefmt::parse_time)]
+        since: Option<i64>,
     },
 }
 

@@ -657,7 +657,7 @@ pub async fn audit_cmd(ctx: &Ctx, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        AuditCmd::Export { output } => {
+        AuditCmd::Export { output, since } => {
             let mut out: Box<dyn Write> = match &output {
                 Some(p) => Box::new(std::io::BufWriter::new(
                     std::fs::File::create(p)
@@ -665,7 +665,10 @@ pub async fn audit_cmd(ctx: &Ctx, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 )),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
-            let mut after = 0;
+            let mut after = match since {
+                Some(at) => store.audit_seq_before(at).await?,
+                None => 0,
+            };
             let mut count = 0u64;
             loop {
                 let page = store.audit_page(after, 1000).await?;

@@ -226,26 +226,51 @@ impl Store {
     /// Entries whose actor, action, target, session or detail contain `text` (any case),
     /// newest first, at most `limit`; every entry when `text` is empty.
     pub async fn search_audit(&self, text: &str, limit: i64) -> Result<Vec<AuditEntry>> {
-        let pattern = format!(
-            "%{}%",
-            text.to_lowercase()
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        );
         let rows = sqlx::query(&format!(
-            "SELECT {COLS} FROM audit_log WHERE $1 = '%%' OR lower(actor) LIKE $1 ESCAPE '\\' \
-               OR lower(action) LIKE $1 ESCAPE '\\' OR lower(target) LIKE $1 ESCAPE '\\' \
-               OR lower(COALESCE(session_id, '')) LIKE $1 ESCAPE '\\' OR lower(detail) LIKE $1 ESCAPE '\\' \
-             ORDER BY seq DESC LIMIT $2"
+            "SELECT {COLS} FROM audit_log WHERE {MATCHES} ORDER BY seq DESC LIMIT $2"
         ))
-        .bind(pattern)
+        .bind(like_pattern(text))
         .bind(limit.clamp(1, 100_000))
         .fetch_all(self.pool())
         .await?;
         rows.iter()
             .map(|r| raw(r).map(RawRow::into_entry))
             .collect()
+    }
+
+    /// Entries that hold `text` (anywhere, any case; empty: all) with `seq > after`, oldest
+    /// first, at most `limit`: pages of a complete export.
+    pub async fn search_audit_page(
+        &self,
+        text: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLS} FROM audit_log WHERE seq > $2 AND ({MATCHES}) ORDER BY seq LIMIT $3"
+        ))
+        .bind(like_pattern(text))
+        .bind(after)
+        .bind(limit.clamp(1, 100_000))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| raw(r).map(RawRow::into_entry))
+            .collect()
+    }
+
+    /// The sequence number just before the first entry written at or after `at_ms` (where
+    /// an export `--since` a time starts).
+    pub async fn audit_seq_before(&self, at_ms: i64) -> Result<i64> {
+        let row = sqlx::query("SELECT MIN(seq) AS seq FROM audit_log WHERE at >= $1")
+            .bind(at_ms)
+            .fetch_one(self.pool())
+            .await?;
+        let first: Option<i64> = row.try_get("seq")?;
+        match first {
+            Some(s) => Ok(s - 1),
+            None => Ok(i64::MAX),
+        }
     }
 
     /// Recomputes the whole chain and compares it with the stored head.
@@ -333,4 +358,20 @@ impl Store {
             problems,
         })
     }
+}
+
+/// The condition of an audit search: `$1` is a [`like_pattern`].
+const MATCHES: &str = "$1 = '%%' OR lower(actor) LIKE $1 ESCAPE '\\' \
+    OR lower(action) LIKE $1 ESCAPE '\\' OR lower(target) LIKE $1 ESCAPE '\\' \
+    OR lower(COALESCE(session_id, '')) LIKE $1 ESCAPE '\\' OR lower(detail) LIKE $1 ESCAPE '\\'";
+
+/// `%text%`, lower case, with LIKE's own characters escaped.
+fn like_pattern(text: &str) -> String {
+    format!(
+        "%{}%",
+        text.to_lowercase()
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    )
 }
