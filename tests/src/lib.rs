@@ -222,6 +222,18 @@ pub async fn poll<T>(
     }
 }
 
+/// A value no other test run has: `prefix` and a fresh ULID.
+pub fn random(prefix: &str) -> String {
+    format!("{prefix}{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+/// The first line of an agent's output that starts with `tag` (probes tag each line).
+pub fn line<'a>(text: &'a str, tag: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.starts_with(tag))
+        .unwrap_or_else(|| panic!("no `{tag}` line in the agent's output:\n{text}"))
+}
+
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use airlock_tests::upstream::Upstream;
-use airlock_tests::{stderr, stdout, Engine, Install, Server};
+use airlock_tests::{line, random, stderr, stdout, Engine, Install, Server};
 use base64::Engine as _;
 
 /// What the agent runs: each client, then the refusals, each line tagged for the test to find.
@@ -66,16 +66,6 @@ echo "guard-body: $(curl -s -w ' status=%{http_code}' --data-binary "note=$LEAKE
 printf '%s\n' "$UPSTREAM_CA" > "$HOME/upstream-ca.pem"
 echo "passthrough=$(curl -s -o /dev/null -w '%{http_connect}' --noproxy '' -x "$https_proxy" --cacert "$HOME/upstream-ca.pem" https://localhost:$UPSTREAM_PORT/public)"
 "#;
-
-fn random(prefix: &str) -> String {
-    format!("{prefix}{}", ulid::Ulid::new().to_string().to_lowercase())
-}
-
-fn line<'a>(text: &'a str, tag: &str) -> &'a str {
-    text.lines()
-        .find(|l| l.starts_with(tag))
-        .unwrap_or_else(|| panic!("no `{tag}` line in the agent's output:\n{text}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxed_clients_reach_upstreams_only_through_the_gateway_and_never_see_a_credential() {

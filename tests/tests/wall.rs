@@ -5,18 +5,8 @@
 //! Needs root, a running Docker engine and the base image (scripts/test provides all three).
 
 use airlock_tests::hostile::{attacker_setup, Hostile};
-use airlock_tests::{stderr, stdout, Engine, Install, Server};
+use airlock_tests::{line, random, stderr, stdout, Engine, Install, Server};
 use base64::Engine as _;
-
-fn random(prefix: &str) -> String {
-    format!("{prefix}{}", ulid::Ulid::new().to_string().to_lowercase())
-}
-
-fn line<'a>(text: &'a str, tag: &str) -> &'a str {
-    text.lines()
-        .find(|l| l.starts_with(tag))
-        .unwrap_or_else(|| panic!("no `{tag}` line in the agent's output:\n{text}"))
-}
 
 /// Every form in which `value` could be recovered from text: as it is (any case), hex, and
 /// base64/base64url at each of the three alignments it can have inside longer base64.

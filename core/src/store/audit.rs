@@ -197,16 +197,7 @@ impl Store {
 
     /// Entries with `seq > after`, oldest first, at most `limit`.
     pub async fn audit_page(&self, after: i64, limit: i64) -> Result<Vec<AuditEntry>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2"
-        ))
-        .bind(after)
-        .bind(limit.clamp(1, 100_000))
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| raw(r).map(RawRow::into_entry))
-            .collect()
+        self.search_audit_page("", after, limit).await
     }
 
     /// A session's entries (its egress among them), oldest first, at most `limit`.
