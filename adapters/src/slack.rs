@@ -399,8 +399,11 @@ impl SlackAdapter {
                         .await;
                 }
                 "airlock_retry" if session.state.is_terminal() => {
-                    let prompt = last_prompt(&self.store, &session).await;
-                    if let Err(e) = self.store.follow_up(&session.id, &prompt).await {
+                    let followed = match self.store.latest_prompt(&session).await {
+                        Ok(prompt) => self.store.follow_up(&session.id, &prompt).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = followed {
                         say(format!("Cannot retry: {e}")).await;
                     }
                 }
@@ -408,20 +411,6 @@ impl SlackAdapter {
             }
         }
     }
-}
-
-async fn last_prompt(store: &Store, s: &Session) -> String {
-    store
-        .events(&s.id, 0, 100_000)
-        .await
-        .ok()
-        .and_then(|ev| {
-            ev.iter()
-                .rev()
-                .find(|e| e.kind == airlock_core::domain::EventKind::Turn)
-                .and_then(|e| e.payload["prompt"].as_str().map(str::to_string))
-        })
-        .unwrap_or_else(|| s.prompt.clone())
 }
 
 async fn commands(State(a): State<Arc<SlackAdapter>>, headers: HeaderMap, body: Bytes) -> Response {

@@ -65,13 +65,10 @@ impl StatusView {
         session: &Session,
         public_url: &str,
     ) -> anyhow::Result<StatusView> {
-        let events = store.events(&session.id, 0, 100_000).await?;
-        // Only the current turn: from its last `turn` event (a follow-up) on.
-        let start = events
-            .iter()
-            .rposition(|e| e.kind == EventKind::Turn)
-            .unwrap_or(0);
-        let turn = &events[start..];
+        // Only the current turn (from its `turn` event, a follow-up, on), without its output.
+        let turn = store
+            .turn_events(&session.id, airlock_core::store::EVENT_PAGE)
+            .await?;
         let prompt = turn
             .first()
             .filter(|e| e.kind == EventKind::Turn)

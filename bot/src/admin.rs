@@ -356,6 +356,7 @@ struct SessionsPage {
     me: Option<Me>,
     notice: Option<String>,
     sessions: Vec<SessionRow>,
+    older: Option<String>,
     states: Vec<SessionState>,
     surfaces: Vec<Surface>,
     humans: Vec<airlock_core::domain::Human>,
@@ -363,6 +364,14 @@ struct SessionsPage {
     filter_surface: String,
     filter_human: String,
 }
+
+/// `k=v&…`, each part form-encoded.
+fn query_string(pairs: &[(&str, String)]) -> String {
+    serde_urlencoded::to_string(pairs).unwrap_or_default()
+}
+
+/// Sessions per page of the list; "Older sessions" goes on from the last one shown.
+const SESSIONS_PAGE: i64 = 100;
 
 async fn sessions(
     State(st): State<AdminState>,
@@ -378,7 +387,10 @@ async fn sessions(
         state: get("state").parse().ok(),
         requester_id: Some(get("human")).filter(|h| !h.is_empty()),
         surface: get("surface").parse().ok(),
-        limit: Some(200),
+        limit: Some(SESSIONS_PAGE),
+        before: get("before")
+            .split_once('.')
+            .and_then(|(at, id)| Some((at.parse().ok()?, id.to_string()))),
     };
     let (list, humans) = match (
         st.store.list_sessions(&filter).await,
@@ -391,6 +403,18 @@ async fn sessions(
         .iter()
         .map(|h| (h.id.as_str(), h.display_name.as_str()))
         .collect();
+    let older = (list.len() as i64 == SESSIONS_PAGE)
+        .then(|| list.last())
+        .flatten()
+        .map(|last| {
+            let mut pairs: Vec<(&str, String)> = ["state", "surface", "human"]
+                .into_iter()
+                .map(|k| (k, get(k)))
+                .filter(|(_, v)| !v.is_empty())
+                .collect();
+            pairs.push(("before", format!("{}.{}", last.created_at, last.id)));
+            format!("/sessions?{}", query_string(&pairs))
+        });
     let rows = list
         .iter()
         .map(|x| SessionRow {
@@ -410,6 +434,7 @@ async fn sessions(
         me: me(&s),
         notice: None,
         sessions: rows,
+        older,
         states: SessionState::ALL.to_vec(),
         surfaces: Surface::ALL.to_vec(),
         filter_state: get("state"),
@@ -525,6 +550,9 @@ struct SessionPage {
     live: bool,
     last_seq: i64,
     events: Vec<EventView>,
+    /// The log shows a window of the latest events; these go to the ones before and after it.
+    earlier: Option<i64>,
+    later: Option<i64>,
     plan: Option<PlanView>,
     egress: Vec<EgressRow>,
 }
@@ -566,10 +594,60 @@ fn plan_view(p: &Plan) -> PlanView {
     }
 }
 
+/// How much of a session's log one page shows: at most this many events, or this many bytes
+/// of their payloads, the latest first (older ones behind "Earlier events").
+const LOG_WINDOW_EVENTS: usize = 300;
+const LOG_WINDOW_BYTES: usize = 1 << 20;
+
+/// Which part of a session's log a page shows.
+#[derive(Clone, Copy)]
+enum LogAt {
+    Latest,
+    Before(i64),
+    After(i64),
+}
+
+/// A window of a session's events, oldest first: the latest ones, those just before an
+/// event, or those just after one.
+async fn log_window(
+    store: &Store,
+    id: &str,
+    at: LogAt,
+) -> airlock_core::store::Result<Vec<SessionEvent>> {
+    let mut window = Vec::new();
+    let mut bytes = 0;
+    let (mut cursor, forward) = match at {
+        LogAt::Latest => (i64::MAX, false),
+        LogAt::Before(b) => (b, false),
+        LogAt::After(a) => (a, true),
+    };
+    'read: loop {
+        let page = if forward {
+            store.events(id, cursor, 50).await?
+        } else {
+            store.events_before(id, cursor, 50).await?
+        };
+        let Some(last) = page.last() else { break };
+        cursor = last.seq;
+        for e in page {
+            bytes += e.payload.to_string().len();
+            window.push(e);
+            if window.len() >= LOG_WINDOW_EVENTS || bytes >= LOG_WINDOW_BYTES {
+                break 'read;
+            }
+        }
+    }
+    if !forward {
+        window.reverse();
+    }
+    Ok(window)
+}
+
 async fn session(
     State(st): State<AdminState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let ws = match admin(&st, &headers).await {
         Ok(s) => s,
@@ -586,10 +664,25 @@ async fn session(
             )
         }
     };
-    let events = match st.store.events(&id, 0, 5000).await {
-        Ok(e) => e,
+    let seq = |k: &str| q.get(k).and_then(|v| v.parse::<i64>().ok()).filter(|v| *v >= 0);
+    let at = match (seq("before"), seq("after")) {
+        (Some(b), _) => LogAt::Before(b),
+        (None, Some(a)) => LogAt::After(a),
+        (None, None) => LogAt::Latest,
+    };
+    // Read first: events that arrive meanwhile fall in the window, not after it.
+    let newest = match st.store.last_event_seq(&id).await {
+        Ok(n) => n,
         Err(e) => return internal(e),
     };
+    let events = match log_window(&st.store, &id, at).await {
+        Ok(w) => w,
+        Err(e) => return internal(e),
+    };
+    let earlier = events.first().map(|e| e.seq).filter(|first| *first > 1);
+    // A window that is not the latest links to the next one; the latest follows the stream.
+    let later = events.last().map(|e| e.seq).filter(|last| *last < newest);
+    let latest = later.is_none();
     let requester = st
         .store
         .find_human(&s.requester_id)
@@ -640,8 +733,10 @@ async fn session(
             .clone()
             .filter(|u| u.starts_with("https://") || u.starts_with("http://")),
         usage,
-        live: !s.state.is_terminal(),
+        live: !s.state.is_terminal() && latest,
         last_seq: events.last().map(|e| e.seq).unwrap_or(0),
+        earlier,
+        later,
         events: events
             .iter()
             .map(|e| EventView {
@@ -1184,6 +1279,9 @@ struct AuditPage {
     notice: Option<String>,
     q: String,
     entries: Vec<AuditRow>,
+    /// Which part of the log this page searched, and the link to the older part.
+    searched: String,
+    older: Option<String>,
 }
 
 async fn audit(
@@ -1196,14 +1294,27 @@ async fn audit(
         Err(d) => return d.into_response(),
     };
     let query = q.get("q").cloned().unwrap_or_default();
-    let entries = match st.store.search_audit(&query, 300).await {
-        Ok(e) => e,
+    let before = q.get("before").and_then(|b| b.parse().ok());
+    let found = match st.store.search_audit(&query, before, 300).await {
+        Ok(f) => f,
         Err(e) => return internal(e),
     };
+    let older = found.next_before.map(|b| {
+        let pairs = [("q", query.clone()), ("before", b.to_string())];
+        format!("/audit?{}", query_string(&pairs))
+    });
     page(AuditPage {
         me: me(&ws),
         notice: None,
-        entries: entries
+        searched: format!(
+            "entries {} to {} searched ({} at a time; text search reads no index)",
+            found.searched.0,
+            found.searched.1.max(0),
+            airlock_core::store::AUDIT_SEARCH_WINDOW
+        ),
+        older,
+        entries: found
+            .entries
             .into_iter()
             .map(|a| AuditRow {
                 seq: a.seq,

@@ -451,7 +451,7 @@ impl Broker {
             .await?;
         env.insert(
             ENV_PROMPT.to_string(),
-            turn_prompt(&self.store, session).await,
+            self.store.latest_prompt(session).await?,
         );
         let stream = self.sandboxes.hub.exec(
             &sb.id,
@@ -581,7 +581,11 @@ impl Broker {
         sb: &Sandbox,
         outcome: &Outcome,
     ) -> Result<String, String> {
-        let prompt = turn_prompt(&self.store, session).await;
+        let prompt = self
+            .store
+            .latest_prompt(session)
+            .await
+            .map_err(|e| format!("cannot read the session's prompt: {e}"))?;
         let title = crate::render::one_line(&prompt, 72);
         let message = format!(
             "{title}\n\nAsked by {} in Airlock session {}.\n",
@@ -1007,21 +1011,6 @@ fn last_lines(text: &str, n: usize) -> String {
     let start = lines.len().saturating_sub(n);
     let joined = lines[start..].join(" / ");
     crate::render::one_line(&joined, 500)
-}
-
-/// The prompt of the session's latest turn (a follow-up adds a `turn` event).
-async fn turn_prompt(store: &Store, session: &Session) -> String {
-    if let Ok(events) = store.events(&session.id, 0, 100_000).await {
-        if let Some(p) = events
-            .iter()
-            .rev()
-            .filter(|e| e.kind == EventKind::Turn)
-            .find_map(|e| e.payload.get("prompt").and_then(|p| p.as_str()))
-        {
-            return p.to_string();
-        }
-    }
-    session.prompt.clone()
 }
 
 /// The agent's output not yet stored: gathered into events, and acknowledged to sandboxd once

@@ -113,7 +113,135 @@ on_both_engines!(
     migrations_apply_again_to_a_database_with_data,
     hot_queries_use_an_index,
     an_audit_export_is_complete_oldest_first_and_can_start_at_a_time,
+    a_long_session_is_read_a_page_at_a_time,
+    session_lists_page_through_every_session_once,
+    audit_search_reads_a_bounded_range_and_goes_on_from_it,
 );
+
+async fn a_long_session_is_read_a_page_at_a_time(db: Db) {
+    let s = &db.store;
+    let session = session_fixture(s).await;
+    let out = |i: usize| serde_json::json!({ "stream": "stdout", "text": format!("line {i}\n") });
+    for i in 0..1500 {
+        s.append_event(&session.id, EventKind::CommandOutput, &out(i))
+            .await
+            .unwrap();
+    }
+    // 1 state event + 1500 output events.
+    assert_eq!(s.last_event_seq(&session.id).await.unwrap(), 1501);
+    // Forwards: no read returns more than a page, and paging sees every event once.
+    let first = s.events(&session.id, 0, 1_000_000).await.unwrap();
+    assert_eq!(first.len() as i64, airlock_core::store::EVENT_PAGE);
+    // Backwards, newest first, from any point.
+    let latest = s.events_before(&session.id, i64::MAX, 3).await.unwrap();
+    let seqs: Vec<i64> = latest.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1501, 1500, 1499]);
+    assert_eq!(latest[0].payload["text"], "line 1499\n");
+    let mut before = i64::MAX;
+    let mut seen = 0;
+    loop {
+        let page = s.events_before(&session.id, before, 400).await.unwrap();
+        let Some(last) = page.last() else { break };
+        before = last.seq;
+        seen += page.len();
+    }
+    assert_eq!(seen, 1501);
+
+    // The latest prompt: the session's own until a follow-up, then the follow-up's.
+    assert_eq!(
+        s.latest_prompt(&session).await.unwrap(),
+        "fix the flaky login test"
+    );
+    s.transition(&session.id, SessionState::Cancelled, Some("x"))
+        .await
+        .unwrap();
+    s.follow_up(&session.id, "now the signup test").await.unwrap();
+    assert_eq!(
+        s.latest_prompt(&session).await.unwrap(),
+        "now the signup test"
+    );
+    // The current turn without its output: from the `turn` event on.
+    s.append_event(&session.id, EventKind::CommandOutput, &out(9999))
+        .await
+        .unwrap();
+    s.append_event(
+        &session.id,
+        EventKind::ToolCall,
+        &serde_json::json!({ "tool": "read_file", "input": { "path": "a.rs" } }),
+    )
+    .await
+    .unwrap();
+    let turn = s.turn_events(&session.id, 100).await.unwrap();
+    let kinds: Vec<EventKind> = turn.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [EventKind::Turn, EventKind::State, EventKind::ToolCall],
+        "{turn:?}"
+    );
+}
+
+async fn session_lists_page_through_every_session_once(db: Db) {
+    let s = &db.store;
+    let first = session_fixture(s).await;
+    // Created in a burst, many share a millisecond: the id breaks the tie.
+    for _ in 0..249 {
+        s.create_session(new_session_like(&first)).await.unwrap();
+    }
+    let mut before = None;
+    let mut seen = Vec::new();
+    loop {
+        let page = s
+            .list_sessions(&airlock_core::store::SessionFilter {
+                limit: Some(40),
+                before: before.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some((last.created_at, last.id.clone()));
+        seen.extend(page.into_iter().map(|x| (x.created_at, x.id)));
+    }
+    assert_eq!(seen.len(), 250);
+    let mut newest_first = seen.clone();
+    newest_first.sort_by(|a, b| b.cmp(a));
+    newest_first.dedup();
+    assert_eq!(seen, newest_first, "every session once, newest first");
+}
+
+async fn audit_search_reads_a_bounded_range_and_goes_on_from_it(db: Db) {
+    let store = &db.store;
+    let entries: Vec<NewAudit> = (0..2500).map(audit_entry).collect();
+    for chunk in entries.chunks(500) {
+        store.audit_batch(chunk).await.unwrap();
+    }
+    // Matches newest first, pages of 100, each going on where the last stopped.
+    let mut before = None;
+    let mut found = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = store.search_audit("cred-1", before, 100).await.unwrap();
+        assert!(page.searched.1 - page.searched.0 < airlock_core::store::AUDIT_SEARCH_WINDOW);
+        found.extend(page.entries.iter().map(|e| e.seq));
+        pages += 1;
+        match page.next_before {
+            Some(b) => before = Some(b),
+            None => break,
+        }
+    }
+    let want: Vec<i64> = (0..2500i64)
+        .rev()
+        .filter(|i| format!("cred-{i}").contains("cred-1"))
+        .map(|i| i + 1)
+        .collect();
+    assert_eq!(found, want);
+    assert!(pages > 1, "{} matches fit in one page of 100?", want.len());
+    // Nothing matches: one page that says what it searched.
+    let none = store.search_audit("no such thing", None, 100).await.unwrap();
+    assert!(none.entries.is_empty());
+    assert_eq!(none.searched, (1, 2500));
+    assert_eq!(none.next_before, None);
+}
 
 async fn an_audit_export_is_complete_oldest_first_and_can_start_at_a_time(db: Db) {
     let store = &db.store;
@@ -160,6 +288,17 @@ const HOT_QUERIES: &[&str] = &[
     "SELECT id FROM sessions WHERE requester_id = 'h' ORDER BY created_at DESC, id DESC LIMIT 50",
     "SELECT id FROM sessions WHERE state = 'queued' ORDER BY created_at, id LIMIT 1",
     "SELECT seq FROM session_events WHERE session_id = 's' ORDER BY seq",
+    "SELECT seq FROM session_events WHERE session_id = 's' AND seq < 9 ORDER BY seq DESC LIMIT 50",
+    "SELECT seq FROM session_events WHERE session_id = 's' AND kind = 'turn' \
+       ORDER BY seq DESC LIMIT 1",
+    "SELECT seq FROM session_events WHERE session_id = 's' AND seq >= 3 \
+       AND kind <> 'command_output' ORDER BY seq DESC LIMIT 100",
+    "SELECT id FROM sessions WHERE (created_at < CAST('5' AS BIGINT) \
+       OR (created_at = CAST('5' AS BIGINT) AND id < 'x')) ORDER BY created_at DESC, id DESC LIMIT 100",
+    "SELECT MAX(seq) FROM audit_log",
+    "SELECT seq FROM audit_log WHERE seq < 100 AND seq >= 1 AND lower(detail) LIKE '%x%' \
+       ORDER BY seq DESC LIMIT 300",
+    "SELECT MIN(seq) FROM audit_log WHERE at >= 5",
     "SELECT seq FROM audit_log WHERE session_id = 's' ORDER BY seq LIMIT 100",
     "SELECT seq FROM audit_log ORDER BY seq DESC LIMIT 100",
     "SELECT id FROM snapshots WHERE session_id = 's' AND kind = 'session' \

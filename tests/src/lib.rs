@@ -10,6 +10,7 @@ pub mod hostile;
 pub mod inproc;
 pub mod model;
 pub mod registry;
+pub mod seed;
 pub mod sessions;
 pub mod slack;
 pub mod stack;

@@ -91,7 +91,12 @@ async fn a_stalled_audit_log_refuses_egress_instead_of_growing_and_loses_nothing
 
     // Shutdown writes what waits; every served request has its row.
     gw.stop().await;
-    let rows = gw.store.search_audit("egress.request", 1000).await.unwrap();
+    let rows = gw
+        .store
+        .search_audit("egress.request", None, 1000)
+        .await
+        .unwrap()
+        .entries;
     let requests = rows.iter().filter(|r| r.action == "egress.request").count();
     assert!(
         requests >= 1 + served + 2,

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use airlock_core::domain::{CredentialKind, ProfileSpec, Provider, Role, SessionState};
 use airlock_core::secrets::SecretValue;
-use airlock_core::store::{AccountRef, ApplyOutcome, NewAudit, SessionFilter};
+use airlock_core::store::{AccountRef, ApplyOutcome, NewAudit, SessionFilter, EVENT_PAGE};
 use airlock_core::timefmt::{opt_rfc3339, rfc3339};
 use airlock_core::Store;
 use anyhow::{bail, Context as _};
@@ -501,6 +501,7 @@ pub async fn session(ctx: &Ctx, cmd: SessionCmd) -> anyhow::Result<ExitCode> {
                 requester_id,
                 surface: args.surface,
                 limit: Some(args.limit),
+                before: None,
             };
             let sessions = store.list_sessions(&filter).await?;
             if ctx.json {
@@ -535,51 +536,81 @@ pub async fn session(ctx: &Ctx, cmd: SessionCmd) -> anyhow::Result<ExitCode> {
         }
         SessionCmd::Show { id } => {
             let s = store.session(&id).await?;
-            let events = store.events(&id, 0, 100_000).await?;
             let usage = store.session_usage(&id).await?;
+            // Events are read and printed a page at a time: a session can hold a lot.
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             if ctx.json {
-                json(&serde_json::json!({ "session": s, "model_usage": usage, "events": events }))?;
+                // One JSON object, written as it is read: {"session", "model_usage", "events"}.
+                out.write_all(b"{\"session\":")?;
+                serde_json::to_writer(&mut out, &s)?;
+                out.write_all(b",\"model_usage\":")?;
+                serde_json::to_writer(&mut out, &usage)?;
+                out.write_all(b",\"events\":[")?;
             } else {
                 let requester = store.find_human(&s.requester_id).await?;
-                println!("Session   {}", s.id);
-                println!(
+                writeln!(out, "Session   {}", s.id)?;
+                writeln!(
+                    out,
                     "State     {}{}",
                     s.state,
                     s.reason
                         .as_deref()
                         .map(|r| format!(" ({})", safe(r)))
                         .unwrap_or_default()
-                );
-                println!("Repo      {}", safe(&s.repo));
-                println!(
+                )?;
+                writeln!(out, "Repo      {}", safe(&s.repo))?;
+                writeln!(
+                    out,
                     "Requester {} <{}>",
                     safe(&requester.display_name),
                     safe(&requester.email)
-                );
-                println!("Surface   {}", s.surface);
-                println!("Profile   {} version {}", s.profile_id, s.profile_version);
-                println!(
+                )?;
+                writeln!(out, "Surface   {}", s.surface)?;
+                writeln!(out, "Profile   {} version {}", s.profile_id, s.profile_version)?;
+                writeln!(
+                    out,
                     "Models    {} calls, {} input and {} output tokens",
                     usage.calls, usage.input_tokens, usage.output_tokens
-                );
-                println!(
+                )?;
+                writeln!(
+                    out,
                     "Created   {}   started {}   finished {}",
                     rfc3339(s.created_at),
                     opt_rfc3339(s.started_at),
                     opt_rfc3339(s.finished_at)
-                );
-                println!("Prompt    {}", cell(&s.prompt, 500));
-                println!();
-                for e in events {
-                    println!(
-                        "{:>5}  {}  {:<14} {}",
-                        e.seq,
-                        rfc3339(e.at),
-                        e.kind.to_string(),
-                        cell(&e.payload.to_string(), 200)
-                    );
+                )?;
+                writeln!(out, "Prompt    {}", cell(&s.prompt, 500))?;
+                writeln!(out)?;
+            }
+            let mut after = 0;
+            let mut first = true;
+            loop {
+                let page = store.events(&id, after, EVENT_PAGE).await?;
+                let Some(last) = page.last() else { break };
+                after = last.seq;
+                for e in &page {
+                    if ctx.json {
+                        if !first {
+                            out.write_all(b",")?;
+                        }
+                        serde_json::to_writer(&mut out, e)?;
+                    } else {
+                        writeln!(
+                            out,
+                            "{:>5}  {}  {:<14} {}",
+                            e.seq,
+                            rfc3339(e.at),
+                            e.kind.to_string(),
+                            cell(&e.payload.to_string(), 200)
+                        )?;
+                    }
+                    first = false;
                 }
             }
+            if ctx.json {
+                out.write_all(b"]}\n")?;
+            }
+            out.flush()?;
         }
         SessionCmd::Cancel { id, reason } => {
             let reason = reason

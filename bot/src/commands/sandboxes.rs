@@ -10,7 +10,7 @@ use airlock_core::domain::{EventKind, Role, SessionState, Surface};
 use airlock_core::plan::{GitHosting, PlanSettings};
 use airlock_core::sandbox::docker::{DockerRuntime, DockerRuntimeConfig};
 use airlock_core::sandbox::{Hub, Network, Runtime, SandboxSettings, Sandboxes};
-use airlock_core::store::{NewSession, SessionEvent};
+use airlock_core::store::{NewSession, SessionEvent, EVENT_PAGE};
 use airlock_core::Store;
 use anyhow::{bail, Context as _};
 
@@ -211,16 +211,11 @@ async fn profile_allows(store: &Store, profile_id: &str, repo: &str) -> anyhow::
 
 /// Prints a session's events as they arrive until it ends; exit 0 only if it succeeded.
 async fn follow(ctx: &Ctx, store: &Store, id: &str) -> anyhow::Result<ExitCode> {
-    let mut after = store
-        .events(id, 0, 100_000)
-        .await?
-        .last()
-        .map(|e| e.seq)
-        .unwrap_or(0);
+    let mut after = store.last_event_seq(id).await?;
     let started = Instant::now();
     let mut hinted = false;
     loop {
-        let events = store.events(id, after, 1000).await?;
+        let events = store.events(id, after, EVENT_PAGE).await?;
         for e in &events {
             after = e.seq;
             print_event(ctx, e)?;

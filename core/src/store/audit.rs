@@ -214,19 +214,52 @@ impl Store {
             .collect()
     }
 
-    /// Entries whose actor, action, target, session or detail contain `text` (any case),
-    /// newest first, at most `limit`; every entry when `text` is empty.
-    pub async fn search_audit(&self, text: &str, limit: i64) -> Result<Vec<AuditEntry>> {
+    /// Entries whose actor, action, target, session or detail contain `text` (any case; all
+    /// when empty), newest first, at most `limit`, among the [`AUDIT_SEARCH_WINDOW`] entries
+    /// before `before` (the newest when `None`). Text search cannot use an index, so each
+    /// search reads a bounded range; [`AuditSearch::next_before`] goes on from where it
+    /// stopped.
+    pub async fn search_audit(
+        &self,
+        text: &str,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<AuditSearch> {
+        let limit = limit.clamp(1, 10_000);
+        let before = match before {
+            Some(b) => b,
+            None => {
+                let row = sqlx::query("SELECT MAX(seq) AS seq FROM audit_log")
+                    .fetch_one(self.pool())
+                    .await?;
+                row.try_get::<Option<i64>, _>("seq")?.unwrap_or(0) + 1
+            }
+        };
+        let from = (before - AUDIT_SEARCH_WINDOW).max(1);
         let rows = sqlx::query(&format!(
-            "SELECT {COLS} FROM audit_log WHERE {MATCHES} ORDER BY seq DESC LIMIT $2"
+            "SELECT {COLS} FROM audit_log WHERE seq < $2 AND seq >= $3 AND ({MATCHES}) \
+             ORDER BY seq DESC LIMIT $4"
         ))
         .bind(like_pattern(text))
-        .bind(limit.clamp(1, 100_000))
+        .bind(before)
+        .bind(from)
+        .bind(limit)
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
+        let entries = rows
+            .iter()
             .map(|r| raw(r).map(RawRow::into_entry))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        // A full page stops at its last entry; otherwise the whole range was searched.
+        let next = match entries.last() {
+            Some(last) if entries.len() as i64 == limit => last.seq,
+            _ => from,
+        };
+        Ok(AuditSearch {
+            entries,
+            searched: (from, before - 1),
+            next_before: (next > 1).then_some(next),
+        })
     }
 
     /// Entries that hold `text` (anywhere, any case; empty: all) with `seq > after`, oldest
@@ -352,6 +385,20 @@ impl Store {
 }
 
 /// The condition of an audit search: `$1` is a [`like_pattern`].
+/// How many entries one audit search reads at most.
+pub const AUDIT_SEARCH_WINDOW: i64 = 100_000;
+
+/// One page of an audit search.
+#[derive(Debug)]
+pub struct AuditSearch {
+    /// Matches, newest first.
+    pub entries: Vec<AuditEntry>,
+    /// The entries searched (first and last sequence number).
+    pub searched: (i64, i64),
+    /// Where the next (older) page starts, if anything older is left.
+    pub next_before: Option<i64>,
+}
+
 const MATCHES: &str = "$1 = '%%' OR lower(actor) LIKE $1 ESCAPE '\\' \
     OR lower(action) LIKE $1 ESCAPE '\\' OR lower(target) LIKE $1 ESCAPE '\\' \
     OR lower(COALESCE(session_id, '')) LIKE $1 ESCAPE '\\' OR lower(detail) LIKE $1 ESCAPE '\\'";

@@ -12,6 +12,7 @@
 mod audit;
 mod credentials;
 mod deliveries;
+mod events;
 mod gateway;
 mod humans;
 mod inbound;
@@ -29,9 +30,12 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::{AnyPool, Executor};
 
-pub use audit::{AuditEntry, AuditVerdict, NewAudit, GENESIS_HASH};
+pub use audit::{
+    AuditEntry, AuditSearch, AuditVerdict, NewAudit, AUDIT_SEARCH_WINDOW, GENESIS_HASH,
+};
 pub use credentials::CredentialInfo;
 pub use deliveries::{Delivery, NewDelivery};
+pub use events::EVENT_PAGE;
 pub use gateway::{GatewayCa, NewUsage, RevealedCredential, UsageTotal};
 pub use humans::AccountRef;
 pub use inbound::{ChannelSettings, Inbound, PendingLink, LINK_CODE_TTL_MS};

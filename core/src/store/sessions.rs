@@ -76,6 +76,8 @@ pub struct SessionFilter {
     pub requester_id: Option<String>,
     pub surface: Option<Surface>,
     pub limit: Option<i64>,
+    /// Only sessions listed after this one (its `created_at` and id): the next page.
+    pub before: Option<(i64, String)>,
 }
 
 const INSERT_COLS: &str = "id, requester_id, surface, thread_ref, repo, profile_id, \
@@ -127,7 +129,7 @@ fn session(row: &AnyRow) -> Result<Session> {
     })
 }
 
-fn event(row: &AnyRow) -> Result<SessionEvent> {
+pub(super) fn event(row: &AnyRow) -> Result<SessionEvent> {
     Ok(SessionEvent {
         session_id: row.try_get("session_id")?,
         seq: row.try_get("seq")?,
@@ -228,6 +230,15 @@ impl Store {
             args.push(s.as_str().to_string());
             conds.push(format!("surface = ${}", args.len()));
         }
+        if let Some((at, id)) = &filter.before {
+            args.push(at.to_string());
+            let at_n = args.len();
+            args.push(id.clone());
+            conds.push(format!(
+                "(created_at < CAST(${at_n} AS BIGINT) OR (created_at = CAST(${at_n} AS BIGINT) AND id < ${}))",
+                args.len()
+            ));
+        }
         let where_ = if conds.is_empty() {
             String::new()
         } else {
@@ -274,25 +285,6 @@ impl Store {
             kind,
             payload: payload.clone(),
         })
-    }
-
-    /// Events after `after_seq`, in order.
-    pub async fn events(
-        &self,
-        session_id: &str,
-        after_seq: i64,
-        limit: i64,
-    ) -> Result<Vec<SessionEvent>> {
-        let rows = sqlx::query(
-            "SELECT session_id, seq, at, kind, payload FROM session_events \
-             WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-        )
-        .bind(session_id)
-        .bind(after_seq)
-        .bind(limit.clamp(1, 100_000))
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(event).collect()
     }
 
     /// Moves a session to `to` if the state machine allows it, recording a `state` event.

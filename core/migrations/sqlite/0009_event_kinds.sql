@@ -1,0 +1,3 @@
+-- A session's latest event of a kind (its latest prompt, its current turn) without reading
+-- its output.
+CREATE INDEX session_events_kind ON session_events (session_id, kind, seq);
