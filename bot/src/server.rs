@@ -105,6 +105,19 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
             }));
             background.push(tokio::spawn(broker.clone().run(stopped())));
             tracing::info!(network = %network.name, endpoint = %addr, "sandboxes ready");
+            let room = airlock_core::sandbox::docker::subnet_capacity(&cfg.sandbox.subnet);
+            if let (Some(room), Ok(warm)) = (room, store.warm_pool_total().await) {
+                let need = cfg.broker.max_sessions + warm;
+                if need > room {
+                    tracing::warn!(
+                        "sandbox.subnet {} has addresses for {room} sandboxes but \
+                         broker.max_sessions ({}) and the warm pools ({warm}) need {need}: \
+                         sessions will wait for addresses; see `airlock doctor`",
+                        cfg.sandbox.subnet,
+                        cfg.broker.max_sessions
+                    );
+                }
+            }
         }
         Err(e) => tracing::warn!("{e}; sessions cannot start until it is reachable"),
     }

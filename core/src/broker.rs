@@ -26,9 +26,13 @@ use crate::domain::{AgentSpec, EventKind, SessionState, Surface};
 use crate::github::GithubSource;
 use crate::ids::now_ms;
 use crate::plan::{GitPlan, Plan, PlanSettings};
-use crate::sandbox::{ExecEvent, ExecRequest, ExecStream, Origin, Sandboxes};
+use crate::sandbox::{
+    ExecEvent, ExecRequest, ExecStream, Origin, RuntimeError, SandboxError, Sandboxes,
+};
 use crate::store::{NewAudit, Profile, ProfileVersion, Sandbox, Session, Store};
 
+/// How often a session waiting for a sandbox address tries again.
+const ADDRESS_RETRY: Duration = Duration::from_secs(2);
 /// How long a lease lasts without renewal.
 const LEASE_MS: i64 = 30_000;
 /// Output is gathered into one event per this interval (or per [`EVENT_BYTES`]).
@@ -392,6 +396,58 @@ impl Broker {
 
     /// Gets a sandbox, binds it, prepares the repository and starts the agent. `None` when
     /// the session ended instead.
+    /// A sandbox for the session. While the sandbox network has no free address (other
+    /// sandboxes hold them all), the session waits, says why in its log, keeps its lease and
+    /// tries again every [`ADDRESS_RETRY`], until an address frees up, the session is
+    /// stopped (`None`) or its wall clock runs out.
+    async fn acquire_waiting(
+        &self,
+        session: &Session,
+        profile: &Profile,
+        pv: &ProfileVersion,
+        plan: &Plan,
+        log: &mut (dyn FnMut(&str) + Send),
+    ) -> anyhow::Result<Option<(Sandbox, Origin)>> {
+        let deadline = session.started_at.unwrap_or_else(now_ms)
+            + (plan.limits.wall_clock_secs as i64) * 1000;
+        let mut waiting = false;
+        loop {
+            match self.sandboxes.acquire(session, profile, pv, log).await {
+                Ok(got) => return Ok(Some(got)),
+                Err(SandboxError::Runtime(RuntimeError::NoAddress(why))) => {
+                    if now_ms() > deadline {
+                        anyhow::bail!(
+                            "no sandbox address became free within the session's wall clock \
+                             ({} s): {why}",
+                            plan.limits.wall_clock_secs
+                        );
+                    }
+                    if !waiting {
+                        waiting = true;
+                        tracing::warn!(session = %session.id, "waiting for a sandbox address: {why}");
+                        self.note(
+                            &session.id,
+                            "Waiting for a sandbox address: every address of the sandbox network \
+                             (`sandbox.subnet`) is taken. The session starts as soon as one is \
+                             released; `airlock doctor` compares the subnet with the sessions \
+                             and warm pools it must hold.",
+                        )
+                        .await;
+                    }
+                    tokio::time::sleep(ADDRESS_RETRY).await;
+                    let now = self.store.session(&session.id).await?;
+                    if now.state != SessionState::Starting {
+                        return Ok(None);
+                    }
+                    self.store
+                        .lease_session(&session.id, &self.owner, now_ms() + LEASE_MS)
+                        .await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     async fn start(
         &self,
         session: &Session,
@@ -412,10 +468,10 @@ impl Broker {
                     .await;
             });
         };
-        let (sb, origin) = self
-            .sandboxes
-            .acquire(session, profile, pv, &mut log)
-            .await?;
+        let (sb, origin) = match self.acquire_waiting(session, profile, pv, plan, &mut log).await? {
+            Some(got) => got,
+            None => return Ok(None),
+        };
         let started = self.store.session(&session.id).await?;
         if started.state != SessionState::Starting {
             self.sandboxes

@@ -87,6 +87,40 @@ pub fn report_config_error(error: &str, json: bool) -> ExitCode {
     )
 }
 
+/// Whether the sandbox subnet has an address for every session the broker may run at once
+/// plus every warm sandbox the profiles keep, with the numbers.
+fn capacity_check(cfg: &airlock_core::config::Config, warm: u32) -> Check {
+    let subnet = &cfg.sandbox.subnet;
+    let sessions = cfg.broker.max_sessions;
+    let Some(room) = airlock_core::sandbox::docker::subnet_capacity(subnet) else {
+        return check(
+            "capacity",
+            Status::Fail,
+            format!("sandbox.subnet `{subnet}` is not an IPv4 network"),
+            None,
+        );
+    };
+    let need = sessions + warm;
+    let detail = format!(
+        "sandbox.subnet {subnet} has addresses for {room} sandboxes; broker.max_sessions = \
+         {sessions} and the profiles' warm pools = {warm} need {need}"
+    );
+    if need > room {
+        check(
+            "capacity",
+            Status::Warn,
+            detail,
+            Some(format!(
+                "widen sandbox.subnet (a /20 holds 4093), lower broker.max_sessions or shrink \
+                 the warm pools; until then {} session(s) may wait for an address",
+                need - room
+            )),
+        )
+    } else {
+        check("capacity", Status::Ok, detail, None)
+    }
+}
+
 pub async fn run(ctx: &Ctx) -> ExitCode {
     let cfg = &ctx.config;
     let mut checks = vec![check("config", Status::Ok, "loaded and valid", None)];
@@ -205,6 +239,9 @@ pub async fn run(ctx: &Ctx) -> ExitCode {
                 e.to_string(),
                 Some(database_fix(&url)),
             )),
+        }
+        if let Ok(warm) = store.warm_pool_total().await {
+            checks.push(capacity_check(cfg, warm));
         }
         store.close().await;
     }

@@ -40,7 +40,14 @@ pub struct DockerRuntime {
 }
 
 fn api(e: bollard::errors::Error) -> RuntimeError {
-    RuntimeError::Failed(format!("Docker: {e}"))
+    let text = format!("Docker: {e}");
+    // Docker's words when the network's pool is used up ("no available IPv4 addresses on
+    // this network's address pools"): a wait, not a failure.
+    if text.contains("no available IPv4 addresses") || text.contains("no available addresses") {
+        RuntimeError::NoAddress(text)
+    } else {
+        RuntimeError::Failed(text)
+    }
 }
 
 fn is_404(e: &bollard::errors::Error) -> bool {

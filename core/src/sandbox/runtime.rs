@@ -16,6 +16,9 @@ pub enum RuntimeError {
     Unavailable(String),
     #[error("{0}")]
     Failed(String),
+    /// The sandbox network has no free address: a sandbox can start once one is released.
+    #[error("{0}")]
+    NoAddress(String),
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

@@ -170,6 +170,15 @@ impl Store {
         rows.iter().map(profile).collect()
     }
 
+    /// How many warm sandboxes the current profile versions keep ready, in all.
+    pub async fn warm_pool_total(&self) -> Result<u32> {
+        let mut total = 0;
+        for p in self.list_profiles().await? {
+            total += self.profile_version(&p.id, None).await?.spec.sandbox.warm_pool;
+        }
+        Ok(total)
+    }
+
     /// Finds a profile by name or id.
     pub async fn find_profile(&self, name_or_id: &str) -> Result<Profile> {
         let row = sqlx::query(

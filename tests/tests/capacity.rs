@@ -1,0 +1,82 @@
+//! A deployment whose sandbox network is full: `airlock doctor` says so with the numbers, and
+//! a session that cannot get an address waits, says why, and starts once one is released,
+//! instead of failing.
+//!
+//! Needs root, a running Docker engine and the base image (scripts/test provides all three).
+
+use std::time::Duration;
+
+use airlock_tests::sessions::{detach, install_on, notes_of, output_of, show, state_of, wait_for};
+use airlock_tests::{Engine, Server};
+
+fn warm_sandboxes(install: &airlock_tests::Install) -> usize {
+    install
+        .json(&["sandbox", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["role"] == "warm" && s["state"] == "ready")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_waits_for_a_sandbox_address_and_starts_when_one_frees() {
+    let hog = |warm: u32| {
+        format!(
+            "name = \"hog\"\n[agent]\nkind = \"command\"\ncommand = \"true\"\n\
+             [sandbox]\nwarm_pool = {warm}\n"
+        )
+    };
+    let mut install = install_on(Engine::Sqlite, &[("quick", "echo started-at-last", "")]).await;
+    // A /29 addresses 5 sandboxes; the hog's warm pool takes all of them.
+    let n = rand::random::<u8>() % 250;
+    install
+        .env("AIRLOCK_SANDBOX_SUBNET", &format!("10.251.{n}.0/29"))
+        .env("AIRLOCK_BROKER_MAX_SESSIONS", "2");
+    let hog_file = install.path().join("hog.toml");
+    std::fs::write(&hog_file, hog(5)).unwrap();
+    install.ok(&["profile", "apply", "-f", hog_file.to_str().unwrap()]);
+
+    // doctor: 2 sessions + 5 warm need 7 of 5 addresses.
+    let doctor = install.run(&["--json", "doctor"]);
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    let capacity = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "capacity")
+        .unwrap_or_else(|| panic!("no capacity check: {report}"));
+    assert_eq!(capacity["status"], "warn", "{capacity}");
+    let detail = capacity["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("addresses for 5 sandboxes")
+            && detail.contains("broker.max_sessions = 2")
+            && detail.contains("warm pools = 5 need 7"),
+        "{detail}"
+    );
+    assert!(capacity["fix"].as_str().unwrap().contains("2 session(s) may wait"));
+
+    let server = Server::start(&install);
+    wait_for("the warm pool to take every address", Duration::from_secs(120), || {
+        warm_sandboxes(&install) == 5
+    });
+    let id = detach(&install, "quick", "start when you can");
+    wait_for("the session to say it waits", Duration::from_secs(60), || {
+        notes_of(&show(&install, &id))
+            .iter()
+            .any(|n| n.contains("Waiting for a sandbox address"))
+    });
+    // It waits: not failed, and still waiting a while later.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(state_of(&install, &id), "starting", "{}", server.log());
+
+    // Shrinking the pool frees the addresses; the session starts and succeeds.
+    std::fs::write(&hog_file, hog(0)).unwrap();
+    install.ok(&["profile", "apply", "-f", hog_file.to_str().unwrap()]);
+    wait_for("the session to end", Duration::from_secs(120), || {
+        !["queued", "starting", "running", "finishing"].contains(&state_of(&install, &id).as_str())
+    });
+    let shown = show(&install, &id);
+    assert_eq!(shown["session"]["state"], "succeeded", "{:#}", shown["session"]);
+    assert!(output_of(&shown).contains("started-at-last"));
+}
