@@ -116,7 +116,54 @@ on_both_engines!(
     a_long_session_is_read_a_page_at_a_time,
     session_lists_page_through_every_session_once,
     audit_search_reads_a_bounded_range_and_goes_on_from_it,
+    warm_sandboxes_claimed_at_once_each_go_to_one_session,
 );
+
+async fn warm_sandboxes_claimed_at_once_each_go_to_one_session(db: Db) {
+    const N: usize = 12;
+    let s = &db.store;
+    let first = session_fixture(s).await;
+    let mut sessions = vec![first.clone()];
+    for _ in 1..N {
+        sessions.push(s.create_session(new_session_like(&first)).await.unwrap());
+    }
+    for _ in 0..N {
+        let sb = s
+            .insert_sandbox(airlock_core::store::NewSandbox {
+                role: "warm",
+                profile_id: first.profile_id.clone(),
+                profile_version: first.profile_version,
+                image: "img".into(),
+                session_id: None,
+            })
+            .await
+            .unwrap();
+        s.set_sandbox_ready(&sb.id).await.unwrap();
+    }
+    // Every session asks at the same moment, as a broker's session tasks do.
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(N));
+    let mut tasks = Vec::new();
+    for session in sessions {
+        let (s, start) = (s.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            s.claim_warm_sandbox(&session.profile_id, session.profile_version, &session.id)
+                .await
+                .unwrap()
+                .map(|sb| (sb.id, sb.session_id))
+        }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.unwrap());
+    }
+    let claimed: Vec<_> = got.iter().flatten().collect();
+    assert_eq!(claimed.len(), N, "some sessions found no warm sandbox: {got:?}");
+    let mut ids: Vec<_> = claimed.iter().map(|(id, _)| id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), N, "a sandbox went to two sessions");
+}
 
 async fn a_long_session_is_read_a_page_at_a_time(db: Db) {
     let s = &db.store;

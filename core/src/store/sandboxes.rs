@@ -281,29 +281,42 @@ impl Store {
         profile_version: i64,
         session_id: &str,
     ) -> Result<Option<Sandbox>> {
+        // One statement picks and takes the oldest ready one, so claims made at once each
+        // get their own (on PostgreSQL a row another claim holds is skipped, not waited for).
+        let skip_locked = match self.kind() {
+            crate::config::DatabaseKind::Postgres => "FOR UPDATE SKIP LOCKED",
+            crate::config::DatabaseKind::Sqlite => "",
+        };
         for _ in 0..5 {
-            let candidate: Option<String> = sqlx::query_scalar(
+            let taken: Option<String> = sqlx::query_scalar(&format!(
+                "UPDATE sandboxes SET role = 'session', state = 'bound', session_id = $3, \
+                   updated_at = $4 \
+                 WHERE id = (SELECT id FROM sandboxes WHERE role = 'warm' AND state = 'ready' \
+                     AND profile_id = $1 AND profile_version = $2 \
+                     ORDER BY created_at LIMIT 1 {skip_locked}) \
+                   AND state = 'ready' \
+                 RETURNING id"
+            ))
+            .bind(profile_id)
+            .bind(profile_version)
+            .bind(session_id)
+            .bind(now_ms())
+            .fetch_optional(self.pool())
+            .await?;
+            if let Some(id) = taken {
+                return Ok(Some(self.sandbox(&id).await?));
+            }
+            // None ready, or (PostgreSQL) the one chosen was taken between choice and update.
+            let any_ready: Option<String> = sqlx::query_scalar(
                 "SELECT id FROM sandboxes WHERE role = 'warm' AND state = 'ready' \
-                   AND profile_id = $1 AND profile_version = $2 ORDER BY created_at LIMIT 1",
+                   AND profile_id = $1 AND profile_version = $2 LIMIT 1",
             )
             .bind(profile_id)
             .bind(profile_version)
             .fetch_optional(self.pool())
             .await?;
-            let Some(id) = candidate else {
+            if any_ready.is_none() {
                 return Ok(None);
-            };
-            let done = sqlx::query(
-                "UPDATE sandboxes SET role = 'session', state = 'bound', session_id = $2, \
-                   updated_at = $3 WHERE id = $1 AND state = 'ready'",
-            )
-            .bind(&id)
-            .bind(session_id)
-            .bind(now_ms())
-            .execute(self.pool())
-            .await?;
-            if done.rows_affected() == 1 {
-                return Ok(Some(self.sandbox(&id).await?));
             }
         }
         Ok(None)
