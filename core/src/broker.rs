@@ -855,13 +855,14 @@ impl Broker {
         let mut last_output = Instant::now();
         let mut check = tokio::time::interval(Duration::from_millis(500));
         let mut flush = tokio::time::interval(COALESCE);
+        let stored = self.store.session_output_bytes(&session.id).await?;
         let mut out = Output::new(
             self.store.clone(),
             session.id.clone(),
             sb.id.clone(),
             exec,
             mode,
-            limits.output_mb,
+            turn_budget(limits, stored),
         );
         let mut disconnected_since: Option<Instant> = None;
         let store = &self.store;
@@ -1096,7 +1097,40 @@ struct Output {
     tail_bytes: usize,
     tail_cap: usize,
     dropped: u64,
-    limit_mb: u64,
+    /// Why the turn's output is bounded where it is (for the note).
+    why: String,
+    /// Bytes stored this turn and not yet counted on the session.
+    counted: u64,
+}
+
+/// How much output this turn may store, and why that much: `limits.output_mb`, or what is
+/// left of `limits.session_output_mb` after the session's earlier turns (at least 1 MB, so
+/// every turn shows how it began and ended).
+fn turn_budget(limits: &crate::domain::Limits, stored: u64) -> (u64, String) {
+    const MB: u64 = 1 << 20;
+    let per_turn = limits.output_mb.saturating_mul(MB);
+    let left = limits
+        .session_output_mb
+        .saturating_mul(MB)
+        .saturating_sub(stored);
+    if left < per_turn {
+        (
+            left.max(MB),
+            format!(
+                "this session had already stored {} of its limits.session_output_mb = {} MB",
+                crate::render::human_bytes(stored),
+                limits.session_output_mb
+            ),
+        )
+    } else {
+        (
+            per_turn,
+            format!(
+                "this turn printed more than limits.output_mb = {} MB",
+                limits.output_mb
+            ),
+        )
+    }
 }
 
 impl Output {
@@ -1106,16 +1140,17 @@ impl Output {
         sandbox: String,
         exec: u64,
         mode: Mode,
-        limit_mb: u64,
+        (budget, why): (u64, String),
     ) -> Output {
-        let half = (limit_mb.max(1) as usize) << 19;
+        let half = (budget / 2).max(1) as usize;
         Output {
             head_left: half,
             held: std::collections::VecDeque::new(),
             tail_bytes: 0,
             tail_cap: half,
             dropped: 0,
-            limit_mb,
+            why,
+            counted: 0,
             store,
             session,
             sandbox,
@@ -1214,6 +1249,7 @@ impl Output {
     ) -> anyhow::Result<()> {
         if self.held.is_empty() && size <= self.head_left {
             self.head_left -= size;
+            self.counted += size as u64;
             self.store
                 .append_event(&self.session, kind, &payload)
                 .await?;
@@ -1237,9 +1273,9 @@ impl Output {
     async fn write_tail(&mut self) -> anyhow::Result<()> {
         if self.dropped > 0 {
             let text = format!(
-                "{} of output truncated here: this turn printed more than limits.output_mb = {} MB, so its first and last {} are kept",
+                "{} of output truncated here: {}, so this turn's first and last {} are kept",
                 crate::render::human_bytes(self.dropped),
-                self.limit_mb,
+                self.why,
                 crate::render::human_bytes(self.tail_cap as u64),
             );
             self.store
@@ -1251,12 +1287,19 @@ impl Output {
                 .await?;
             self.dropped = 0;
         }
-        while let Some((kind, payload, _)) = self.held.pop_front() {
+        while let Some((kind, payload, size)) = self.held.pop_front() {
             self.store
                 .append_event(&self.session, kind, &payload)
                 .await?;
+            self.counted += size as u64;
         }
         self.tail_bytes = 0;
+        if self.counted > 0 {
+            self.store
+                .add_session_output(&self.session, self.counted)
+                .await?;
+            self.counted = 0;
+        }
         Ok(())
     }
 

@@ -287,6 +287,9 @@ pub struct Limits {
     /// Output kept per turn, in MB: beyond it the first and last halves are kept and what
     /// lies between is replaced by a note saying how much was left out.
     pub output_mb: u64,
+    /// Output kept per session (all its turns), in MB: a turn may keep only what is left of
+    /// it, though always at least 1 MB (its first and last half megabyte).
+    pub session_output_mb: u64,
 }
 
 impl Default for Limits {
@@ -298,6 +301,7 @@ impl Default for Limits {
             wall_clock_secs: 3600,
             idle_secs: 900,
             output_mb: 16,
+            session_output_mb: 64,
         }
     }
 }
@@ -478,6 +482,15 @@ impl ProfileSpec {
         }
         if !(10..=7 * 24 * 3600).contains(&l.idle_secs) {
             return Err(perr("limits.idle_secs", "expected 10 seconds to 7 days"));
+        }
+        if !(1..=1024).contains(&l.output_mb) {
+            return Err(perr("limits.output_mb", "expected 1 to 1024 (MB per turn)"));
+        }
+        if !(1..=16 * 1024).contains(&l.session_output_mb) {
+            return Err(perr(
+                "limits.session_output_mb",
+                "expected 1 to 16384 (MB per session)",
+            ));
         }
         for (i, r) in self.egress.iter().enumerate() {
             let f = |name: &str| format!("egress[{i}].{name}");

@@ -9,24 +9,11 @@
 //! Defaults: 100,000 sessions and 1,000,000 audit rows (see `airlock_tests::seed`). Needs a
 //! running Docker engine (`airlock up` creates its sandbox network).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use airlock_tests::seed::{seed, Seeded};
 use airlock_tests::sessions::install_on;
-use airlock_tests::{airlock_bin, Engine, Install, Server};
-
-/// The resident memory of a process, in MB.
-fn rss_mb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb / 1024)
-}
+use airlock_tests::{admin_cookie, rss_mb, run_sampled, Engine, Server};
 
 fn median(mut ms: Vec<f64>) -> f64 {
     ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -38,24 +25,6 @@ fn row(what: &str, figure: String, goal: &str, met: bool) {
         "  {what:<44} {figure:>16}   goal {goal:<10} {}",
         if met { "met" } else { "NOT MET" }
     );
-}
-
-const PASSWORD: &str = "a long bench password";
-
-async fn signed_in(install: &Install) -> String {
-    let store = airlock_core::Store::connect(
-        &install.database_url,
-        2,
-        airlock_core::secrets::MasterKey::generate(),
-    )
-    .await
-    .expect("open the database");
-    let (token, _) = store
-        .sign_in("ada@example.com", PASSWORD)
-        .await
-        .unwrap()
-        .expect("sign in");
-    format!("airlock_session={token}")
 }
 
 /// Median time of `n` GETs of `path`, checking each answers 200 with `expect` in its body.
@@ -80,46 +49,8 @@ async fn page_ms(base: &str, cookie: &str, path: &str, expect: &str, n: usize) -
     (median(times), size)
 }
 
-/// Runs `airlock ARGS`, counting its stdout lines and sampling its RSS; (seconds, lines, MB).
-fn run_sampled(install: &Install, args: &[&str]) -> (f64, u64, u64) {
-    let mut cmd = Command::new(airlock_bin());
-    cmd.args(args)
-        .current_dir(install.path())
-        .env("AIRLOCK_LOG", "warn");
-    for (k, v) in install.env_pairs() {
-        cmd.env(k, v);
-    }
-    let t = Instant::now();
-    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
-    let pid = child.id();
-    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let sampler = {
-        let peak = peak.clone();
-        std::thread::spawn(move || {
-            while std::path::Path::new(&format!("/proc/{pid}/status")).exists() {
-                peak.fetch_max(rss_mb(pid), std::sync::atomic::Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
-    let lines = BufReader::new(child.stdout.take().unwrap()).lines().count() as u64;
-    assert!(child.wait().unwrap().success(), "airlock {args:?} failed");
-    let secs = t.elapsed().as_secs_f64();
-    let _ = sampler.join();
-    (
-        secs,
-        lines,
-        peak.load(std::sync::atomic::Ordering::Relaxed),
-    )
-}
-
 async fn bench(engine: Engine, sessions: i64, audit_rows: i64) {
     let install = install_on(engine, &[("seeded", "true", "")]).await;
-    let out = install.run_with_stdin(
-        &["human", "password", "ada@example.com"],
-        format!("{PASSWORD}\n").as_bytes(),
-    );
-    assert!(out.status.success(), "{}", airlock_tests::stderr(&out));
     let pool = install.raw_db().await;
     let t = Instant::now();
     let Seeded { long_session, .. } = seed(&pool, &install.database_url, sessions, audit_rows).await;
@@ -130,7 +61,7 @@ async fn bench(engine: Engine, sessions: i64, audit_rows: i64) {
     );
     let server = Server::start(&install);
     let base = format!("http://127.0.0.1:{}", server.port);
-    let cookie = signed_in(&install).await;
+    let cookie = admin_cookie(&install).await;
     let goal = 50.0;
     let (ms, size) = page_ms(&base, &cookie, "/sessions", "Older sessions", 20).await;
     row(
@@ -189,9 +120,10 @@ async fn bench(engine: Engine, sessions: i64, audit_rows: i64) {
     );
     let mut times = Vec::new();
     for _ in 0..10 {
-        let (secs, lines, _) = run_sampled(&install, &["session", "list"]);
+        let t = Instant::now();
+        let (_, lines, _) = run_sampled(&install, &["session", "list"]);
         assert!(lines > 50, "session list printed {lines} lines");
-        times.push(secs * 1000.0);
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let ms = median(times);
     row(
@@ -240,7 +172,9 @@ async fn bench(engine: Engine, sessions: i64, audit_rows: i64) {
         "< 100 MB",
         peak < 100 && lines > all,
     );
-    let (secs, lines, peak) = run_sampled(&install, &["audit", "export"]);
+    let t = Instant::now();
+    let (_, lines, peak) = run_sampled(&install, &["audit", "export"]);
+    let secs = t.elapsed().as_secs_f64();
     row(
         &format!("`airlock audit export`: {lines} rows in {secs:.1} s, RSS"),
         format!("{peak} MB"),

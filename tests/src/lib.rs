@@ -515,3 +515,79 @@ impl Drop for LocalStack {
         remove_deployment(&self.deployment, &self.network.name);
     }
 }
+
+/// The resident memory of a process, in MB (0 once it has gone).
+pub fn rss_mb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
+
+/// Gives Ada (see [`Install::add_admin`]) an admin-page password and signs her in; returns
+/// the `Cookie` header value of her web session.
+pub async fn admin_cookie(install: &Install) -> String {
+    const PASSWORD: &str = "a long test password";
+    let out = install.run_with_stdin(
+        &["human", "password", "ada@example.com"],
+        format!("{PASSWORD}\n").as_bytes(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let store = airlock_core::Store::connect(
+        &install.database_url,
+        1,
+        airlock_core::secrets::MasterKey::generate(),
+    )
+    .await
+    .expect("open the database");
+    let (token, _) = store
+        .sign_in("ada@example.com", PASSWORD)
+        .await
+        .unwrap()
+        .expect("sign in");
+    store.close().await;
+    format!("airlock_session={token}")
+}
+
+/// Runs `airlock ARGS` in the installation, reading its stdout as it comes and sampling its
+/// memory: (stdout bytes, stdout lines, peak RSS in MB). Panics if it fails.
+pub fn run_sampled(install: &Install, args: &[&str]) -> (u64, u64, u64) {
+    use std::io::Read;
+    let mut cmd = Command::new(airlock_bin());
+    cmd.args(args)
+        .current_dir(install.path())
+        .env("AIRLOCK_LOG", "warn");
+    for (k, v) in install.env_pairs() {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("start airlock");
+    let pid = child.id();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampler = {
+        let peak = peak.clone();
+        std::thread::spawn(move || {
+            while std::path::Path::new(&format!("/proc/{pid}/status")).exists() {
+                peak.fetch_max(rss_mb(pid), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+    };
+    let mut stdout = child.stdout.take().unwrap();
+    let (mut bytes, mut lines) = (0u64, 0u64);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = stdout.read(&mut buf).expect("read stdout");
+        if n == 0 {
+            break;
+        }
+        bytes += n as u64;
+        lines += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+    }
+    let status = child.wait().expect("airlock did not finish");
+    assert!(status.success(), "airlock {args:?} failed");
+    let _ = sampler.join();
+    (bytes, lines, peak.load(std::sync::atomic::Ordering::Relaxed))
+}

@@ -7,18 +7,7 @@
 use std::time::{Duration, Instant};
 
 use airlock_tests::sessions::{detach, install_on, notes_of, output_of, show, state_of};
-use airlock_tests::{Engine, Server};
-
-/// The resident memory of a process, in MB.
-fn rss_mb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb / 1024)
-}
+use airlock_tests::{admin_cookie, rss_mb, run_sampled, Engine, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_printing_200_mb_ends_normally_with_its_output_bounded() {
@@ -86,10 +75,93 @@ async fn a_session_printing_200_mb_ends_normally_with_its_output_bounded() {
         200_000_000 + 200_000_000 / 99 + "the-very-end\n".len(),
         "head + tail + truncated = everything printed"
     );
+    let took = started.elapsed().as_secs_f64();
+
+    // Its admin page shows a window of the latest output, with a way to the earlier part.
+    let cookie = admin_cookie(&install).await;
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let mut page_bytes = 0;
+    for _ in 0..2 {
+        let page = client
+            .get(format!("{base}/sessions/{id}"))
+            .header("Cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200);
+        let html = page.text().await.unwrap();
+        assert!(html.contains("the-very-end"), "the latest output is on the page");
+        assert!(html.contains("Earlier events"), "older output is a link away");
+        page_bytes = html.len();
+        peak = peak.max(rss_mb(pid));
+    }
+    assert!(page_bytes < 3 * 1024 * 1024, "the page is {page_bytes} bytes");
+    // `session show`, text and JSON, streams: its own memory stays small too.
+    let (text_bytes, _, text_rss) = run_sampled(&install, &["session", "show", &id]);
+    let (json_bytes, _, json_rss) = run_sampled(&install, &["--json", "session", "show", &id]);
+    peak = peak.max(rss_mb(pid));
     println!(
-        "200 MB session: {:.1} s, {} bytes stored, {dropped} truncated, server RSS peak {peak} MB",
-        started.elapsed().as_secs_f64(),
+        "200 MB session: {took:.1} s, {} bytes stored, {dropped} truncated, server RSS peak \
+         {peak} MB (after two page views of {page_bytes} bytes); session show: {text_bytes} \
+         bytes in {text_rss} MB, --json {json_bytes} bytes in {json_rss} MB",
         output.len()
     );
     assert!(peak < 150, "the server's RSS peaked at {peak} MB");
+    assert!(text_rss < 150 && json_rss < 150, "session show took {text_rss} / {json_rss} MB");
+}
+
+/// Output is bounded per session too: a follow-up keeps only what is left of
+/// `limits.session_output_mb` (at least 1 MB), and its note says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_keeps_at_most_its_session_output_across_turns() {
+    // Each turn prints 3 MB; a turn may keep 2 MB, the session 3 MB.
+    let install = install_on(
+        Engine::Sqlite,
+        &[(
+            "chatty",
+            "head -c 3000000 /dev/zero | tr '\\0' y | fold -w 99; echo turn-end",
+            "[limits]\noutput_mb = 2\nsession_output_mb = 3\n",
+        )],
+    )
+    .await;
+    let _server = Server::start(&install);
+    let id = detach(&install, "chatty", "first");
+    let ended = |install: &airlock_tests::Install, id: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let state = state_of(install, id);
+            if !["queued", "starting", "running", "finishing"].contains(&state.as_str()) {
+                assert_eq!(state, "succeeded");
+                return;
+            }
+            assert!(Instant::now() < deadline, "the session did not end");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    ended(&install, &id);
+    let first = output_of(&show(&install, &id)).len();
+    install.ok(&["run", "--session", &id, "--detach", "second"]);
+    // The follow-up is queued at once; wait for the second turn's end.
+    std::thread::sleep(Duration::from_millis(500));
+    ended(&install, &id);
+    let shown = show(&install, &id);
+    let both = output_of(&shown).len();
+    let second = both - first;
+    let mb = 1024 * 1024;
+    assert!((2 * mb - 64 * 1024..=2 * mb + 64 * 1024).contains(&first), "first turn kept {first}");
+    // 3 MB for the session, 2 MB of it used: the second turn keeps 1 MB.
+    assert!((mb - 64 * 1024..=mb + 64 * 1024).contains(&second), "second turn kept {second}");
+    let notes = notes_of(&shown);
+    assert!(
+        notes.iter().any(|n| n.contains("limits.output_mb = 2 MB")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("already stored 2.0 MB of its limits.session_output_mb = 3 MB")),
+        "{notes:?}"
+    );
+    assert!(output_of(&shown).trim_end().ends_with("turn-end"));
 }

@@ -117,4 +117,24 @@ impl Store {
         events.reverse();
         Ok(events)
     }
+
+    /// How many bytes of output the session's turns have stored.
+    pub async fn session_output_bytes(&self, session_id: &str) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT output_bytes FROM sessions WHERE id = $1")
+            .bind(session_id)
+            .fetch_optional(self.pool())
+            .await?
+            .unwrap_or(0);
+        Ok(n.max(0) as u64)
+    }
+
+    /// Counts `bytes` more output stored for the session (once per turn, at its end).
+    pub async fn add_session_output(&self, session_id: &str, bytes: u64) -> Result<()> {
+        sqlx::query("UPDATE sessions SET output_bytes = output_bytes + $2 WHERE id = $1")
+            .bind(session_id)
+            .bind(bytes.min(i64::MAX as u64) as i64)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
 }
