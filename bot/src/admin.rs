@@ -664,7 +664,11 @@ async fn session(
             )
         }
     };
-    let seq = |k: &str| q.get(k).and_then(|v| v.parse::<i64>().ok()).filter(|v| *v >= 0);
+    let seq = |k: &str| {
+        q.get(k)
+            .and_then(|v| v.parse::<i64>().ok())
+            .filter(|v| *v >= 0)
+    };
     let at = match (seq("before"), seq("after")) {
         (Some(b), _) => LogAt::Before(b),
         (None, Some(a)) => LogAt::After(a),

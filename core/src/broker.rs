@@ -408,8 +408,8 @@ impl Broker {
         plan: &Plan,
         log: &mut (dyn FnMut(&str) + Send),
     ) -> anyhow::Result<Option<(Sandbox, Origin)>> {
-        let deadline = session.started_at.unwrap_or_else(now_ms)
-            + (plan.limits.wall_clock_secs as i64) * 1000;
+        let deadline =
+            session.started_at.unwrap_or_else(now_ms) + (plan.limits.wall_clock_secs as i64) * 1000;
         let mut waiting = false;
         loop {
             match self.sandboxes.acquire(session, profile, pv, log).await {
@@ -468,7 +468,10 @@ impl Broker {
                     .await;
             });
         };
-        let (sb, origin) = match self.acquire_waiting(session, profile, pv, plan, &mut log).await? {
+        let (sb, origin) = match self
+            .acquire_waiting(session, profile, pv, plan, &mut log)
+            .await?
+        {
             Some(got) => got,
             None => return Ok(None),
         };

@@ -158,7 +158,11 @@ async fn warm_sandboxes_claimed_at_once_each_go_to_one_session(db: Db) {
         got.push(t.await.unwrap());
     }
     let claimed: Vec<_> = got.iter().flatten().collect();
-    assert_eq!(claimed.len(), N, "some sessions found no warm sandbox: {got:?}");
+    assert_eq!(
+        claimed.len(),
+        N,
+        "some sessions found no warm sandbox: {got:?}"
+    );
     let mut ids: Vec<_> = claimed.iter().map(|(id, _)| id.clone()).collect();
     ids.sort();
     ids.dedup();
@@ -202,7 +206,9 @@ async fn a_long_session_is_read_a_page_at_a_time(db: Db) {
     s.transition(&session.id, SessionState::Cancelled, Some("x"))
         .await
         .unwrap();
-    s.follow_up(&session.id, "now the signup test").await.unwrap();
+    s.follow_up(&session.id, "now the signup test")
+        .await
+        .unwrap();
     assert_eq!(
         s.latest_prompt(&session).await.unwrap(),
         "now the signup test"
@@ -284,7 +290,10 @@ async fn audit_search_reads_a_bounded_range_and_goes_on_from_it(db: Db) {
     assert_eq!(found, want);
     assert!(pages > 1, "{} matches fit in one page of 100?", want.len());
     // Nothing matches: one page that says what it searched.
-    let none = store.search_audit("no such thing", None, 100).await.unwrap();
+    let none = store
+        .search_audit("no such thing", None, 100)
+        .await
+        .unwrap();
     assert!(none.entries.is_empty());
     assert_eq!(none.searched, (1, 2500));
     assert_eq!(none.next_before, None);

@@ -53,10 +53,15 @@ async fn bench(engine: Engine, sessions: i64, audit_rows: i64) {
     let install = install_on(engine, &[("seeded", "true", "")]).await;
     let pool = install.raw_db().await;
     let t = Instant::now();
-    let Seeded { long_session, .. } = seed(&pool, &install.database_url, sessions, audit_rows).await;
+    let Seeded { long_session, .. } =
+        seed(&pool, &install.database_url, sessions, audit_rows).await;
     println!(
         "{}: seeded {sessions} sessions and {audit_rows} audit rows in {:.1} s",
-        if install.database_url.starts_with("postgres") { "PostgreSQL" } else { "SQLite" },
+        if install.database_url.starts_with("postgres") {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
         t.elapsed().as_secs_f64()
     );
     let server = Server::start(&install);

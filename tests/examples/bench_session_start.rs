@@ -47,14 +47,23 @@ fn ready_warm(install: &Install) -> usize {
 }
 
 /// `concurrency` sessions requested at once with `airlock run --detach`; each one's time from
-/// the request to its command, in ms.
-async fn requests(install: &Install, concurrency: usize) -> Vec<f64> {
+/// the request to its command, and the part of it before the session was recorded (the CLI
+/// starting, opening the database and queuing), in ms.
+async fn requests(install: &Install, concurrency: usize) -> Vec<(f64, f64)> {
     let mut runs = Vec::new();
     for _ in 0..concurrency {
         let mut cmd = tokio::process::Command::new(airlock_bin());
-        cmd.args(["run", "--repo", "acme/web", "--profile", "warm", "--detach", "bench"])
-            .current_dir(install.path())
-            .env("AIRLOCK_LOG", "warn");
+        cmd.args([
+            "run",
+            "--repo",
+            "acme/web",
+            "--profile",
+            "warm",
+            "--detach",
+            "bench",
+        ])
+        .current_dir(install.path())
+        .env("AIRLOCK_LOG", "warn");
         for (k, v) in install.env_pairs() {
             cmd.env(k, v);
         }
@@ -64,7 +73,11 @@ async fn requests(install: &Install, concurrency: usize) -> Vec<f64> {
     let mut ids = Vec::new();
     for (t0, run) in runs {
         let out = run.await.unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         ids.push((t0, String::from_utf8_lossy(&out.stdout).trim().to_string()));
     }
     let mut times = Vec::new();
@@ -78,8 +91,12 @@ async fn requests(install: &Install, concurrency: usize) -> Vec<f64> {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        let t1: i128 = output_of(&shown).trim().parse().expect("the command's clock");
-        times.push((t1 - t0) as f64 / 1e6);
+        let t1: i128 = output_of(&shown)
+            .trim()
+            .parse()
+            .expect("the command's clock");
+        let created = shown["session"]["created_at"].as_i64().unwrap() as i128 * 1_000_000;
+        times.push(((t1 - t0) as f64 / 1e6, (created - t0) as f64 / 1e6));
     }
     times
 }
@@ -161,6 +178,7 @@ async fn main() {
         "  {:<12} {:>16} {:>16} {:>16} {:>10}",
         "concurrency", "request median", "claim median", "difference", "goal"
     );
+    let mut queued_parts = Vec::new();
     for concurrency in [1usize, 10, 30] {
         let mut install = install_on(Engine::Sqlite, &[("warm", "date +%s%N", "")]).await;
         install
@@ -179,7 +197,10 @@ async fn main() {
         for _ in 0..rounds {
             let deadline = std::time::Instant::now() + Duration::from_secs(300);
             while ready_warm(&install) < concurrency {
-                assert!(std::time::Instant::now() < deadline, "the warm pool did not fill");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the warm pool did not fill"
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             // Let the pool settle (its last sandboxes' set-up done) before requesting.
@@ -187,6 +208,8 @@ async fn main() {
             request.extend(requests(&install, concurrency).await);
             claim.extend(claims(concurrency).await);
         }
+        queued_parts.push((concurrency, median(request.iter().map(|r| r.1).collect())));
+        let request: Vec<f64> = request.into_iter().map(|r| r.0).collect();
         let (r, c) = (median(request.clone()), median(claim.clone()));
         println!(
             "  {concurrency:<12} {:>13.1} ms {:>13.1} ms {:>13.1} ms {:>10}   (p95 {:.1} / {:.1} ms) {}",
@@ -199,5 +222,8 @@ async fn main() {
             if r - c <= 30.0 { "met" } else { "NOT MET" }
         );
         drop(server);
+    }
+    for (concurrency, ms) in queued_parts {
+        println!("  of which `airlock run` until the session is queued, concurrency {concurrency}: median {ms:.1} ms");
     }
 }

@@ -589,5 +589,9 @@ pub fn run_sampled(install: &Install, args: &[&str]) -> (u64, u64, u64) {
     let status = child.wait().expect("airlock did not finish");
     assert!(status.success(), "airlock {args:?} failed");
     let _ = sampler.join();
-    (bytes, lines, peak.load(std::sync::atomic::Ordering::Relaxed))
+    (
+        bytes,
+        lines,
+        peak.load(std::sync::atomic::Ordering::Relaxed),
+    )
 }

@@ -54,18 +54,27 @@ async fn a_session_waits_for_a_sandbox_address_and_starts_when_one_frees() {
             && detail.contains("warm pools = 5 need 7"),
         "{detail}"
     );
-    assert!(capacity["fix"].as_str().unwrap().contains("2 session(s) may wait"));
+    assert!(capacity["fix"]
+        .as_str()
+        .unwrap()
+        .contains("2 session(s) may wait"));
 
     let server = Server::start(&install);
-    wait_for("the warm pool to take every address", Duration::from_secs(120), || {
-        warm_sandboxes(&install) == 5
-    });
+    wait_for(
+        "the warm pool to take every address",
+        Duration::from_secs(120),
+        || warm_sandboxes(&install) == 5,
+    );
     let id = detach(&install, "quick", "start when you can");
-    wait_for("the session to say it waits", Duration::from_secs(60), || {
-        notes_of(&show(&install, &id))
-            .iter()
-            .any(|n| n.contains("Waiting for a sandbox address"))
-    });
+    wait_for(
+        "the session to say it waits",
+        Duration::from_secs(60),
+        || {
+            notes_of(&show(&install, &id))
+                .iter()
+                .any(|n| n.contains("Waiting for a sandbox address"))
+        },
+    );
     // It waits: not failed, and still waiting a while later.
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(state_of(&install, &id), "starting", "{}", server.log());
@@ -77,6 +86,10 @@ async fn a_session_waits_for_a_sandbox_address_and_starts_when_one_frees() {
         !["queued", "starting", "running", "finishing"].contains(&state_of(&install, &id).as_str())
     });
     let shown = show(&install, &id);
-    assert_eq!(shown["session"]["state"], "succeeded", "{:#}", shown["session"]);
+    assert_eq!(
+        shown["session"]["state"], "succeeded",
+        "{:#}",
+        shown["session"]
+    );
     assert!(output_of(&shown).contains("started-at-last"));
 }

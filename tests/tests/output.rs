@@ -91,12 +91,21 @@ async fn a_session_printing_200_mb_ends_normally_with_its_output_bounded() {
             .unwrap();
         assert_eq!(page.status(), 200);
         let html = page.text().await.unwrap();
-        assert!(html.contains("the-very-end"), "the latest output is on the page");
-        assert!(html.contains("Earlier events"), "older output is a link away");
+        assert!(
+            html.contains("the-very-end"),
+            "the latest output is on the page"
+        );
+        assert!(
+            html.contains("Earlier events"),
+            "older output is a link away"
+        );
         page_bytes = html.len();
         peak = peak.max(rss_mb(pid));
     }
-    assert!(page_bytes < 3 * 1024 * 1024, "the page is {page_bytes} bytes");
+    assert!(
+        page_bytes < 3 * 1024 * 1024,
+        "the page is {page_bytes} bytes"
+    );
     // `session show`, text and JSON, streams: its own memory stays small too.
     let (text_bytes, _, text_rss) = run_sampled(&install, &["session", "show", &id]);
     let (json_bytes, _, json_rss) = run_sampled(&install, &["--json", "session", "show", &id]);
@@ -108,7 +117,10 @@ async fn a_session_printing_200_mb_ends_normally_with_its_output_bounded() {
         output.len()
     );
     assert!(peak < 150, "the server's RSS peaked at {peak} MB");
-    assert!(text_rss < 150 && json_rss < 150, "session show took {text_rss} / {json_rss} MB");
+    assert!(
+        text_rss < 150 && json_rss < 150,
+        "session show took {text_rss} / {json_rss} MB"
+    );
 }
 
 /// Output is bounded per session too: a follow-up keeps only what is left of
@@ -149,9 +161,15 @@ async fn a_session_keeps_at_most_its_session_output_across_turns() {
     let both = output_of(&shown).len();
     let second = both - first;
     let mb = 1024 * 1024;
-    assert!((2 * mb - 64 * 1024..=2 * mb + 64 * 1024).contains(&first), "first turn kept {first}");
+    assert!(
+        (2 * mb - 64 * 1024..=2 * mb + 64 * 1024).contains(&first),
+        "first turn kept {first}"
+    );
     // 3 MB for the session, 2 MB of it used: the second turn keeps 1 MB.
-    assert!((mb - 64 * 1024..=mb + 64 * 1024).contains(&second), "second turn kept {second}");
+    assert!(
+        (mb - 64 * 1024..=mb + 64 * 1024).contains(&second),
+        "second turn kept {second}"
+    );
     let notes = notes_of(&shown);
     assert!(
         notes.iter().any(|n| n.contains("limits.output_mb = 2 MB")),

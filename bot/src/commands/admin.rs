@@ -566,7 +566,11 @@ pub async fn session(ctx: &Ctx, cmd: SessionCmd) -> anyhow::Result<ExitCode> {
                     safe(&requester.email)
                 )?;
                 writeln!(out, "Surface   {}", s.surface)?;
-                writeln!(out, "Profile   {} version {}", s.profile_id, s.profile_version)?;
+                writeln!(
+                    out,
+                    "Profile   {} version {}",
+                    s.profile_id, s.profile_version
+                )?;
                 writeln!(
                     out,
                     "Models    {} calls, {} input and {} output tokens",

@@ -174,7 +174,12 @@ impl Store {
     pub async fn warm_pool_total(&self) -> Result<u32> {
         let mut total = 0;
         for p in self.list_profiles().await? {
-            total += self.profile_version(&p.id, None).await?.spec.sandbox.warm_pool;
+            total += self
+                .profile_version(&p.id, None)
+                .await?
+                .spec
+                .sandbox
+                .warm_pool;
         }
         Ok(total)
     }
