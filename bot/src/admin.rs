@@ -1379,3 +1379,92 @@ async fn audit_export(
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airlock_core::domain::ProfileSpec;
+    use airlock_core::store::{ApplyOutcome, NewSession};
+
+    /// Following "Earlier events" from the latest window back to the first, and "Later
+    /// events" forward again, shows every event exactly once, each window bounded.
+    #[tokio::test]
+    async fn log_windows_cover_a_long_session_once_each_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("a.db").display());
+        let store = Store::connect(&url, 2, airlock_core::secrets::MasterKey::generate())
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let human = store
+            .add_human("Ada", "ada@example.com", Role::Admin)
+            .await
+            .unwrap();
+        let spec = ProfileSpec::from_toml(
+            "name = \"p\"\n[agent]\nkind = \"command\"\ncommand = \"true\"\n",
+        )
+        .unwrap();
+        let ApplyOutcome::Created {
+            profile_id,
+            version,
+        } = store.apply_profile(&spec, None).await.unwrap()
+        else {
+            panic!("not created")
+        };
+        let s = store
+            .create_session(NewSession {
+                requester_id: human.id,
+                surface: Surface::Cli,
+                thread_ref: json!({}),
+                repo: "acme/web".into(),
+                profile_id,
+                profile_version: version,
+                prompt: "p".into(),
+                trigger_id: None,
+                thread_key: None,
+                notify: None,
+            })
+            .await
+            .unwrap();
+        // 2,000 small events, then 40 of 30 KB: the byte bound cuts those windows short.
+        for i in 0..2040 {
+            let text = if i < 2000 {
+                format!("{i}")
+            } else {
+                "z".repeat(30_000)
+            };
+            store
+                .append_event(&s.id, EventKind::CommandOutput, &json!({ "text": text }))
+                .await
+                .unwrap();
+        }
+        let total = store.last_event_seq(&s.id).await.unwrap();
+        let mut seen = Vec::new();
+        let mut at = LogAt::Latest;
+        loop {
+            let w = log_window(&store, &s.id, at).await.unwrap();
+            assert!(w.len() <= LOG_WINDOW_EVENTS);
+            let bytes: usize = w.iter().map(|e| e.payload.to_string().len()).sum();
+            assert!(bytes < LOG_WINDOW_BYTES + 32 * 1024, "{bytes}");
+            assert!(
+                w.windows(2).all(|p| p[0].seq + 1 == p[1].seq),
+                "in order, no gaps"
+            );
+            seen.splice(0..0, w.iter().map(|e| e.seq));
+            match w.first() {
+                Some(first) if first.seq > 1 => at = LogAt::Before(first.seq),
+                _ => break,
+            }
+        }
+        assert_eq!(seen, (1..=total).collect::<Vec<_>>());
+        let mut forward = Vec::new();
+        let mut at = LogAt::After(0);
+        loop {
+            let w = log_window(&store, &s.id, at).await.unwrap();
+            let Some(last) = w.last() else { break };
+            at = LogAt::After(last.seq);
+            forward.extend(w.iter().map(|e| e.seq));
+        }
+        assert_eq!(forward, seen);
+    }
+}
