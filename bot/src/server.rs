@@ -95,6 +95,11 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
                 .context("cannot take back the sessions of the previous run")?;
             let app = sandboxes.hub.router();
             let stop = stopped();
+            // No Nagle on the sandbox connections: small messages (an exec request, a line of
+            // output) would otherwise wait for the peer's delayed ACK.
+            let endpoint = axum::serve::ListenerExt::tap_io(endpoint, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             background.push(tokio::spawn(async move {
                 let _ = axum::serve(
                     endpoint,

@@ -259,7 +259,9 @@ impl Daemon {
         );
         match tokio::time::timeout(
             Duration::from_secs(10),
-            tokio_tungstenite::connect_async(req),
+            // No Nagle: exec requests and output are small messages that must not wait for the
+            // peer's delayed ACK (about 40 ms a message otherwise).
+            tokio_tungstenite::connect_async_with_config(req, None, true),
         )
         .await
         {

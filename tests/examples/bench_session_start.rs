@@ -96,6 +96,23 @@ async fn requests(install: &Install, concurrency: usize) -> Vec<(f64, f64)> {
             .parse()
             .expect("the command's clock");
         let created = shown["session"]["created_at"].as_i64().unwrap() as i128 * 1_000_000;
+        if std::env::var("BENCH_TRACE").is_ok() {
+            // Where the time goes: each event's moment after the request.
+            for e in shown["events"].as_array().unwrap() {
+                let at = e["at"].as_i64().unwrap() as i128 * 1_000_000;
+                println!(
+                    "    +{:>6.1} ms  {} {}",
+                    (at - t0) as f64 / 1e6,
+                    e["kind"].as_str().unwrap(),
+                    e["payload"]
+                        .to_string()
+                        .chars()
+                        .take(100)
+                        .collect::<String>()
+                );
+            }
+            println!("    +{:>6.1} ms  the command ran", (t1 - t0) as f64 / 1e6);
+        }
         times.push(((t1 - t0) as f64 / 1e6, (created - t0) as f64 / 1e6));
     }
     times
