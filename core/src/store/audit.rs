@@ -235,7 +235,9 @@ impl Store {
                 row.try_get::<Option<i64>, _>("seq")?.unwrap_or(0) + 1
             }
         };
-        let from = (before - AUDIT_SEARCH_WINDOW).max(1);
+        // `before` comes from a link a person can edit: any number is a range, never a panic.
+        let before = before.max(1);
+        let from = before.saturating_sub(AUDIT_SEARCH_WINDOW).max(1);
         let rows = sqlx::query(&format!(
             "SELECT {COLS} FROM audit_log WHERE seq < $2 AND seq >= $3 AND ({MATCHES}) \
              ORDER BY seq DESC LIMIT $4"

@@ -17,8 +17,9 @@ use tokio::sync::Notify;
 use super::{DatabaseKind, Store};
 
 /// How often the SQLite watcher looks at `data_version` (a request from another process, such
-/// as `airlock run`, waits half of it on average; the look costs about 1% of a core at 5 ms).
-const SQLITE_WATCH: Duration = Duration::from_millis(5);
+/// as `airlock run`, waits half of it on average). An idle release `airlock up` used 1.9% of a
+/// core at 5 ms, 0.8% at 10 ms (docs/notes/session-6.md).
+const SQLITE_WATCH: Duration = Duration::from_millis(10);
 const CHANNEL: &str = "airlock_queue";
 
 #[derive(Default)]
