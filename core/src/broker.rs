@@ -1111,9 +1111,11 @@ struct Output {
 /// every turn shows how it began and ended).
 fn turn_budget(limits: &crate::domain::Limits, stored: u64) -> (u64, String) {
     const MB: u64 = 1 << 20;
-    let per_turn = limits.output_mb.saturating_mul(MB);
+    // Profiles stored before the limits were validated may hold 0: at least 1 MB each.
+    let per_turn = limits.output_mb.max(1).saturating_mul(MB);
     let left = limits
         .session_output_mb
+        .max(1)
         .saturating_mul(MB)
         .saturating_sub(stored);
     if left < per_turn {
@@ -1412,4 +1414,39 @@ fn agent_exec(plan: &Plan) -> (Vec<String>, BTreeMap<String, String>, Mode) {
         env,
         Mode::Events,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::turn_budget;
+    use crate::domain::Limits;
+
+    const MB: u64 = 1 << 20;
+
+    #[test]
+    fn a_turn_keeps_its_own_limit_then_what_is_left_of_the_session_and_never_nothing() {
+        let limits = Limits {
+            output_mb: 16,
+            session_output_mb: 64,
+            ..Limits::default()
+        };
+        let (bytes, why) = turn_budget(&limits, 0);
+        assert_eq!(bytes, 16 * MB);
+        assert!(why.contains("limits.output_mb = 16 MB"), "{why}");
+        let (bytes, why) = turn_budget(&limits, 60 * MB);
+        assert_eq!(bytes, 4 * MB);
+        assert!(why.contains("already stored 60.0 MB of its limits.session_output_mb = 64 MB"));
+        assert_eq!(
+            turn_budget(&limits, 200 * MB).0,
+            MB,
+            "a full session still keeps 1 MB"
+        );
+        // Stored before validation: zero limits are read as 1 MB.
+        let zero = Limits {
+            output_mb: 0,
+            session_output_mb: 0,
+            ..Limits::default()
+        };
+        assert_eq!(turn_budget(&zero, 0).0, MB);
+    }
 }
