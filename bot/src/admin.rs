@@ -31,6 +31,8 @@ use serde_json::json;
 #[derive(Clone)]
 pub struct AdminState {
     pub store: Store,
+    /// Where full output logs are (`<data_dir>/logs`).
+    pub logs_dir: std::path::PathBuf,
     /// Cookies get `Secure` when people reach the page over https.
     pub secure: bool,
 }
@@ -48,6 +50,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/sessions", get(sessions))
         .route("/sessions/{id}", get(session))
         .route("/sessions/{id}/events", get(session_events))
+        .route("/sessions/{id}/output.log.gz", get(output_log))
         .route("/sessions/{id}/stop", post(stop))
         .route("/humans", get(humans))
         .route("/link", post(link))
@@ -553,6 +556,8 @@ struct SessionPage {
     /// The log shows a window of the latest events; these go to the ones before and after it.
     earlier: Option<i64>,
     later: Option<i64>,
+    /// Whether a full output log is kept (a download link).
+    full_log: bool,
     plan: Option<PlanView>,
     egress: Vec<EgressRow>,
 }
@@ -741,6 +746,7 @@ async fn session(
         last_seq: events.last().map(|e| e.seq).unwrap_or(0),
         earlier,
         later,
+        full_log: airlock_core::output_log::path(&st.logs_dir, &id).is_some_and(|p| p.exists()),
         events: events
             .iter()
             .map(|e| EventView {
@@ -756,6 +762,45 @@ async fn session(
         egress,
         s,
     })
+}
+
+/// The session's full output log (gzip, every turn), streamed from the data directory.
+async fn output_log(
+    State(st): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let ws = match admin(&st, &headers).await {
+        Ok(s) => s,
+        Err(d) => return d.into_response(),
+    };
+    let missing = || {
+        message(
+            StatusCode::NOT_FOUND,
+            "No full log",
+            "No full output log is kept for this session: only profiles with \
+             limits.output_log = true keep one, on the server that ran the session.",
+            me(&ws),
+        )
+    };
+    let Some(path) = airlock_core::output_log::path(&st.logs_dir, &id) else {
+        return missing();
+    };
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(_) => return missing(),
+    };
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let mut r = body.into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/gzip"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{id}.log.gz\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    r
 }
 
 /// The session's events as they happen, for the page's log.

@@ -288,6 +288,8 @@ pub enum SessionCmd {
     List(SessionListArgs),
     /// Show a session and its events
     Show { id: String },
+    /// Print a session's full output, as kept by a profile with `limits.output_log = true`
+    Log { id: String },
     /// Cancel a session
     Cancel {
         id: String,

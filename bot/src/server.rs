@@ -151,6 +151,7 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
     // The admin page.
     app = app.merge(crate::admin::router(crate::admin::AdminState {
         store: store.clone(),
+        logs_dir: cfg.data_dir.join("logs"),
         secure: cfg.public_url().starts_with("https://"),
     }));
     // Triggers, the outbox sender and the adapters.

@@ -56,6 +56,8 @@ pub struct BrokerSettings {
     pub github: Option<Arc<GithubSource>>,
     /// Where people see a session (`<public_url>/sessions/<id>`).
     pub public_url: String,
+    /// Where full output logs go (`<data_dir>/logs`), for profiles with `limits.output_log`.
+    pub logs_dir: Option<std::path::PathBuf>,
 }
 
 impl BrokerSettings {
@@ -71,6 +73,7 @@ impl BrokerSettings {
             },
             github: None,
             public_url: "http://127.0.0.1:8080".into(),
+            logs_dir: None,
         }
     }
 }
@@ -859,6 +862,21 @@ impl Broker {
         let mut check = tokio::time::interval(Duration::from_millis(500));
         let mut flush = tokio::time::interval(COALESCE);
         let stored = self.store.session_output_bytes(&session.id).await?;
+        let log = match (&self.settings.logs_dir, limits.output_log) {
+            (Some(dir), true) => match crate::output_log::OutputLog::open(dir, &session.id) {
+                Ok(log) => Some(log),
+                Err(e) => {
+                    tracing::warn!(session = %session.id, "cannot keep the full output log: {e}");
+                    self.note(
+                        &session.id,
+                        format!("The full output log cannot be kept: {e}"),
+                    )
+                    .await;
+                    None
+                }
+            },
+            _ => None,
+        };
         let mut out = Output::new(
             self.store.clone(),
             session.id.clone(),
@@ -867,6 +885,7 @@ impl Broker {
             mode,
             turn_budget(limits, stored),
         );
+        out.log = log;
         let mut disconnected_since: Option<Instant> = None;
         let store = &self.store;
         let sid = &session.id;
@@ -1104,6 +1123,8 @@ struct Output {
     why: String,
     /// Bytes stored this turn and not yet counted on the session.
     counted: u64,
+    /// The full output, when the profile keeps it (finished when the turn's output is).
+    log: Option<crate::output_log::OutputLog>,
 }
 
 /// How much output this turn may store, and why that much: `limits.output_mb`, or what is
@@ -1156,6 +1177,7 @@ impl Output {
             dropped: 0,
             why,
             counted: 0,
+            log: None,
             store,
             session,
             sandbox,
@@ -1174,6 +1196,12 @@ impl Output {
 
     /// Adds a chunk; returns how many bytes wait to be stored.
     fn push(&mut self, seq: u64, stream: Stream, data: Vec<u8>) -> usize {
+        if let Some(log) = self.log.as_mut() {
+            if let Err(e) = log.write(&data) {
+                tracing::warn!(session = %self.session, "the full output log stopped: {e}");
+                self.log = None;
+            }
+        }
         self.bytes += data.len();
         self.chunks.push((stream, data));
         self.last_seq = seq;
@@ -1299,6 +1327,11 @@ impl Output {
             self.counted += size as u64;
         }
         self.tail_bytes = 0;
+        if let Some(log) = self.log.take() {
+            if let Err(e) = log.finish() {
+                tracing::warn!(session = %self.session, "cannot finish the full output log: {e}");
+            }
+        }
         if self.counted > 0 {
             self.store
                 .add_session_output(&self.session, self.counted)

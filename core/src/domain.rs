@@ -290,6 +290,9 @@ pub struct Limits {
     /// Output kept per session (all its turns), in MB: a turn may keep only what is left of
     /// it, though always at least 1 MB (its first and last half megabyte).
     pub session_output_mb: u64,
+    /// Keep every byte of output, unbounded by the two limits above, as a gzip file in the
+    /// data directory (`logs/<session>.log.gz`; admin page and `airlock session log`).
+    pub output_log: bool,
 }
 
 impl Default for Limits {
@@ -302,6 +305,7 @@ impl Default for Limits {
             idle_secs: 900,
             output_mb: 16,
             session_output_mb: 64,
+            output_log: false,
         }
     }
 }

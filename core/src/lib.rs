@@ -13,6 +13,7 @@ pub mod domain;
 pub mod github;
 pub mod ids;
 pub mod image;
+pub mod output_log;
 pub mod plan;
 pub mod render;
 pub mod sandbox;

@@ -183,3 +183,98 @@ async fn a_session_keeps_at_most_its_session_output_across_turns() {
     );
     assert!(output_of(&shown).trim_end().ends_with("turn-end"));
 }
+
+/// With `limits.output_log`, every byte is kept as a gzip file in the data directory (not in
+/// the events table), whole across turns, for `airlock session log` and the admin page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_full_output_log_keeps_every_byte_outside_the_events() {
+    let install = install_on(
+        Engine::Sqlite,
+        &[(
+            "logged",
+            "head -c 3000000 /dev/zero | tr '\\0' z | fold -w 99; echo \"end of $AIRLOCK_PROMPT\"",
+            "[limits]\noutput_mb = 1\noutput_log = true\n",
+        )],
+    )
+    .await;
+    let server = Server::start(&install);
+    let id = detach(&install, "logged", "turn-one");
+    let ended = |id: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let state = state_of(&install, id);
+            if !["queued", "starting", "running", "finishing"].contains(&state.as_str()) {
+                assert_eq!(state, "succeeded");
+                return;
+            }
+            assert!(Instant::now() < deadline, "the session did not end");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    ended(&id);
+    install.ok(&["run", "--session", &id, "--detach", "turn-two"]);
+    std::thread::sleep(Duration::from_millis(500));
+    ended(&id);
+    // The events keep about 1 MB a turn; the log keeps both turns whole, in order.
+    let stored = output_of(&show(&install, &id)).len();
+    assert!(stored < 3 * 1024 * 1024, "{stored} bytes in the events");
+    let one_turn = 3_000_000 + 3_000_000 / 99 + "end of turn-one\n".len();
+    let log = install.ok(&["session", "log", &id]);
+    let want = format!(
+        "{0}end of turn-one\n{0}end of turn-two\n",
+        // fold leaves the last, short line without its newline; echo follows on it.
+        format!("{}\n", "z".repeat(99)).repeat(3_000_000 / 99) + &"z".repeat(3_000_000 % 99)
+    );
+    assert_eq!(log.len(), want.len(), "one turn is about {one_turn} bytes");
+    assert!(log == want, "the log differs from what was printed");
+    // The admin page links it and serves the same bytes, gzipped.
+    let cookie = admin_cookie(&install).await;
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let client = reqwest::Client::new();
+    let page = client
+        .get(format!("{base}/sessions/{id}"))
+        .header("Cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(&format!("/sessions/{id}/output.log.gz")));
+    let gz = client
+        .get(format!("{base}/sessions/{id}/output.log.gz"))
+        .header("Cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gz.status(), 200);
+    assert_eq!(gz.headers()["content-type"], "application/gzip");
+    let bytes = gz.bytes().await.unwrap();
+    assert!(
+        bytes.len() < want.len() / 10,
+        "{} bytes: not compressed?",
+        bytes.len()
+    );
+    let file = install.path().join(format!("var/logs/{id}.log.gz"));
+    assert_eq!(std::fs::read(&file).unwrap(), bytes.to_vec());
+    // Signed out, or a name that is not a session: nothing.
+    let anon = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{base}/sessions/{id}/output.log.gz"))
+        .send()
+        .await
+        .unwrap();
+    assert!(anon.status().is_redirection(), "{}", anon.status());
+    assert_eq!(anon.headers()["location"], "/login");
+    let odd = client
+        .get(format!(
+            "{base}/sessions/..%2F..%2Fairlock.db/output.log.gz"
+        ))
+        .header("Cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(odd.status(), 404);
+}

@@ -616,6 +616,25 @@ pub async fn session(ctx: &Ctx, cmd: SessionCmd) -> anyhow::Result<ExitCode> {
             }
             out.flush()?;
         }
+        SessionCmd::Log { id } => {
+            let s = store.session(&id).await?;
+            let dir = ctx.config.data_dir.join("logs");
+            let path = airlock_core::output_log::path(&dir, &s.id)
+                .context("the session id cannot name a log file")?;
+            let file = std::fs::File::open(&path).with_context(|| {
+                format!(
+                    "no full output log for session {} at {} (kept only for profiles with \
+                     limits.output_log = true, on the server that ran the session)",
+                    s.id,
+                    path.display()
+                )
+            })?;
+            // Every turn is a gzip member: read them all, in order, a buffer at a time.
+            let mut log = flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file));
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            std::io::copy(&mut log, &mut out).context("cannot read the log")?;
+            out.flush()?;
+        }
         SessionCmd::Cancel { id, reason } => {
             let reason = reason
                 .unwrap_or_else(|| format!("cancelled by {} from the command line", ctx.actor()));

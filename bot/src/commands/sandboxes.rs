@@ -112,6 +112,7 @@ pub fn broker_settings(
         },
         github,
         public_url: cfg.public_url(),
+        logs_dir: Some(cfg.data_dir.join("logs")),
     }
 }
 
