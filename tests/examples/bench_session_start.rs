@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use airlock_core::store::NewSandbox;
-use airlock_tests::sessions::{install_on, output_of, show};
+use airlock_tests::sessions::{has_ended, install_on, output_of, ready_warm, show};
 use airlock_tests::{airlock_bin, Engine, Install, Server};
 
 fn now_ns() -> i128 {
@@ -35,16 +35,6 @@ fn p95(mut ms: Vec<f64>) -> f64 {
 }
 
 const PROFILE: &str = "[agent]\nkind = \"command\"\ncommand = \"date +%s%N\"\n";
-
-fn ready_warm(install: &Install) -> usize {
-    install
-        .json(&["sandbox", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["role"] == "warm" && s["state"] == "ready")
-        .count()
-}
 
 /// `concurrency` sessions requested at once with `airlock run --detach`; each one's time from
 /// the request to its command, and the part of it before the session was recorded (the CLI
@@ -85,7 +75,7 @@ async fn requests(install: &Install, concurrency: usize) -> Vec<(f64, f64)> {
         let shown = loop {
             let shown = show(install, &id);
             let state = shown["session"]["state"].as_str().unwrap().to_string();
-            if !["queued", "starting", "running", "finishing"].contains(&state.as_str()) {
+            if has_ended(&state) {
                 assert_eq!(state, "succeeded", "{:#}", shown["session"]);
                 break shown;
             }

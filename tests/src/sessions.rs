@@ -78,3 +78,35 @@ pub fn state_of(install: &Install, id: &str) -> String {
         .unwrap()
         .to_string()
 }
+
+/// Whether a session in `state` has ended.
+pub fn has_ended(state: &str) -> bool {
+    !["queued", "starting", "running", "finishing"].contains(&state)
+}
+
+/// Waits until the session has ended (panics after `timeout`); returns its last state.
+pub fn wait_ended(install: &Install, id: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let state = state_of(install, id);
+        if has_ended(&state) {
+            return state;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "session {id} did not end within {timeout:?} (state {state})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// How many warm sandboxes are ready to be claimed, as `airlock sandbox list` shows them.
+pub fn ready_warm(install: &Install) -> usize {
+    install
+        .json(&["sandbox", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["role"] == "warm" && s["state"] == "ready")
+        .count()
+}

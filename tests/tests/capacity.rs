@@ -6,18 +6,10 @@
 
 use std::time::Duration;
 
-use airlock_tests::sessions::{detach, install_on, notes_of, output_of, show, state_of, wait_for};
+use airlock_tests::sessions::{
+    detach, install_on, notes_of, output_of, ready_warm, show, state_of, wait_ended, wait_for,
+};
 use airlock_tests::{Engine, Server};
-
-fn warm_sandboxes(install: &airlock_tests::Install) -> usize {
-    install
-        .json(&["sandbox", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["role"] == "warm" && s["state"] == "ready")
-        .count()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_waits_for_a_sandbox_address_and_starts_when_one_frees() {
@@ -63,7 +55,7 @@ async fn a_session_waits_for_a_sandbox_address_and_starts_when_one_frees() {
     wait_for(
         "the warm pool to take every address",
         Duration::from_secs(120),
-        || warm_sandboxes(&install) == 5,
+        || ready_warm(&install) == 5,
     );
     let id = detach(&install, "quick", "start when you can");
     wait_for(
@@ -82,9 +74,7 @@ async fn a_session_waits_for_a_sandbox_address_and_starts_when_one_frees() {
     // Shrinking the pool frees the addresses; the session starts and succeeds.
     std::fs::write(&hog_file, hog(0)).unwrap();
     install.ok(&["profile", "apply", "-f", hog_file.to_str().unwrap()]);
-    wait_for("the session to end", Duration::from_secs(120), || {
-        !["queued", "starting", "running", "finishing"].contains(&state_of(&install, &id).as_str())
-    });
+    wait_ended(&install, &id, Duration::from_secs(120));
     let shown = show(&install, &id);
     assert_eq!(
         shown["session"]["state"], "succeeded",

@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use airlock_tests::sessions::{detach, install_on, notes_of, output_of, show, state_of};
+use airlock_tests::sessions::{
+    detach, has_ended, install_on, notes_of, output_of, show, state_of, wait_ended,
+};
 use airlock_tests::{admin_cookie, rss_mb, run_sampled, Engine, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,7 +31,7 @@ async fn a_session_printing_200_mb_ends_normally_with_its_output_bounded() {
     loop {
         peak = peak.max(rss_mb(pid));
         let state = state_of(&install, &id);
-        if !["queued", "starting", "running", "finishing"].contains(&state.as_str()) {
+        if has_ended(&state) {
             assert_eq!(state, "succeeded", "{:#}", show(&install, &id)["session"]);
             break;
         }
@@ -139,24 +141,16 @@ async fn a_session_keeps_at_most_its_session_output_across_turns() {
     .await;
     let _server = Server::start(&install);
     let id = detach(&install, "chatty", "first");
-    let ended = |install: &airlock_tests::Install, id: &str| {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let state = state_of(install, id);
-            if !["queued", "starting", "running", "finishing"].contains(&state.as_str()) {
-                assert_eq!(state, "succeeded");
-                return;
-            }
-            assert!(Instant::now() < deadline, "the session did not end");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+    let ended = |id: &str| {
+        let state = wait_ended(&install, id, Duration::from_secs(120));
+        assert_eq!(state, "succeeded");
     };
-    ended(&install, &id);
+    ended(&id);
     let first = output_of(&show(&install, &id)).len();
     install.ok(&["run", "--session", &id, "--detach", "second"]);
     // The follow-up is queued at once; wait for the second turn's end.
     std::thread::sleep(Duration::from_millis(500));
-    ended(&install, &id);
+    ended(&id);
     let shown = show(&install, &id);
     let both = output_of(&shown).len();
     let second = both - first;
@@ -200,16 +194,8 @@ async fn the_full_output_log_keeps_every_byte_outside_the_events() {
     let server = Server::start(&install);
     let id = detach(&install, "logged", "turn-one");
     let ended = |id: &str| {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let state = state_of(&install, id);
-            if !["queued", "starting", "running", "finishing"].contains(&state.as_str()) {
-                assert_eq!(state, "succeeded");
-                return;
-            }
-            assert!(Instant::now() < deadline, "the session did not end");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let state = wait_ended(&install, id, Duration::from_secs(120));
+        assert_eq!(state, "succeeded");
     };
     ended(&id);
     install.ok(&["run", "--session", &id, "--detach", "turn-two"]);

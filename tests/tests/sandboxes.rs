@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use airlock_tests::sessions::{
-    detach, install_on, notes_of, output_of, run, show, state_of, wait_for,
+    detach, install_on, notes_of, output_of, ready_warm, run, show, state_of, wait_for,
 };
 use airlock_tests::{stderr, stdout, Engine, Install, Server};
 
@@ -314,16 +314,9 @@ async fn warm_pool(engine: Engine) {
     )
     .await;
     let _server = Server::start(&install);
-    let ready = || {
-        install
-            .json(&["sandbox", "list"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| s["role"] == "warm" && s["state"] == "ready")
-            .count()
-    };
-    wait_for("a warm sandbox", Duration::from_secs(60), || ready() == 1);
+    wait_for("a warm sandbox", Duration::from_secs(60), || {
+        ready_warm(&install) == 1
+    });
     let id = detach(&install, "warm", "hi");
     wait_for("the session", Duration::from_secs(30), || {
         state_of(&install, &id) == "succeeded"
@@ -339,7 +332,7 @@ async fn warm_pool(engine: Engine) {
     // Bound at claim time: the session's own id reached the agent's environment.
     assert!(output_of(&shown).contains(&format!("hello from {id}")));
     wait_for("the pool to refill", Duration::from_secs(60), || {
-        ready() == 1
+        ready_warm(&install) == 1
     });
 }
 
