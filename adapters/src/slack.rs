@@ -8,7 +8,7 @@
 //! the summary, the pull request and the model usage, sent through the outbox.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use airlock_core::config::SlackConfig;
 use airlock_core::domain::{Provider, Role, SessionState, Surface};
@@ -46,7 +46,15 @@ pub struct SlackApi {
     client: SlackClient<Connector>,
     store: Store,
     token_credential: String,
+    /// Until when Slack told us to wait (its last `429` and `Retry-After`): no call goes out
+    /// before then, whichever session or thread it is for.
+    paused_until: std::sync::Mutex<Option<Instant>>,
 }
+
+/// The longest a caller waits for a `Retry-After` before giving up on its call.
+const MAX_PAUSE: Duration = Duration::from_secs(60);
+/// What a `429` without `Retry-After` makes us wait.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 impl SlackApi {
     pub fn new(store: Store, cfg: &SlackConfig) -> anyhow::Result<SlackApi> {
@@ -61,7 +69,43 @@ impl SlackApi {
             client: SlackClient::new(connector),
             store,
             token_credential: cfg.bot_token_credential.clone(),
+            paused_until: std::sync::Mutex::new(None),
         })
+    }
+
+    /// How long Slack's last `Retry-After` still runs.
+    pub fn pause_left(&self) -> Duration {
+        let until = *self.paused_until.lock().expect("pause");
+        until.map_or(Duration::ZERO, |u| {
+            u.saturating_duration_since(Instant::now())
+        })
+    }
+
+    /// Waits out a running `Retry-After` (a caller that cannot defer its call).
+    async fn honour_pause(&self) -> Result<(), SlackClientError> {
+        let left = self.pause_left();
+        if left > MAX_PAUSE {
+            return Err(api_err(format!(
+                "Slack asked to wait {} s more before any call",
+                left.as_secs()
+            )));
+        }
+        if !left.is_zero() {
+            tokio::time::sleep(left).await;
+        }
+        Ok(())
+    }
+
+    /// Remembers a `429`: every later call waits until its `Retry-After` has run.
+    fn noted<T>(&self, r: Result<T, SlackClientError>) -> Result<T, SlackClientError> {
+        if let Err(SlackClientError::RateLimitError(e)) = &r {
+            let until = Instant::now() + e.retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
+            let mut p = self.paused_until.lock().expect("pause");
+            if p.is_none_or(|old| old < until) {
+                *p = Some(until);
+            }
+        }
+        r
     }
 
     async fn token(&self) -> Result<SlackApiToken, String> {
@@ -92,7 +136,8 @@ impl SlackApi {
         if let Some(t) = thread_ts {
             req = req.with_thread_ts(t.into());
         }
-        Ok(session.chat_post_message(&req).await?.ts.0)
+        self.honour_pause().await?;
+        Ok(self.noted(session.chat_post_message(&req).await)?.ts.0)
     }
 
     pub async fn update(
@@ -103,13 +148,9 @@ impl SlackApi {
     ) -> Result<(), SlackClientError> {
         let token = self.token().await.map_err(api_err)?;
         let session = self.client.open_session(&token);
-        session
-            .chat_update(&SlackApiChatUpdateRequest::new(
-                channel.into(),
-                content,
-                ts.into(),
-            ))
-            .await?;
+        let req = SlackApiChatUpdateRequest::new(channel.into(), content, ts.into());
+        self.honour_pause().await?;
+        self.noted(session.chat_update(&req).await)?;
         Ok(())
     }
 
@@ -130,7 +171,8 @@ impl SlackApi {
         if let Some(t) = thread_ts {
             req = req.with_thread_ts(t.into());
         }
-        session.chat_post_ephemeral(&req).await?;
+        self.honour_pause().await?;
+        self.noted(session.chat_post_ephemeral(&req).await)?;
         Ok(())
     }
 }
@@ -612,7 +654,7 @@ fn final_content(view: &StatusView) -> SlackMessageContent {
 fn sent_of(e: SlackClientError) -> Sent {
     match e {
         SlackClientError::RateLimitError(r) => {
-            Sent::Later(r.retry_after.unwrap_or(Duration::from_secs(5)))
+            Sent::Later(r.retry_after.unwrap_or(DEFAULT_RETRY_AFTER))
         }
         SlackClientError::ApiError(a)
             if [
@@ -642,6 +684,11 @@ impl StatusSink for SlackSink {
     }
 
     async fn send(&self, store: &Store, session: &Session, view: &StatusView) -> Sent {
+        // A `Retry-After` another thread's update got holds for this one too.
+        let left = self.api.pause_left();
+        if !left.is_zero() {
+            return Sent::Later(left);
+        }
         let mut t: Value = session.thread_ref.clone();
         let Some(channel) = t["channel"].as_str().map(str::to_string) else {
             return Sent::GiveUp("the session's thread names no channel".into());

@@ -204,7 +204,8 @@ async fn a_slash_command_runs_a_session_that_streams_into_its_thread() {
         )]),
         Step::Tools(vec![(
             "shell",
-            json!({"command": "sleep 4; python3 -m unittest -q test_calc"}),
+            // Output all along: status updates are due while a 429's Retry-After runs.
+            json!({"command": "for i in $(seq 40); do echo step $i; sleep 0.1; done; python3 -m unittest -q test_calc"}),
         )]),
         Step::Answer("Fixed **add**: it subtracted. <!channel> the tests pass."),
     ];
