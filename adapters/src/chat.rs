@@ -110,7 +110,7 @@ pub async fn handle(store: &Store, default_profile: Option<&str>, req: ChatReque
                 Err(e) => Reply::Private(requests::UserError::from(e).0),
             }
         }
-        Command::Stop => match requests::stop(store, &req.thread_key, &human.display_name).await {
+        Command::Stop => match requests::stop(store, &req.thread_key, &human, req.surface, &human.display_name).await {
             Ok(Some(s)) => Reply::Public(format!("Stopping session `{}`.", s.id)),
             Ok(None) => Reply::Private(
                 "Nothing is running in this thread. To stop a session, use its Stop button or say stop in its thread.".into(),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_core::config::SlackConfig;
-use airlock_core::domain::{Provider, Role, SessionState, Surface};
+use airlock_core::domain::{Provider, SessionState, Surface};
 use airlock_core::render;
 use airlock_core::store::Session;
 use airlock_core::Store;
@@ -29,6 +29,7 @@ use crate::chat::{self, ChatRequest, Reply};
 use crate::identity::{self, Account};
 use crate::notify::{Sent, StatusSink};
 use crate::status::StatusView;
+use airlock_core::service::{self, Actor, Refusal, Sessions};
 
 /// Slack refuses requests older (or newer) than this.
 const WINDOW_SECS: i64 = 300;
@@ -421,35 +422,28 @@ impl SlackAdapter {
             let Ok(session) = self.store.session(&session_id).await else {
                 continue;
             };
-            if session.requester_id != human.id && human.role != Role::Admin {
-                say(format!(
-                    "Only {} (who asked) or an admin can do that.",
-                    "the requester"
-                ))
-                .await;
+            // The buttons are the requester's (and admins'): others in the channel see them too.
+            if !service::may_act_on(&human, &session) {
+                say(format!("{}.", capitalised(&Refusal::NotTheirs.to_string()))).await;
                 continue;
             }
-            match a.action_id.0.as_str() {
+            let service = Sessions::new(self.store.clone(), self.default_profile.clone());
+            let actor = Actor::human(
+                human.clone(),
+                Surface::Slack,
+                format!("{} in Slack", human.display_name),
+            );
+            let done = match a.action_id.0.as_str() {
                 "airlock_stop" if !session.state.is_terminal() => {
-                    let _ = self
-                        .store
-                        .transition(
-                            &session.id,
-                            SessionState::Cancelled,
-                            Some(&format!("stopped by {} in Slack", human.display_name)),
-                        )
-                        .await;
+                    service.stop(&actor, &session.id, None).await.map(|_| ())
                 }
                 "airlock_retry" if session.state.is_terminal() => {
-                    let followed = match self.store.latest_prompt(&session).await {
-                        Ok(prompt) => self.store.follow_up(&session.id, &prompt).await,
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = followed {
-                        say(format!("Cannot retry: {e}")).await;
-                    }
+                    service.retry(&actor, &session.id).await.map(|_| ())
                 }
-                _ => {}
+                _ => Ok(()),
+            };
+            if let Err(e) = done {
+                say(format!("Cannot do that: {e}.")).await;
             }
         }
     }
@@ -737,5 +731,14 @@ impl StatusSink for SlackSink {
             }
         }
         Sent::Done
+    }
+}
+
+/// `text` with its first letter upper case (a refusal said as a sentence of its own).
+fn capitalised(text: &str) -> String {
+    let mut c = text.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
     }
 }

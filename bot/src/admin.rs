@@ -16,6 +16,7 @@ use airlock_core::domain::{CredentialKind, EventKind, Role, SessionState, Surfac
 use airlock_core::plan::Plan;
 use airlock_core::render;
 use airlock_core::secrets::SecretValue;
+use airlock_core::service::{Actor, Sessions};
 use airlock_core::store::{NewAudit, Session, SessionEvent, SessionFilter, WebSession};
 use airlock_core::timefmt::{opt_rfc3339, rfc3339};
 use airlock_core::Store;
@@ -869,25 +870,16 @@ async fn stop(
         Ok(s) => s,
         Err(d) => return d.into_response(),
     };
-    let reason = format!("stopped by {} on the admin page", ws.human.display_name);
-    match st
-        .store
-        .transition(&id, SessionState::Cancelled, Some(&reason))
+    let actor = Actor::human(
+        ws.human.clone(),
+        Surface::Web,
+        format!("{} on the admin page", ws.human.display_name),
+    );
+    match Sessions::new(st.store.clone(), None)
+        .stop(&actor, &id, None)
         .await
     {
-        Ok(_) => {
-            let _ = st
-                .store
-                .audit(NewAudit {
-                    actor: format!("human:{}", ws.human.id),
-                    action: "session.cancel".into(),
-                    target: id.clone(),
-                    session_id: Some(id.clone()),
-                    detail: json!({"from": "web"}),
-                })
-                .await;
-            Redirect::to(&format!("/sessions/{id}")).into_response()
-        }
+        Ok(_) => Redirect::to(&format!("/sessions/{id}")).into_response(),
         Err(e) => message(StatusCode::CONFLICT, "Cannot stop", &e.to_string(), me(&ws)),
     }
 }

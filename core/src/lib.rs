@@ -1,5 +1,5 @@
-//! Airlock's core: the domain model, configuration, storage and (later) the broker and the
-//! sandbox runtime.
+//! Airlock's core: the domain model, configuration, storage, the session service every
+//! surface goes through, the broker and the sandbox runtime.
 //!
 //! This crate owns every word of the domain (Human, Identity, Profile, Session, Event,
 //! Credential, Trigger, Delivery, Audit) and every byte Airlock keeps. It never logs,
@@ -13,11 +13,13 @@ pub mod domain;
 pub mod github;
 pub mod ids;
 pub mod image;
+pub mod messages;
 pub mod output_log;
 pub mod plan;
 pub mod render;
 pub mod sandbox;
 pub mod secrets;
+pub mod service;
 pub mod store;
 pub mod timefmt;
 

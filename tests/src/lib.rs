@@ -166,6 +166,21 @@ impl Install {
             .unwrap_or_else(|e| panic!("airlock {args:?} printed invalid JSON ({e}): {text}"))
     }
 
+    /// The installation's store, opened with its own master key (run `migrate` first).
+    pub async fn store(&self) -> airlock_core::Store {
+        let key = std::fs::read_to_string(self.path().join("var/master.key"))
+            .expect("the installation's master key (run `migrate` first)");
+        let key = airlock_core::secrets::MasterKey::from_base64(key.trim()).expect("master key");
+        let store = airlock_core::Store::connect(&self.database_url, 4, key)
+            .await
+            .expect("open the database");
+        store
+            .check_master_key()
+            .await
+            .expect("the installation's key");
+        store
+    }
+
     /// A raw connection to the installation's database, to inspect or tamper with it.
     pub async fn raw_db(&self) -> sqlx::AnyPool {
         sqlx::any::install_default_drivers();

@@ -100,7 +100,7 @@ async fn an_admin_lists_shows_and_cancels_a_session() {
     assert_eq!(
         stderr(&again),
         format!(
-            "error: session {} is cancelled; it cannot become cancelled\n",
+            "error: session {} is cancelled already; there is nothing to stop\n",
             session.id
         )
     );

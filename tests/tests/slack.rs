@@ -607,6 +607,59 @@ async fn admins_bind_a_channel_and_the_stop_button_stops() {
     assert_eq!(root.buttons(), ["Retry"]);
     let shown = chat.stack.json(&["session", "show", &session]).await;
     assert_eq!(shown["session"]["state"], "cancelled");
+    // The button's stop is audited to Ada, once (it used to write no row).
+    let audit = chat.stack.json(&["audit", "tail", "-n", "1000"]).await;
+    let rows: Vec<_> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["session_id"] == session.as_str())
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap().to_string(),
+                r["detail"]["surface"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("session.create".to_string(), json!("slack")),
+            ("session.cancel".to_string(), json!("slack"))
+        ],
+        "{audit:#}"
+    );
+    // Retry queues the same prompt again, audited too.
+    let retry = payload
+        .to_string()
+        .replace("airlock_stop", "airlock_retry")
+        .replace("\"Stop\"", "\"Retry\"");
+    let body = serde_urlencoded::to_string([("payload", retry)]).unwrap();
+    let (status, _) = chat
+        .post(
+            "/slack/interactions",
+            "application/x-www-form-urlencoded",
+            body.as_bytes(),
+            now(),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let audit = chat.stack.json(&["audit", "tail", "-n", "1000"]).await;
+        let retried = audit.as_array().unwrap().iter().any(|r| {
+            r["session_id"] == session.as_str()
+                && r["action"] == "session.retry"
+                && r["detail"]["surface"] == "slack"
+        });
+        if retried {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no session.retry row: {audit:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         chat.slack.problems().is_empty(),
         "{:?}",

@@ -333,7 +333,7 @@ impl GithubAdapter {
                 ))
                 .await
             }
-            Command::Stop => match requests::stop(&self.store, &thread_key, &format!("@{login} on GitHub")).await {
+            Command::Stop => match requests::stop(&self.store, &thread_key, &human, Surface::Github, &format!("@{login} on GitHub")).await {
                 Ok(Some(_)) => {}
                 Ok(None) => reply(format!("@{login}, nothing is running here.")).await,
                 Err(e) => reply(format!("@{login}, {e}.")).await,

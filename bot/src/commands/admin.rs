@@ -6,8 +6,9 @@
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
-use airlock_core::domain::{CredentialKind, ProfileSpec, Provider, Role, SessionState};
+use airlock_core::domain::{CredentialKind, ProfileSpec, Provider, Role};
 use airlock_core::secrets::SecretValue;
+use airlock_core::service::{Actor, Sessions};
 use airlock_core::store::{AccountRef, ApplyOutcome, NewAudit, SessionFilter, EVENT_PAGE};
 use airlock_core::timefmt::{opt_rfc3339, rfc3339};
 use airlock_core::Store;
@@ -638,17 +639,8 @@ pub async fn session(ctx: &Ctx, cmd: SessionCmd) -> anyhow::Result<ExitCode> {
         SessionCmd::Cancel { id, reason } => {
             let reason = reason
                 .unwrap_or_else(|| format!("cancelled by {} from the command line", ctx.actor()));
-            let s = store
-                .transition(&id, SessionState::Cancelled, Some(&reason))
-                .await?;
-            store
-                .audit(NewAudit {
-                    actor: ctx.actor(),
-                    action: "session.cancel".into(),
-                    target: s.id.clone(),
-                    session_id: Some(s.id.clone()),
-                    detail: serde_json::json!({ "reason": reason }),
-                })
+            let s = Sessions::new(store.clone(), None)
+                .stop(&Actor::operator(ctx.actor()), &id, Some(reason))
                 .await?;
             if ctx.json {
                 json(&s)?;

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_core::broker::BrokerSettings;
-use airlock_core::domain::{EventKind, Role, SessionState, Surface};
+use airlock_core::domain::{EventKind, Human, Role, SessionState, Surface};
 use airlock_core::plan::{GitHosting, PlanSettings};
 use airlock_core::sandbox::docker::{DockerRuntime, DockerRuntimeConfig};
 use airlock_core::sandbox::{Hub, Network, Runtime, SandboxSettings, Sandboxes};
-use airlock_core::store::{NewSession, SessionEvent, EVENT_PAGE};
+use airlock_core::service::{Actor, Request, Requested, Sessions};
+use airlock_core::store::{SessionEvent, EVENT_PAGE};
 use airlock_core::Store;
 use anyhow::{bail, Context as _};
 
@@ -133,8 +134,20 @@ pub async fn start_gateway(
 pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     let store = ctx.store(false).await?;
     let prompt = args.prompt.join(" ");
+    let service = Sessions::new(store.clone(), ctx.config.broker.default_profile.clone());
     let session = if let Some(id) = &args.session {
-        store.follow_up(id, &prompt).await?
+        // A follow-up acts for the session's requester, or the one named with --as.
+        let requester = match &args.requester {
+            Some(h) => store.find_human(h).await?,
+            None => {
+                store
+                    .find_human(&store.session(id).await?.requester_id)
+                    .await?
+            }
+        };
+        service
+            .follow_up(&cli_actor(ctx, requester), id, &prompt, None)
+            .await?
     } else {
         let requester = match &args.requester {
             Some(h) => store.find_human(h).await?,
@@ -152,44 +165,16 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         };
-        let profile = match args
-            .profile
-            .as_ref()
-            .or(ctx.config.broker.default_profile.as_ref())
-        {
-            Some(p) => store.find_profile(p).await?,
-            None => {
-                let all = store.list_profiles().await?;
-                match all.len() {
-                    1 => all.into_iter().next().expect("one profile"),
-                    0 => bail!(
-                        "there are no profiles yet; add one with `airlock profile apply -f FILE`"
-                    ),
-                    _ => bail!("choose a profile with --profile NAME (see `airlock profile list`)"),
-                }
-            }
+        let request = Request {
+            repo: args.repo.clone().unwrap_or_default(),
+            profile: args.profile.clone(),
+            prompt: prompt.clone(),
+            thread: None,
+            reference: serde_json::json!({ "cli": ctx.actor() }),
         };
-        let repo = args.repo.clone().unwrap_or_default();
-        if !profile_allows(&store, &profile.id, &repo).await? {
-            bail!(
-                "profile {} may not work on {repo}; see its `repos` list",
-                profile.name
-            );
+        match service.request(&cli_actor(ctx, requester), request).await? {
+            Requested::Started(s) | Requested::Continued(s) | Requested::Busy(s) => s,
         }
-        store
-            .create_session(NewSession {
-                requester_id: requester.id.clone(),
-                surface: Surface::Cli,
-                thread_ref: serde_json::json!({ "cli": ctx.actor() }),
-                repo,
-                profile_id: profile.id.clone(),
-                profile_version: profile.current_version,
-                prompt: prompt.clone(),
-                trigger_id: None,
-                thread_key: None,
-                notify: None,
-            })
-            .await?
     };
     if ctx.json && args.detach {
         output::json(&session)?;
@@ -205,9 +190,9 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     follow(ctx, &store, &session.id).await
 }
 
-async fn profile_allows(store: &Store, profile_id: &str, repo: &str) -> anyhow::Result<bool> {
-    let pv = store.profile_version(profile_id, None).await?;
-    Ok(pv.spec.allows_repo(repo))
+/// `airlock run` acts for a person (the requester), on the command line of `ctx.actor()`.
+fn cli_actor(ctx: &Ctx, requester: Human) -> Actor {
+    Actor::human(requester, Surface::Cli, ctx.actor())
 }
 
 /// Prints a session's events as they arrive until it ends; exit 0 only if it succeeded.

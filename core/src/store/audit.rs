@@ -128,53 +128,8 @@ impl Store {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        let n = entries.len() as i64;
         let mut tx = self.pool().begin().await?;
-        // Reserve n sequence numbers; the row lock (or SQLite's write lock) is held to commit.
-        let head =
-            sqlx::query("UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash")
-                .bind(n)
-                .fetch_one(&mut *tx)
-                .await?;
-        let last: i64 = head.try_get("seq")?;
-        let mut prev: String = head.try_get("hash")?;
-        let now = now_ms();
-        let mut out = Vec::with_capacity(entries.len());
-        for (i, e) in entries.iter().enumerate() {
-            let seq = last - n + 1 + i as i64;
-            let mut row = RawRow {
-                seq,
-                at: now,
-                actor: e.actor.clone(),
-                action: e.action.clone(),
-                target: e.target.clone(),
-                session_id: e.session_id.clone(),
-                detail: e.detail.to_string(),
-                prev_hash: prev,
-                hash: String::new(),
-            };
-            row.hash = row.computed_hash();
-            sqlx::query(&format!(
-                "INSERT INTO audit_log ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-            ))
-            .bind(row.seq)
-            .bind(row.at)
-            .bind(&row.actor)
-            .bind(&row.action)
-            .bind(&row.target)
-            .bind(&row.session_id)
-            .bind(&row.detail)
-            .bind(&row.prev_hash)
-            .bind(&row.hash)
-            .execute(&mut *tx)
-            .await?;
-            prev = row.hash.clone();
-            out.push(row.into_entry());
-        }
-        sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
-            .bind(&prev)
-            .execute(&mut *tx)
-            .await?;
+        let out = append_audit(&mut tx, entries).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -414,4 +369,62 @@ fn like_pattern(text: &str) -> String {
             .replace('%', "\\%")
             .replace('_', "\\_")
     )
+}
+
+/// Appends entries inside `tx`, in order: an audit row written with the change it records
+/// commits or rolls back with it. The audit head is the last lock the transaction takes
+/// (callers lock their own rows first), so audited writes never deadlock one another.
+pub(crate) async fn append_audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    entries: &[NewAudit],
+) -> Result<Vec<AuditEntry>> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = entries.len() as i64;
+    // Reserve n sequence numbers; the row lock (or SQLite's write lock) is held to commit.
+    let head = sqlx::query("UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash")
+        .bind(n)
+        .fetch_one(&mut **tx)
+        .await?;
+    let last: i64 = head.try_get("seq")?;
+    let mut prev: String = head.try_get("hash")?;
+    let now = now_ms();
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        let seq = last - n + 1 + i as i64;
+        let mut row = RawRow {
+            seq,
+            at: now,
+            actor: e.actor.clone(),
+            action: e.action.clone(),
+            target: e.target.clone(),
+            session_id: e.session_id.clone(),
+            detail: e.detail.to_string(),
+            prev_hash: prev,
+            hash: String::new(),
+        };
+        row.hash = row.computed_hash();
+        sqlx::query(&format!(
+            "INSERT INTO audit_log ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        ))
+        .bind(row.seq)
+        .bind(row.at)
+        .bind(&row.actor)
+        .bind(&row.action)
+        .bind(&row.target)
+        .bind(&row.session_id)
+        .bind(&row.detail)
+        .bind(&row.prev_hash)
+        .bind(&row.hash)
+        .execute(&mut **tx)
+        .await?;
+        prev = row.hash.clone();
+        out.push(row.into_entry());
+    }
+    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+        .bind(&prev)
+        .execute(&mut **tx)
+        .await?;
+    Ok(out)
 }

@@ -44,7 +44,7 @@ pub use sandboxes::{
     token_hash, NewSandbox, NewSnapshot, Sandbox, Snapshot, TokenBinding, TokenKind,
     BOOTSTRAP_TTL_MS,
 };
-pub use sessions::{NewSession, Session, SessionEvent, SessionFilter};
+pub use sessions::{NewSession, Session, SessionAudit, SessionEvent, SessionFilter};
 pub use triggers::{NewTrigger, Trigger};
 pub use web::{WebSession, WEB_SESSION_MS};
 

@@ -7,7 +7,8 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{parse_col, Result, Store, StoreError};
+use super::audit::append_audit;
+use super::{parse_col, NewAudit, Result, Store, StoreError};
 use crate::domain::{is_repo, EventKind, SessionState, Surface};
 use crate::ids::{new_id, now_ms};
 
@@ -59,6 +60,29 @@ pub struct NewSession {
     pub trigger_id: Option<String>,
     pub thread_key: Option<String>,
     pub notify: Option<Surface>,
+}
+
+/// The audit row of a change to a session, written in the change's own transaction (its
+/// target and session are the session).
+#[derive(Debug, Clone)]
+pub struct SessionAudit {
+    /// Who did it: `human:hum_…`, `cli:root`.
+    pub actor: String,
+    /// `session.create`, `session.follow_up`, `session.cancel`, `session.retry`.
+    pub action: String,
+    pub detail: serde_json::Value,
+}
+
+impl SessionAudit {
+    fn entry(&self, session_id: &str) -> NewAudit {
+        NewAudit {
+            actor: self.actor.clone(),
+            action: self.action.clone(),
+            target: session_id.to_string(),
+            session_id: Some(session_id.to_string()),
+            detail: self.detail.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -149,6 +173,15 @@ fn no_session(id: &str) -> StoreError {
 impl Store {
     /// Records a new session in state `queued`, with its first event.
     pub async fn create_session(&self, new: NewSession) -> Result<Session> {
+        self.create_session_audited(new, None).await
+    }
+
+    /// [`Store::create_session`] with its audit row in the same transaction.
+    pub async fn create_session_audited(
+        &self,
+        new: NewSession,
+        audit: Option<&SessionAudit>,
+    ) -> Result<Session> {
         if !is_repo(&new.repo) {
             return Err(StoreError::Invalid(format!(
                 "`{}` is not a repository; expected OWNER/NAME",
@@ -196,6 +229,9 @@ impl Store {
         })?;
         let payload = serde_json::json!({ "from": null, "to": "queued" }).to_string();
         insert_event(&mut tx, &id, 1, now, EventKind::State, &payload).await?;
+        if let Some(a) = audit {
+            append_audit(&mut tx, &[a.entry(&id)]).await?;
+        }
         tx.commit().await?;
         self.signal_queue().await;
         self.session(&id).await
@@ -294,6 +330,18 @@ impl Store {
         to: SessionState,
         reason: Option<&str>,
     ) -> Result<Session> {
+        self.transition_audited(session_id, to, reason, None).await
+    }
+
+    /// [`Store::transition`] with its audit row in the same transaction: a refused change
+    /// writes no row, and a row is never lost for a change that happened.
+    pub async fn transition_audited(
+        &self,
+        session_id: &str,
+        to: SessionState,
+        reason: Option<&str>,
+        audit: Option<&SessionAudit>,
+    ) -> Result<Session> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
         let (from, seq) = next_event_seq(&mut tx, session_id, now).await?;
@@ -320,6 +368,9 @@ impl Store {
         .await?;
         let payload = serde_json::json!({ "from": from, "to": to, "reason": reason }).to_string();
         insert_event(&mut tx, session_id, seq, now, EventKind::State, &payload).await?;
+        if let Some(a) = audit {
+            append_audit(&mut tx, &[a.entry(session_id)]).await?;
+        }
         tx.commit().await?;
         if to == SessionState::Queued || to.is_terminal() {
             // Queued again, or a slot freed: the broker looks at once.
@@ -333,6 +384,18 @@ impl Store {
     /// Queues an ended session again with a follow-up prompt (a `turn` event), in one
     /// transaction, so the broker always sees the new prompt with the new state.
     pub async fn follow_up(&self, session_id: &str, prompt: &str) -> Result<Session> {
+        self.follow_up_audited(session_id, prompt, None, None).await
+    }
+
+    /// [`Store::follow_up`] that also points the session's updates at `thread_ref` (the
+    /// place the follow-up was asked), with its audit row, all in one transaction.
+    pub async fn follow_up_audited(
+        &self,
+        session_id: &str,
+        prompt: &str,
+        thread_ref: Option<&serde_json::Value>,
+        audit: Option<&SessionAudit>,
+    ) -> Result<Session> {
         if prompt.trim().is_empty() {
             return Err(StoreError::Invalid(
                 "the prompt is empty: say what the agent should do".into(),
@@ -358,16 +421,21 @@ impl Store {
         let (_, seq) = next_event_seq(&mut tx, session_id, now).await?;
         sqlx::query(
             "UPDATE sessions SET state = $2, reason = NULL, finished_at = NULL, \
-               lease_owner = NULL, lease_until = NULL WHERE id = $1",
+               lease_owner = NULL, lease_until = NULL, \
+               thread_ref = COALESCE($3, thread_ref) WHERE id = $1",
         )
         .bind(session_id)
         .bind(SessionState::Queued.as_str())
+        .bind(thread_ref.map(|t| t.to_string()))
         .execute(&mut *tx)
         .await?;
         let state =
             serde_json::json!({ "from": from, "to": SessionState::Queued, "reason": "follow-up" })
                 .to_string();
         insert_event(&mut tx, session_id, seq, now, EventKind::State, &state).await?;
+        if let Some(a) = audit {
+            append_audit(&mut tx, &[a.entry(session_id)]).await?;
+        }
         tx.commit().await?;
         self.signal_queue().await;
         self.session(session_id).await

@@ -1,0 +1,98 @@
+//! What Airlock says to people when the session service refuses, in one place, so every
+//! surface says the same thing. Each text says what to do next.
+
+use crate::service::Refusal;
+
+/// `airlock run` needs a person to act for.
+pub const NO_REQUESTER: &str =
+    "say who is asking with --as EMAIL: a session is always requested by a person";
+
+/// The sentence for a refusal (no trailing full stop: surfaces add their own framing).
+pub fn refusal(r: &Refusal) -> String {
+    match r {
+        Refusal::UnknownProfile(name) => format!(
+            "there is no profile `{}`; an admin can list them with `airlock profile list`",
+            clip(name)
+        ),
+        Refusal::NoProfiles => {
+            "Airlock has no profiles yet; an admin adds one with `airlock profile apply -f FILE`"
+                .into()
+        }
+        Refusal::ChooseProfile(names) => {
+            let names: Vec<String> = names.iter().map(|n| format!("`{}`", clip(n))).collect();
+            format!(
+                "say which profile to use with profile=NAME (or --profile NAME on the command \
+                 line): {}",
+                names.join(", ")
+            )
+        }
+        Refusal::RepoNotAllowed { profile, repo } => format!(
+            "profile `{}` may not work on {}; an admin can add it to the profile's `repos`",
+            clip(profile),
+            clip(repo)
+        ),
+        Refusal::HumanNotAllowed { profile } => format!(
+            "you may not use profile `{}`; an admin can add you to its `access`",
+            clip(profile)
+        ),
+        Refusal::NotTheirs => "only the person who asked, or an admin, can do that".into(),
+        Refusal::NotRunning { id, state } => format!(
+            "session {} is {state} already; there is nothing to stop",
+            clip(id)
+        ),
+        Refusal::StillRunning(id) => format!(
+            "session `{}` is still working on the previous request; ask again when it's done, \
+             or stop it",
+            clip(id)
+        ),
+        Refusal::Invalid(m) | Refusal::NotFound(m) => m.clone(),
+        Refusal::Internal => "Airlock could not take the request because of an internal error; \
+                              an admin can see it in the server log"
+            .into(),
+    }
+}
+
+/// Names come from people and configuration: at most 120 characters of them.
+fn clip(s: &str) -> String {
+    s.chars().take(120).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_says_what_to_do_and_bounds_what_it_repeats() {
+        let long = "x".repeat(10_000);
+        let all = [
+            Refusal::UnknownProfile(long.clone()),
+            Refusal::NoProfiles,
+            Refusal::ChooseProfile(vec!["a".into(), long.clone()]),
+            Refusal::RepoNotAllowed {
+                profile: long.clone(),
+                repo: long.clone(),
+            },
+            Refusal::HumanNotAllowed {
+                profile: "p".into(),
+            },
+            Refusal::NotTheirs,
+            Refusal::NotRunning {
+                id: "ses_1".into(),
+                state: crate::domain::SessionState::Cancelled,
+            },
+            Refusal::StillRunning("ses_1".into()),
+            Refusal::Internal,
+        ];
+        for r in &all {
+            let text = refusal(r);
+            assert!(text.len() < 400, "{r:?} says {} bytes", text.len());
+            assert!(!text.ends_with('.'), "{text}");
+        }
+        assert_eq!(
+            refusal(&Refusal::HumanNotAllowed {
+                profile: "ops".into()
+            }),
+            "you may not use profile `ops`; an admin can add you to its `access`"
+        );
+    }
+}

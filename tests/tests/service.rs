@@ -1,0 +1,435 @@
+//! The session service (`airlock_core::service`) decides and audits the same way for every
+//! surface: the same request, follow-up, stop and retry from Slack, Discord, GitHub, the
+//! command line and the admin page give the same outcome and exactly one audit row of the
+//! same shape, naming the person who acted. And `airlock run` goes through it too.
+
+use airlock_core::domain::{Human, ProfileSpec, Role, SessionState, Surface};
+use airlock_core::service::{Actor, Refusal, Request, Requested, Sessions, Thread};
+use airlock_core::store::{AuditEntry, Session};
+use airlock_core::Store;
+use airlock_tests::{stderr, Engine, Install};
+
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name(airlock_tests::Engine::Sqlite).await }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name(airlock_tests::Engine::Postgres).await }
+            )*
+        }
+    };
+}
+
+on_both_engines!(every_surface_gets_the_same_policy_and_one_audit_row_per_change);
+
+const OPEN: &str =
+    "name = \"open\"\nrepos = [\"acme/*\"]\n[agent]\nkind = \"command\"\ncommand = \"true\"\n";
+const ADMINS: &str = "name = \"admins\"\n[access]\nroles = [\"admin\"]\n[agent]\nkind = \"command\"\ncommand = \"true\"\n";
+
+const SURFACES: [Surface; 5] = [
+    Surface::Slack,
+    Surface::Discord,
+    Surface::Github,
+    Surface::Cli,
+    Surface::Web,
+];
+
+struct World {
+    store: Store,
+    service: Sessions,
+    ada: Human,
+    bob: Human,
+    eve: Human,
+    mal: Human,
+}
+
+async fn world(engine: Engine) -> (Install, World) {
+    let install = Install::new(engine).await;
+    install.ok(&["migrate"]);
+    let store = install.store().await;
+    let ada = store
+        .add_human("Ada Lovelace", "ada@example.com", Role::Admin)
+        .await
+        .unwrap();
+    let bob = store
+        .add_human("Bob", "bob@example.com", Role::Member)
+        .await
+        .unwrap();
+    let eve = store
+        .add_human("Eve", "eve@example.com", Role::Member)
+        .await
+        .unwrap();
+    let mal = store
+        .add_human("Mallory", "mal@example.com", Role::Member)
+        .await
+        .unwrap();
+    for p in [OPEN, ADMINS] {
+        store
+            .apply_profile(&ProfileSpec::from_toml(p).unwrap(), None)
+            .await
+            .unwrap();
+    }
+    let service = Sessions::new(store.clone(), None);
+    (
+        install,
+        World {
+            store,
+            service,
+            ada,
+            bob,
+            eve,
+            mal,
+        },
+    )
+}
+
+fn actor(h: &Human, surface: Surface) -> Actor {
+    Actor::human(
+        h.clone(),
+        surface,
+        format!("{} on {surface}", h.display_name),
+    )
+}
+
+fn request(surface: Surface, profile: &str, repo: &str, n: usize) -> Request {
+    // Surfaces with a conversation name it; the command line has none.
+    let thread = (surface != Surface::Cli).then(|| Thread {
+        key: format!("{surface}:thread:{n}"),
+        reference: serde_json::json!({ "n": n }),
+        notify: false,
+    });
+    Request {
+        repo: repo.into(),
+        profile: Some(profile.into()),
+        prompt: format!("fix bug {n}"),
+        thread,
+        reference: serde_json::json!({ "cli": "cli:test" }),
+    }
+}
+
+/// The audit rows written since `seq`.
+async fn rows_since(store: &Store, seq: i64) -> Vec<AuditEntry> {
+    store
+        .audit_page(seq, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+async fn head(store: &Store) -> i64 {
+    store
+        .audit_tail(1)
+        .await
+        .unwrap()
+        .last()
+        .map_or(0, |e| e.seq)
+}
+
+/// Runs `change`; checks it wrote exactly one row of `action` for `s`, by `by`, on `surface`.
+async fn one_row(w: &World, before: i64, action: &str, s: &Session, by: &Human, surface: Surface) {
+    let rows = rows_since(&w.store, before).await;
+    assert_eq!(rows.len(), 1, "{action} on {surface}: {rows:#?}");
+    let r = &rows[0];
+    assert_eq!(r.action, action, "{r:#?}");
+    assert_eq!(r.actor, format!("human:{}", by.id), "{r:#?}");
+    assert_eq!(r.target, s.id);
+    assert_eq!(r.session_id.as_deref(), Some(s.id.as_str()));
+    assert_eq!(r.detail["surface"], surface.as_str(), "{r:#?}");
+}
+
+async fn no_row(w: &World, before: i64, what: &str) {
+    let rows = rows_since(&w.store, before).await;
+    assert!(rows.is_empty(), "{what} wrote audit rows: {rows:#?}");
+}
+
+async fn every_surface_gets_the_same_policy_and_one_audit_row_per_change(engine: Engine) {
+    let (_install, w) = world(engine).await;
+    for (n, surface) in SURFACES.into_iter().enumerate() {
+        // Refusals: a repository outside `repos`, a profile outside `access`, no such profile.
+        let before = head(&w.store).await;
+        let refused = w
+            .service
+            .request(
+                &actor(&w.bob, surface),
+                request(surface, "open", "other/web", n),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused,
+            Refusal::RepoNotAllowed {
+                profile: "open".into(),
+                repo: "other/web".into()
+            },
+            "{surface}"
+        );
+        let refused = w
+            .service
+            .request(
+                &actor(&w.bob, surface),
+                request(surface, "admins", "acme/web", n),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "you may not use profile `admins`; an admin can add you to its `access`",
+            "{surface}"
+        );
+        let refused = w
+            .service
+            .request(
+                &actor(&w.bob, surface),
+                request(surface, "nope", "acme/web", n),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(refused, Refusal::UnknownProfile("nope".into()), "{surface}");
+        no_row(&w, before, "refused requests").await;
+        assert!(
+            w.store
+                .list_sessions(&Default::default())
+                .await
+                .unwrap()
+                .iter()
+                .all(|s| s.surface != surface),
+            "a refused request made a session on {surface}"
+        );
+
+        // Bob starts a session: one `session.create` row, by Bob, on this surface.
+        let before = head(&w.store).await;
+        let Requested::Started(s) = w
+            .service
+            .request(
+                &actor(&w.bob, surface),
+                request(surface, "open", "acme/web", n),
+            )
+            .await
+            .unwrap()
+        else {
+            panic!("not started on {surface}")
+        };
+        assert_eq!(s.state, SessionState::Queued);
+        assert_eq!(s.surface, surface);
+        assert_eq!(s.requester_id, w.bob.id);
+        one_row(&w, before, "session.create", &s, &w.bob, surface).await;
+
+        // While it works: the thread is busy, a follow-up and a retry are refused.
+        let before = head(&w.store).await;
+        if surface != Surface::Cli {
+            let busy = w
+                .service
+                .request(
+                    &actor(&w.bob, surface),
+                    request(surface, "open", "acme/web", n),
+                )
+                .await
+                .unwrap();
+            assert!(
+                matches!(busy, Requested::Busy(ref b) if b.id == s.id),
+                "{busy:?}"
+            );
+        }
+        let refused = w
+            .service
+            .follow_up(&actor(&w.bob, surface), &s.id, "more", None)
+            .await
+            .unwrap_err();
+        assert_eq!(refused, Refusal::StillRunning(s.id.clone()));
+        let refused = w
+            .service
+            .retry(&actor(&w.bob, surface), &s.id)
+            .await
+            .unwrap_err();
+        assert_eq!(refused, Refusal::StillRunning(s.id.clone()));
+        no_row(&w, before, "refused follow-ups").await;
+
+        // Bob stops it: one `session.cancel` row, by Bob; stopping again is refused, no row.
+        let before = head(&w.store).await;
+        let stopped = w
+            .service
+            .stop(&actor(&w.bob, surface), &s.id, None)
+            .await
+            .unwrap();
+        assert_eq!(stopped.state, SessionState::Cancelled);
+        assert_eq!(
+            stopped.reason.as_deref(),
+            Some(format!("stopped by Bob on {surface}").as_str())
+        );
+        one_row(&w, before, "session.cancel", &s, &w.bob, surface).await;
+        let before = head(&w.store).await;
+        let again = w
+            .service
+            .stop(&actor(&w.bob, surface), &s.id, None)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            again.to_string(),
+            format!(
+                "session {} is cancelled already; there is nothing to stop",
+                s.id
+            )
+        );
+        no_row(&w, before, "a second stop").await;
+
+        // Retry runs the same prompt again: one `session.retry` row, by Bob.
+        let before = head(&w.store).await;
+        let retried = w
+            .service
+            .retry(&actor(&w.bob, surface), &s.id)
+            .await
+            .unwrap();
+        assert_eq!(retried.state, SessionState::Queued);
+        assert_eq!(
+            w.store.latest_prompt(&retried).await.unwrap(),
+            format!("fix bug {n}")
+        );
+        one_row(&w, before, "session.retry", &s, &w.bob, surface).await;
+
+        // Ada (an admin) stops it.
+        let before = head(&w.store).await;
+        w.service
+            .stop(&actor(&w.ada, surface), &s.id, None)
+            .await
+            .unwrap();
+        one_row(&w, before, "session.cancel", &s, &w.ada, surface).await;
+
+        // A follow-up once the profile no longer lets Bob in is refused, without a row;
+        // Ada's follow-up goes through, with its row.
+        w.store
+            .apply_profile(
+                &ProfileSpec::from_toml(&OPEN.replace(
+                    "[agent]",
+                    "[access]\nroles = [\"admin\"]\nhumans = [\"eve@example.com\"]\n[agent]",
+                ))
+                .unwrap(),
+                None,
+            )
+            .await
+            .unwrap();
+        let before = head(&w.store).await;
+        let refused = w
+            .service
+            .follow_up(&actor(&w.bob, surface), &s.id, "and the docs", None)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused,
+            Refusal::HumanNotAllowed {
+                profile: "open".into()
+            }
+        );
+        let refused = w
+            .service
+            .retry(&actor(&w.bob, surface), &s.id)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, Refusal::HumanNotAllowed { .. }),
+            "{refused:?}"
+        );
+        no_row(&w, before, "a follow-up outside the profile's access").await;
+        let before = head(&w.store).await;
+        let followed = w
+            .service
+            .follow_up(&actor(&w.eve, surface), &s.id, "and the docs", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            w.store.latest_prompt(&followed).await.unwrap(),
+            "and the docs"
+        );
+        one_row(&w, before, "session.follow_up", &s, &w.eve, surface).await;
+        // Mallory neither asked nor may use the profile: she may not stop it. Eve, who may
+        // use it, may.
+        let before = head(&w.store).await;
+        let refused = w
+            .service
+            .stop(&actor(&w.mal, surface), &s.id, None)
+            .await
+            .unwrap_err();
+        assert_eq!(refused, Refusal::NotTheirs);
+        no_row(&w, before, "a stranger's stop").await;
+        w.service
+            .stop(&actor(&w.eve, surface), &s.id, None)
+            .await
+            .unwrap();
+        // Back to the open profile for the next surface.
+        w.store
+            .apply_profile(&ProfileSpec::from_toml(OPEN).unwrap(), None)
+            .await
+            .unwrap();
+    }
+}
+
+/// `airlock run` used to check the profile's `repos` but not its `access`, and wrote no
+/// audit row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn airlock_run_is_held_to_the_profiles_access_and_is_audited() {
+    let install = Install::new(Engine::Sqlite).await;
+    install.ok(&["migrate"]);
+    install.add_admin();
+    install.ok(&[
+        "human",
+        "add",
+        "--name",
+        "Bob",
+        "--email",
+        "bob@example.com",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admins.toml");
+    std::fs::write(&file, ADMINS).unwrap();
+    install.ok(&["profile", "apply", "-f", file.to_str().unwrap()]);
+
+    let out = install.run(&[
+        "run",
+        "--as",
+        "bob@example.com",
+        "--repo",
+        "acme/web",
+        "--profile",
+        "admins",
+        "--detach",
+        "fix it",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "error: you may not use profile `admins`; an admin can add you to its `access`\n"
+    );
+    assert_eq!(install.json(&["session", "list"]), serde_json::json!([]));
+
+    let id = install.ok(&[
+        "run",
+        "--repo",
+        "acme/web",
+        "--profile",
+        "admins",
+        "--detach",
+        "fix it",
+    ]);
+    let id = id.trim();
+    let audit = install.json(&["audit", "tail"]);
+    let rows: Vec<_> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["session_id"] == id)
+        .collect();
+    assert_eq!(rows.len(), 1, "{audit:#}");
+    assert_eq!(rows[0]["action"], "session.create");
+    assert_eq!(rows[0]["detail"]["surface"], "cli");
+    assert!(
+        rows[0]["actor"].as_str().unwrap().starts_with("human:hum_"),
+        "{:#}",
+        rows[0]
+    );
+}
