@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use airlock_core::config::SlackConfig;
 use airlock_core::domain::{Provider, SessionState, Surface};
 use airlock_core::render;
-use airlock_core::store::Session;
+use airlock_core::store::{settle, Session};
 use airlock_core::Store;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -517,7 +517,10 @@ async fn events(State(a): State<Arc<SlackAdapter>>, headers: HeaderMap, body: By
                     let a = a.clone();
                     tokio::spawn(async move {
                         a.event(cb).await;
-                        let _ = a.store.finish_inbound(&inbound.id, None).await;
+                        settle("a Slack event handled", || {
+                            a.store.finish_inbound(&inbound.id, None)
+                        })
+                        .await;
                     });
                 }
                 Ok(None) => {
@@ -705,9 +708,11 @@ impl StatusSink for SlackSink {
                     // A command's thread: its root is this message.
                     t["thread_ts"] = json!(ts);
                     let team = t["team"].as_str().unwrap_or("");
-                    let _ = store
-                        .set_thread_key(&session.id, &SlackAdapter::thread_key(team, &channel, &ts))
-                        .await;
+                    let key = SlackAdapter::thread_key(team, &channel, &ts);
+                    settle("the session's Slack thread", || {
+                        store.set_thread_key(&session.id, &key)
+                    })
+                    .await;
                 }
                 if let Err(e) = store.set_thread_ref(&session.id, &t).await {
                     return Sent::Retry(e.to_string());

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_core::domain::{Surface, TriggerKind};
-use airlock_core::store::{NewAudit, NewSession, Session, Trigger};
+use airlock_core::store::{settle, NewSession, Session, SessionAudit, Trigger};
 use airlock_core::Store;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -138,8 +138,9 @@ impl Triggers {
         }
         let s = self
             .store
-            .create_session(NewSession {
-                requester_id: owner.id.clone(),
+            .create_session_audited(
+                NewSession {
+                    requester_id: owner.id.clone(),
                 surface: Surface::Trigger,
                 thread_ref: reply,
                 repo: t.repo.clone(),
@@ -149,19 +150,15 @@ impl Triggers {
                 trigger_id: Some(t.id.clone()),
                 thread_key,
                 notify,
-            })
+                },
+                Some(&SessionAudit {
+                    actor: format!("trigger:{}", t.id),
+                    action: "trigger.fire".into(),
+                    detail: json!({"kind": t.kind, "repo": t.repo, "on_behalf_of": owner.id, "trigger": t.name}),
+                }),
+            )
             .await
             .map_err(|e| e.to_string())?;
-        let _ = self
-            .store
-            .audit(NewAudit {
-                actor: format!("trigger:{}", t.id),
-                action: "trigger.fire".into(),
-                target: t.name.clone(),
-                session_id: Some(s.id.clone()),
-                detail: json!({"kind": t.kind, "repo": t.repo, "on_behalf_of": owner.id}),
-            })
-            .await;
         tracing::info!(trigger = %t.name, session = %s.id, "a trigger fired");
         Ok(s)
     }
@@ -188,7 +185,10 @@ impl Triggers {
             };
             if now_ms - slot > CATCH_UP_MS {
                 // Missed while the server was down: remember it as passed, do not run it late.
-                let _ = self.store.claim_trigger_fire(&t.id, slot).await;
+                settle("a missed schedule slot", || {
+                    self.store.claim_trigger_fire(&t.id, slot)
+                })
+                .await;
                 tracing::warn!(trigger = %t.name, "skipped a schedule slot missed by more than 10 minutes");
                 continue;
             }

@@ -17,7 +17,7 @@ use airlock_core::plan::Plan;
 use airlock_core::render;
 use airlock_core::secrets::SecretValue;
 use airlock_core::service::{Actor, Sessions};
-use airlock_core::store::{NewAudit, Session, SessionEvent, SessionFilter, WebSession};
+use airlock_core::store::{settle, NewAudit, Session, SessionEvent, SessionFilter, WebSession};
 use airlock_core::timefmt::{opt_rfc3339, rfc3339};
 use airlock_core::Store;
 use askama::Template;
@@ -298,16 +298,14 @@ async fn login(
     let password = f.get("password").map(String::as_str).unwrap_or("");
     match st.store.sign_in(email, password).await {
         Ok(Some((token, s))) => {
-            let _ = st
-                .store
-                .audit(NewAudit {
-                    actor: format!("human:{}", s.human.id),
-                    action: "web.sign_in".into(),
-                    target: s.human.id.clone(),
-                    session_id: None,
-                    detail: json!({}),
-                })
-                .await;
+            let entry = NewAudit {
+                actor: format!("human:{}", s.human.id),
+                action: "web.sign_in".into(),
+                target: s.human.id.clone(),
+                session_id: None,
+                detail: json!({}),
+            };
+            settle("an audit row", || st.store.audit(entry.clone())).await;
             let mut r = Redirect::to("/sessions").into_response();
             let max = airlock_core::store::WEB_SESSION_MS / 1000;
             if let Ok(v) = HeaderValue::from_str(&set_cookie(COOKIE, &token, max, st.secure)) {
@@ -333,7 +331,7 @@ async fn logout(
         return d.into_response();
     }
     if let Some(t) = cookie(&headers, COOKIE) {
-        let _ = st.store.sign_out(t).await;
+        settle("a sign-out", || st.store.sign_out(t)).await;
     }
     let mut r = Redirect::to("/login").into_response();
     if let Ok(v) = HeaderValue::from_str(&set_cookie(COOKIE, "", 0, st.secure)) {
@@ -1128,21 +1126,19 @@ async fn set_credential(
     {
         Ok(rotated) => {
             drop(value);
-            let _ = st
-                .store
-                .audit(NewAudit {
-                    actor: format!("human:{}", ws.human.id),
-                    action: if rotated {
-                        "credential.rotate"
-                    } else {
-                        "credential.set"
-                    }
-                    .into(),
-                    target: name.clone(),
-                    session_id: None,
-                    detail: json!({"kind": kind, "from": "web"}),
-                })
-                .await;
+            let entry = NewAudit {
+                actor: format!("human:{}", ws.human.id),
+                action: if rotated {
+                    "credential.rotate"
+                } else {
+                    "credential.set"
+                }
+                .into(),
+                target: name.clone(),
+                session_id: None,
+                detail: json!({"kind": kind, "from": "web"}),
+            };
+            settle("an audit row", || st.store.audit(entry.clone())).await;
             let what = if rotated { "Rotated" } else { "Stored" };
             credentials_page(
                 &st,
@@ -1170,16 +1166,14 @@ async fn delete_credential(
     };
     let notice = match st.store.delete_credential(&name).await {
         Ok(()) => {
-            let _ = st
-                .store
-                .audit(NewAudit {
-                    actor: format!("human:{}", ws.human.id),
-                    action: "credential.delete".into(),
-                    target: name.clone(),
-                    session_id: None,
-                    detail: json!({"from": "web"}),
-                })
-                .await;
+            let entry = NewAudit {
+                actor: format!("human:{}", ws.human.id),
+                action: "credential.delete".into(),
+                target: name.clone(),
+                session_id: None,
+                detail: json!({"from": "web"}),
+            };
+            settle("an audit row", || st.store.audit(entry.clone())).await;
             format!("Deleted credential {name}.")
         }
         Err(e) => e.to_string(),
@@ -1279,16 +1273,14 @@ async fn trigger_action(
     let notice = match st.store.trigger(&name).await {
         Ok(t) => match st.store.set_trigger_enabled(&t.id, enable).await {
             Ok(()) => {
-                let _ = st
-                    .store
-                    .audit(NewAudit {
-                        actor: format!("human:{}", ws.human.id),
-                        action: format!("trigger.{action}"),
-                        target: t.id.clone(),
-                        session_id: None,
-                        detail: json!({"name": t.name}),
-                    })
-                    .await;
+                let entry = NewAudit {
+                    actor: format!("human:{}", ws.human.id),
+                    action: format!("trigger.{action}"),
+                    target: t.id.clone(),
+                    session_id: None,
+                    detail: json!({"name": t.name}),
+                };
+                settle("an audit row", || st.store.audit(entry.clone())).await;
                 format!(
                     "Trigger {} {}.",
                     t.name,

@@ -29,7 +29,7 @@ use crate::plan::{GitPlan, Plan, PlanSettings};
 use crate::sandbox::{
     ExecEvent, ExecRequest, ExecStream, Origin, RuntimeError, SandboxError, Sandboxes,
 };
-use crate::store::{NewAudit, Profile, ProfileVersion, Sandbox, Session, Store};
+use crate::store::{settle, NewAudit, Profile, ProfileVersion, Sandbox, Session, Store};
 
 /// How often a session waiting for a sandbox address tries again.
 const ADDRESS_RETRY: Duration = Duration::from_secs(2);
@@ -164,17 +164,19 @@ impl Broker {
             let state = self.store.session(&session).await?.state;
             if state == SessionState::Starting {
                 tracing::info!(%session, "{requeue}");
-                let _ = self
-                    .store
-                    .transition(&session, SessionState::Queued, Some(requeue))
-                    .await;
+                settle("a session queued again after a restart", || {
+                    self.store
+                        .transition(&session, SessionState::Queued, Some(requeue))
+                })
+                .await;
                 continue;
             }
             tracing::warn!(%session, "{why}");
-            let _ = self
-                .store
-                .transition(&session, SessionState::Failed, Some(&why))
-                .await;
+            settle("a session whose sandbox vanished, failed", || {
+                self.store
+                    .transition(&session, SessionState::Failed, Some(&why))
+            })
+            .await;
         }
         for (session, sandbox) in found.alive {
             let sb = self.store.sandbox(&sandbox).await?;
@@ -192,10 +194,11 @@ impl Broker {
                 }
                 (SessionState::Starting, _) => {
                     self.sandboxes.release(&sb, requeue).await;
-                    let _ = self
-                        .store
-                        .transition(&session, SessionState::Queued, Some(requeue))
-                        .await;
+                    settle("a session queued again after a restart", || {
+                        self.store
+                            .transition(&session, SessionState::Queued, Some(requeue))
+                    })
+                    .await;
                 }
                 (state, _) => {
                     let why = format!(
@@ -206,10 +209,11 @@ impl Broker {
                         }
                     );
                     self.sandboxes.release(&sb, &why).await;
-                    let _ = self
-                        .store
-                        .transition(&session, SessionState::Failed, Some(&why))
-                        .await;
+                    settle("a session stopped by a restart, failed", || {
+                        self.store
+                            .transition(&session, SessionState::Failed, Some(&why))
+                    })
+                    .await;
                 }
             }
         }
@@ -285,20 +289,21 @@ impl Broker {
             if let Err(e) = me.drive(&id, attach).await {
                 tracing::warn!(session = %id, "session failed: {e}");
                 let why = format!("Airlock could not run the session: {e}");
-                let _ = me
-                    .store
-                    .transition(&id, SessionState::Failed, Some(&why))
-                    .await;
+                settle("a session that could not run, failed", || {
+                    me.store.transition(&id, SessionState::Failed, Some(&why))
+                })
+                .await;
             }
         });
         self.tasks().insert(session, task);
     }
 
     async fn note(&self, session: &str, text: impl Into<String>) {
-        let _ = self
-            .store
-            .append_event(session, EventKind::Note, &json!({ "text": text.into() }))
-            .await;
+        let note = json!({ "text": text.into() });
+        settle("a note in the session's log", || {
+            self.store.append_event(session, EventKind::Note, &note)
+        })
+        .await;
     }
 
     /// The plan of the session's current turn: stored when the turn started (a re-attached
@@ -466,9 +471,11 @@ impl Broker {
             let sid = sid.clone();
             let line = line.to_string();
             tokio::spawn(async move {
-                let _ = store
-                    .append_event(&sid, EventKind::Note, &json!({ "text": line }))
-                    .await;
+                let note = json!({ "text": line });
+                settle("a note in the session's log", || {
+                    store.append_event(&sid, EventKind::Note, &note)
+                })
+                .await;
             });
         };
         let (sb, origin) = match self
@@ -678,14 +685,11 @@ impl Broker {
             .to_string();
         let mut words = status.split_whitespace();
         if words.next() != Some("pushed") {
-            let _ = self
-                .store
-                .append_event(
-                    &session.id,
-                    EventKind::Git,
-                    &json!({"branch": git.branch, "pushed": false, "pull_request": null}),
-                )
-                .await;
+            let event = json!({"branch": git.branch, "pushed": false, "pull_request": null});
+            settle("the session's git event", || {
+                self.store.append_event(&session.id, EventKind::Git, &event)
+            })
+            .await;
             return Ok("the agent finished without changing any file".into());
         }
         let commit = words.next().unwrap_or("").to_string();
@@ -710,7 +714,10 @@ impl Broker {
             });
         let mut opened = None;
         if let (Some(url), None) = (&pull, &session.pull_request_url) {
-            let _ = self.store.set_session_pull_request(&session.id, url).await;
+            settle("the session's pull request", || {
+                self.store.set_session_pull_request(&session.id, url)
+            })
+            .await;
         }
         if pull.is_none() && !git.existing_branch {
             if let Some(source) = &self.settings.github {
@@ -726,32 +733,31 @@ impl Broker {
                 };
                 match made {
                     Ok(pr) => {
-                        let _ = self
-                            .store
-                            .set_session_pull_request(&session.id, &pr.html_url)
-                            .await;
-                        let _ = self
-                            .store
-                            .audit(NewAudit {
-                                actor: format!("human:{}", plan.requester.id),
-                                action: "session.pull_request".into(),
-                                target: session.repo.clone(),
-                                session_id: Some(session.id.clone()),
-                                detail: json!({"number": pr.number, "url": pr.html_url, "branch": git.branch}),
-                            })
-                            .await;
+                        settle("the session's pull request", || {
+                            self.store
+                                .set_session_pull_request(&session.id, &pr.html_url)
+                        })
+                        .await;
+                        let entry = NewAudit {
+                            actor: format!("human:{}", plan.requester.id),
+                            action: "session.pull_request".into(),
+                            target: session.repo.clone(),
+                            session_id: Some(session.id.clone()),
+                            detail: json!({"number": pr.number, "url": pr.html_url, "branch": git.branch}),
+                        };
+                        settle("the pull request's audit row", || {
+                            self.store.audit(entry.clone())
+                        })
+                        .await;
                         opened = Some(pr.number);
                         pull = Some(pr.html_url);
                     }
                     Err(e) => {
-                        let _ = self
-                            .store
-                            .append_event(
-                                &session.id,
-                                EventKind::Git,
-                                &json!({"branch": git.branch, "commit": commit, "pushed": true, "pull_request": null}),
-                            )
-                            .await;
+                        let event = json!({"branch": git.branch, "commit": commit, "pushed": true, "pull_request": null});
+                        settle("the session's git event", || {
+                            self.store.append_event(&session.id, EventKind::Git, &event)
+                        })
+                        .await;
                         return Err(format!(
                             "pushed branch {} ({short}), but could not open a pull request: {e}",
                             git.branch
@@ -760,15 +766,12 @@ impl Broker {
                 }
             }
         }
-        let _ = self
-            .store
-            .append_event(
-                &session.id,
-                EventKind::Git,
-                &json!({"branch": git.branch, "commit": commit, "base": base, "pushed": true,
-                        "pull_request": pull.as_ref().map(|u| json!({"url": u, "number": opened}))}),
-            )
-            .await;
+        let event = json!({"branch": git.branch, "commit": commit, "base": base, "pushed": true,
+                "pull_request": pull.as_ref().map(|u| json!({"url": u, "number": opened}))});
+        settle("the session's git event", || {
+            self.store.append_event(&session.id, EventKind::Git, &event)
+        })
+        .await;
         Ok(match (opened, pull) {
             (Some(n), Some(url)) => {
                 format!(
@@ -929,7 +932,7 @@ impl Broker {
                                 "runner": if mode == Mode::Events { "agent" } else { "command" },
                             })).await?;
                             hub.done(&sb.id, exec, seq);
-                            let _ = store.set_sandbox_agent_exec(&sb.id, None).await;
+                            settle("the sandbox's finished agent", || store.set_sandbox_agent_exec(&sb.id, None)).await;
                             let reason = match (mode, ok) {
                                 (Mode::Raw, _) => format!("the agent's command {what}"),
                                 (Mode::Events, true) => "the agent finished".to_string(),
@@ -967,7 +970,7 @@ impl Broker {
                     return Ok(timed_out(reason, &out));
                 }
                 _ = check.tick() => {
-                    let _ = store.lease_session(sid, &self.owner, now_ms() + LEASE_MS).await;
+                    settle("the session's lease", || store.lease_session(sid, &self.owner, now_ms() + LEASE_MS)).await;
                     let now = store.session(sid).await?;
                     if now.state.is_terminal() {
                         let _ = hub.cancel(&sb.id, exec);

@@ -309,13 +309,18 @@ impl Shared {
             detail["repo"] = serde_json::json!(r);
         }
         self.audit_waiting.fetch_add(1, Ordering::AcqRel);
-        let _ = self.audit_tx.send(NewAudit {
+        let entry = NewAudit {
             actor: ctx.actor(),
             action: action.to_string(),
             target: target.to_string(),
             session_id: ctx.session_id.clone(),
             detail,
-        });
+        };
+        if let Err(e) = self.audit_tx.send(entry) {
+            // Only when the writer has stopped (shutdown): say so rather than lose it quietly.
+            self.audit_waiting.fetch_sub(1, Ordering::AcqRel);
+            tracing::error!(action = %e.0.action, session = ?e.0.session_id, "an egress audit row was NOT RECORDED: the audit writer has stopped");
+        }
     }
 
     /// A 503 while more audit records wait to be written than the gateway may hold: what
@@ -337,7 +342,7 @@ impl Shared {
     pub(crate) fn meter(&self, ctx: &Ctx, host: &str, usage: meter::Usage) {
         self.budgets
             .add(ctx, usage.input_tokens + usage.output_tokens);
-        let _ = self.usage_tx.send(airlock_core::store::NewUsage {
+        let sent = self.usage_tx.send(airlock_core::store::NewUsage {
             session_id: ctx.session_id.clone(),
             human_id: ctx.human_id.clone(),
             sandbox_id: ctx.sandbox_id.clone(),
@@ -346,6 +351,9 @@ impl Shared {
             input_tokens: usage.input_tokens,
             output_tokens: usage.output_tokens,
         });
+        if let Err(e) = sent {
+            tracing::error!(session = ?e.0.session_id, "model usage was NOT RECORDED: the usage writer has stopped");
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use airlock_core::config::GithubConfig;
 use airlock_core::domain::{Human, Provider, Surface};
 use airlock_core::github::{Github, GithubSource};
-use airlock_core::store::{Inbound, NewAudit};
+use airlock_core::store::{settle, Inbound, NewAudit};
 use airlock_core::Store;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -107,10 +107,11 @@ impl GithubAdapter {
         if let Err(e) = &result {
             tracing::warn!(delivery = %inbound.delivery_id, event = %inbound.event, "GitHub delivery: {e}");
         }
-        let _ = self
-            .store
-            .finish_inbound(&inbound.id, result.err().as_deref())
-            .await;
+        let error = result.err();
+        settle("a GitHub delivery handled", || {
+            self.store.finish_inbound(&inbound.id, error.as_deref())
+        })
+        .await;
     }
 
     async fn dispatch(&self, event: &str, p: &Value) -> Result<(), String> {
@@ -181,16 +182,17 @@ impl GithubAdapter {
             .set_github_installation(id, &account, &repos)
             .await
             .map_err(|e| e.to_string())?;
-        let _ = self
-            .store
-            .audit(NewAudit {
-                actor: "github".into(),
-                action: "github.installation".into(),
-                target: account,
-                session_id: None,
-                detail: json!({"installation": id, "repositories": repos}),
-            })
-            .await;
+        let entry = NewAudit {
+            actor: "github".into(),
+            action: "github.installation".into(),
+            target: account,
+            session_id: None,
+            detail: json!({"installation": id, "repositories": repos}),
+        };
+        settle("the installation's audit row", || {
+            self.store.audit(entry.clone())
+        })
+        .await;
         Ok(())
     }
 
@@ -265,16 +267,17 @@ impl GithubAdapter {
                 self.cfg.min_permission
             ))
             .await;
-            let _ = self
-                .store
-                .audit(NewAudit {
-                    actor: format!("github:{login}"),
-                    action: "github.refused".into(),
-                    target: repo.clone(),
-                    session_id: None,
-                    detail: json!({"reason": "permission", "permission": permission, "issue": number}),
-                })
-                .await;
+            let entry = NewAudit {
+                actor: format!("github:{login}"),
+                action: "github.refused".into(),
+                target: repo.clone(),
+                session_id: None,
+                detail: json!({"reason": "permission", "permission": permission, "issue": number}),
+            };
+            settle("the refusal's audit row", || {
+                self.store.audit(entry.clone())
+            })
+            .await;
             return Ok(());
         }
         let account = Account {

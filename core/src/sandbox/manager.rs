@@ -20,8 +20,8 @@ use super::{
 use crate::domain::ProfileSpec;
 use crate::ids::now_ms;
 use crate::store::{
-    NewSandbox, NewSnapshot, Profile, ProfileVersion, Sandbox, Session, Snapshot, Store, TokenKind,
-    BOOTSTRAP_TTL_MS,
+    settle, NewSandbox, NewSnapshot, Profile, ProfileVersion, Sandbox, Session, Snapshot, Store,
+    TokenKind, BOOTSTRAP_TTL_MS,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -534,10 +534,11 @@ impl Sandboxes {
                 self.hub.forget(sandbox);
                 self.runtime.remove(&inst.id).await?;
                 if !sandbox.is_empty() {
-                    let _ = self
-                        .store
-                        .set_sandbox_gone(sandbox, "removed at start-up: nothing needed it")
-                        .await;
+                    settle("a sandbox removed at start-up", || {
+                        self.store
+                            .set_sandbox_gone(sandbox, "removed at start-up: nothing needed it")
+                    })
+                    .await;
                 }
                 out.removed.push(inst.id.clone());
             }
@@ -560,14 +561,20 @@ impl Sandboxes {
                             i.exit_code.unwrap_or(-1)
                         )
                     };
-                    let _ = self.store.set_sandbox_gone(sb, &why).await;
+                    settle("a sandbox gone while the server was down", || {
+                        self.store.set_sandbox_gone(sb, &why)
+                    })
+                    .await;
                     out.vanished.push((session.clone(), why));
                 }
                 (Some(sb), None) => {
                     let why = format!(
                         "its sandbox {sb} vanished while the server was down (the container no longer exists)"
                     );
-                    let _ = self.store.set_sandbox_gone(sb, &why).await;
+                    settle("a sandbox gone while the server was down", || {
+                        self.store.set_sandbox_gone(sb, &why)
+                    })
+                    .await;
                     out.vanished.push((session.clone(), why));
                 }
                 (None, _) => out.vanished.push((

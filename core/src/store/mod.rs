@@ -20,6 +20,7 @@ mod profiles;
 mod queue;
 mod sandboxes;
 mod sessions;
+mod settle;
 mod triggers;
 mod web;
 
@@ -45,6 +46,7 @@ pub use sandboxes::{
     BOOTSTRAP_TTL_MS,
 };
 pub use sessions::{NewSession, Session, SessionAudit, SessionEvent, SessionFilter};
+pub use settle::settle;
 pub use triggers::{NewTrigger, Trigger};
 pub use web::{WebSession, WEB_SESSION_MS};
 
