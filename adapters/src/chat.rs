@@ -47,6 +47,7 @@ pub fn not_linked(surface: Surface, prefix: &str) -> String {
     )
 }
 
+#[tracing::instrument(name = "chat", skip_all, fields(surface = %req.surface, thread = %req.thread_key))]
 pub async fn handle(store: &Store, default_profile: Option<&str>, req: ChatRequest) -> Reply {
     let cmd = match command::parse(&req.text) {
         Ok(c) => c,

@@ -98,6 +98,7 @@ impl Notifier {
         }
     }
 
+    #[tracing::instrument(name = "delivery", skip_all, fields(delivery = d.id, session = d.session_id.as_deref().unwrap_or("-"), surface = %d.surface))]
     async fn deliver(&self, d: Delivery) {
         let outcome = self.attempt(&d).await;
         let store = &self.store;

@@ -87,6 +87,7 @@ impl Triggers {
 
     /// Starts the trigger's session for an event. `origin`: the GitHub issue or pull request
     /// it came from (a reply destination of `origin` answers there).
+    #[tracing::instrument(name = "trigger", skip_all, fields(trigger = %t.name, human = %t.owner_id))]
     pub async fn fire(
         &self,
         t: &Trigger,

@@ -33,7 +33,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing();
+    if let Err(e) = init_tracing() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,13 +83,34 @@ fn one_line_usage_error(text: &str) -> String {
     format!("{msg} (see `airlock --help`)")
 }
 
-fn init_tracing() {
+/// Logs go to stderr, filtered by `AIRLOCK_LOG` (`info` by default). `AIRLOCK_LOG_FORMAT=json`
+/// writes one JSON object per line, with the spans it happened in (session, human, delivery),
+/// so one session's story can be pulled from the logs alone.
+fn init_tracing() -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("AIRLOCK_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,hyper=warn,bollard=warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let installed = match std::env::var("AIRLOCK_LOG_FORMAT").as_deref() {
+        Ok("json") => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+        Ok("text") | Err(_) => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        Ok(other) => {
+            return Err(format!(
+                "AIRLOCK_LOG_FORMAT is {:?}; expected `text` or `json`",
+                other.chars().take(40).collect::<String>()
+            ))
+        }
+    };
+    if let Err(e) = installed {
+        eprintln!("warning: cannot set up logging: {e}");
+    }
+    Ok(())
 }

@@ -338,6 +338,7 @@ impl Broker {
     }
 
     /// Runs one session from `starting` (or re-attached while `running`) to its end.
+    #[tracing::instrument(name = "turn", skip_all, fields(session = %id, attached = attach.is_some()))]
     async fn drive(&self, id: &str, attach: Option<(Sandbox, ExecStream)>) -> anyhow::Result<()> {
         let session = self.store.session(id).await?;
         let pv = self
@@ -354,6 +355,7 @@ impl Broker {
                 None => return Ok(()),
             },
         };
+        tracing::info!(sandbox = %sb.id, profile = %profile.name, repo = %session.repo, "the agent runs");
         let session = self.store.session(id).await?;
         let mut outcome = match self.watch(&session, &profile, &pv, &sb, stream, mode).await {
             Ok(o) => o,
@@ -399,6 +401,7 @@ impl Broker {
                 .transition(id, outcome.state, Some(&outcome.reason))
                 .await?;
         }
+        tracing::info!(state = %outcome.state, reason = %outcome.reason, "the turn ended");
         Ok(())
     }
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::line_of;
 
 /// Environment variables with the `AIRLOCK_` prefix that are not configuration keys.
-const RESERVED_ENV: &[&str] = &["AIRLOCK_CONFIG", "AIRLOCK_LOG"];
+const RESERVED_ENV: &[&str] = &["AIRLOCK_CONFIG", "AIRLOCK_LOG", "AIRLOCK_LOG_FORMAT"];
 /// Prefixes of environment variables used by Airlock's own test suites.
 const RESERVED_ENV_PREFIXES: &[&str] = &["AIRLOCK_TEST_"];
 

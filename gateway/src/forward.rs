@@ -424,6 +424,13 @@ async fn gate_push(mut body: BoxBody, branch: Option<&str>) -> Gate {
     }
 }
 
+#[tracing::instrument(name = "egress", skip_all, fields(
+    session = ctx.session_id.as_deref().unwrap_or("-"),
+    human = ctx.human_id.as_deref().unwrap_or("-"),
+    sandbox = %ctx.sandbox_id,
+    host = %target.host,
+    method = %req.method(),
+))]
 pub async fn forward(
     shared: Arc<Shared>,
     ctx: Arc<Ctx>,

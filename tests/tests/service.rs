@@ -433,3 +433,50 @@ async fn airlock_run_is_held_to_the_profiles_access_and_is_audited() {
         rows[0]
     );
 }
+
+/// With `AIRLOCK_LOG_FORMAT=json`, every line the server logs while it runs a session
+/// carries the session in its spans: one session's story can be pulled from the log alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_story_is_in_the_json_log_under_its_id() {
+    use airlock_tests::sessions::{detach, install_on, show};
+    use airlock_tests::Server;
+    let mut install = install_on(Engine::Sqlite, &[("echo", "echo hello from the agent", "")]).await;
+    install.env("AIRLOCK_LOG_FORMAT", "json");
+    let server = Server::start(&install);
+    let id = detach(&install, "echo", "say hello");
+    airlock_tests::sessions::wait_ended(&install, &id, std::time::Duration::from_secs(90));
+    assert_eq!(show(&install, &id)["session"]["state"], "succeeded");
+    let log = server.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let of_session: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| {
+            l["spans"]
+                .as_array()
+                .is_some_and(|spans| spans.iter().any(|s| s["session"] == id.as_str()))
+                || l["fields"]["session"] == id.as_str()
+        })
+        .collect();
+    let turn = of_session
+        .iter()
+        .filter(|l| l["spans"].as_array().is_some_and(|s| s.iter().any(|s| s["name"] == "turn")))
+        .count();
+    assert!(turn >= 1, "no line in the session's turn span:\n{log}");
+    // The bad value of the option is refused in one line, not ignored.
+    let out = {
+        let mut cmd = std::process::Command::new(airlock_tests::airlock_bin());
+        cmd.args(["session", "list"])
+            .current_dir(install.path())
+            .env("AIRLOCK_LOG_FORMAT", "yaml");
+        cmd.output().unwrap()
+    };
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "error: AIRLOCK_LOG_FORMAT is \"yaml\"; expected `text` or `json`\n"
+    );
+}

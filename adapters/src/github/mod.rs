@@ -99,6 +99,7 @@ impl GithubAdapter {
         }
     }
 
+    #[tracing::instrument(name = "github", skip_all, fields(delivery = %inbound.delivery_id, event = %inbound.event))]
     async fn handle(&self, inbound: Inbound) {
         let result = match serde_json::from_str::<Value>(&inbound.payload) {
             Ok(payload) => self.dispatch(&inbound.event, &payload).await,
