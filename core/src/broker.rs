@@ -229,7 +229,7 @@ impl Broker {
     /// Claims and runs queued sessions until `shutdown` resolves.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        // The queue wakes the broker when it changes (core/src/store/queue.rs); the poll is
+        // The queue wakes the broker when it changes (core/store/src/store/queue.rs); the poll is
         // only the fallback.
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let watcher = tokio::spawn(self.store.clone().watch_queue());

@@ -1,27 +1,20 @@
-//! Airlock's core: the domain model, configuration, storage, the session service every
-//! surface goes through, the broker and the sandbox runtime.
+//! Airlock's sessions and sandboxes: the session service every surface goes through
+//! ([`service`]), the broker that runs turns ([`broker`]), and the sandbox runtime
+//! ([`sandbox`], [`docker`], [`image`]).
 //!
-//! This crate owns every word of the domain (Human, Identity, Profile, Session, Event,
-//! Credential, Trigger, Delivery, Audit) and every byte Airlock keeps. It never logs,
-//! returns or formats a credential value: those exist in clear only inside
-//! [`secrets::SecretValue`], whose `Debug` is redacted.
+//! The layers it stands on are crates of their own, re-exported here under their old paths:
+//! `airlock-domain` (the vocabulary, no I/O), `airlock-store` (configuration and storage)
+//! and `airlock-github` (the GitHub client). The gateway depends on those, not on this.
 
 pub mod broker;
-pub mod config;
 pub mod docker;
-pub mod domain;
-pub mod github;
-pub mod ids;
 pub mod image;
 pub mod messages;
 pub mod output_log;
-pub mod plan;
-pub mod render;
 pub mod sandbox;
-pub mod secrets;
 pub mod service;
-pub mod store;
-pub mod timefmt;
 
-pub use config::Config;
-pub use store::{Store, StoreError};
+// The layers below, under their old paths (`airlock_core::store::Store`, ...).
+pub use airlock_github as github;
+pub use airlock_store::{config, domain, ids, plan, render, secrets, store, timefmt};
+pub use airlock_store::{Config, Store, StoreError};

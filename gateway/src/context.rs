@@ -11,13 +11,13 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use airlock_core::domain::CredentialKind;
-use airlock_core::github::{Auth, Github, RepoToken, Scope};
-use airlock_core::ids::now_ms;
-use airlock_core::plan::Plan;
-use airlock_core::secrets::SecretValue;
-use airlock_core::store::token_hash;
-use airlock_core::Store;
+use airlock_github::{Auth, Github, RepoToken, Scope};
+use airlock_store::domain::CredentialKind;
+use airlock_store::ids::now_ms;
+use airlock_store::plan::Plan;
+use airlock_store::secrets::SecretValue;
+use airlock_store::store::token_hash;
+use airlock_store::Store;
 
 use crate::routes::RouteTable;
 use crate::scan::Needles;
@@ -126,7 +126,11 @@ impl Sessions {
         loaded
     }
 
-    async fn load(&self, token: &str, hash: &str) -> Result<Option<Ctx>, airlock_core::StoreError> {
+    async fn load(
+        &self,
+        token: &str,
+        hash: &str,
+    ) -> Result<Option<Ctx>, airlock_store::StoreError> {
         let Some(binding) = self.store.check_token(token).await? else {
             return Ok(None);
         };
@@ -341,7 +345,7 @@ impl Secrets {
     }
 
     /// Reloads the values if the stored set changed since the last look.
-    pub async fn refresh(&self) -> Result<(), airlock_core::StoreError> {
+    pub async fn refresh(&self) -> Result<(), airlock_store::StoreError> {
         let fp = self.store.credentials_fingerprint().await?;
         if *self.fingerprint.lock().expect("fingerprint") == Some(fp) {
             return Ok(());

@@ -32,8 +32,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airlock_core::store::{NewAudit, NewUsage};
-use airlock_core::Store;
+use airlock_store::store::{NewAudit, NewUsage};
+use airlock_store::Store;
 use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -52,7 +52,7 @@ pub enum GatewayError {
     #[error("the extra CA bundle {path}: {reason}")]
     ExtraCa { path: String, reason: String },
     #[error(transparent)]
-    Store(#[from] airlock_core::StoreError),
+    Store(#[from] airlock_store::StoreError),
     #[error("cannot write {path}: {source}")]
     Write {
         path: String,

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airlock_core::store::NewAudit;
+use airlock_store::store::NewAudit;
 use base64::Engine as _;
 use http::header::HeaderMap;
 use http::{header, Method, Request, StatusCode};
@@ -342,7 +342,7 @@ impl Shared {
     pub(crate) fn meter(&self, ctx: &Ctx, host: &str, usage: meter::Usage) {
         self.budgets
             .add(ctx, usage.input_tokens + usage.output_tokens);
-        let sent = self.usage_tx.send(airlock_core::store::NewUsage {
+        let sent = self.usage_tx.send(airlock_store::store::NewUsage {
             session_id: ctx.session_id.clone(),
             human_id: ctx.human_id.clone(),
             sandbox_id: ctx.sandbox_id.clone(),

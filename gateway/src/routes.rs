@@ -4,7 +4,7 @@
 //!
 //! Pure: no I/O, no credential values (a route names its credential, nothing more).
 
-use airlock_core::domain::{Inject, RouteSpec};
+use airlock_store::domain::{Inject, RouteSpec};
 
 use crate::path::{normalise, NormalPath, PathError};
 

@@ -440,7 +440,8 @@ async fn airlock_run_is_held_to_the_profiles_access_and_is_audited() {
 async fn a_sessions_story_is_in_the_json_log_under_its_id() {
     use airlock_tests::sessions::{detach, install_on, show};
     use airlock_tests::Server;
-    let mut install = install_on(Engine::Sqlite, &[("echo", "echo hello from the agent", "")]).await;
+    let mut install =
+        install_on(Engine::Sqlite, &[("echo", "echo hello from the agent", "")]).await;
     install.env("AIRLOCK_LOG_FORMAT", "json");
     let server = Server::start(&install);
     let id = detach(&install, "echo", "say hello");
@@ -463,7 +464,11 @@ async fn a_sessions_story_is_in_the_json_log_under_its_id() {
         .collect();
     let turn = of_session
         .iter()
-        .filter(|l| l["spans"].as_array().is_some_and(|s| s.iter().any(|s| s["name"] == "turn")))
+        .filter(|l| {
+            l["spans"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["name"] == "turn"))
+        })
         .count();
     assert!(turn >= 1, "no line in the session's turn span:\n{log}");
     // The bad value of the option is refused in one line, not ignored.

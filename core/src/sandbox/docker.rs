@@ -60,29 +60,7 @@ fn is_404(e: &bollard::errors::Error) -> bool {
     )
 }
 
-/// The `.1` of an IPv4 subnet such as `10.203.0.0/24`.
-pub fn host_address(subnet: &str) -> Option<Ipv4Addr> {
-    let (net, bits) = subnet.split_once('/')?;
-    let bits: u8 = bits.parse().ok()?;
-    let net: Ipv4Addr = net.parse().ok()?;
-    if !(8..=29).contains(&bits) {
-        return None;
-    }
-    let n = u32::from(net);
-    let mask = u32::MAX << (32 - bits);
-    if n & !mask != 0 {
-        return None;
-    }
-    Some(Ipv4Addr::from(n + 1))
-}
-
-/// How many sandboxes a subnet can address: all of it but the network and broadcast
-/// addresses and the bridge's own (`None` for a subnet [`host_address`] refuses).
-pub fn subnet_capacity(subnet: &str) -> Option<u32> {
-    host_address(subnet)?;
-    let bits: u32 = subnet.split_once('/')?.1.parse().ok()?;
-    Some((1u32 << (32 - bits)) - 3)
-}
+pub use airlock_store::config::{host_address, subnet_capacity};
 
 impl DockerRuntime {
     pub fn new(docker: Docker, cfg: DockerRuntimeConfig) -> DockerRuntime {

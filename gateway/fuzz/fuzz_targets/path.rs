@@ -3,7 +3,7 @@
 //! nothing an upstream could read as another path.
 #![no_main]
 
-use airlock_core::domain::RouteSpec;
+use airlock_domain::RouteSpec;
 use airlock_gateway::path::normalise;
 use airlock_gateway::routes::RouteTable;
 use libfuzzer_sys::fuzz_target;

@@ -13,8 +13,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::ids::now_ms;
-use crate::secrets::SecretValue;
+use airlock_store::ids::now_ms;
+use airlock_store::secrets::SecretValue;
 
 /// An installation token is used until this long before it expires, then minted again.
 const REFRESH_BEFORE_MS: i64 = 5 * 60 * 1000;
@@ -199,7 +199,7 @@ impl std::fmt::Debug for Github {
 
 fn split_repo(repo: &str) -> Result<(&str, &str)> {
     match repo.split_once('/') {
-        Some((o, n)) if crate::domain::is_repo(repo) => Ok((o, n)),
+        Some((o, n)) if airlock_store::domain::is_repo(repo) => Ok((o, n)),
         _ => Err(GithubError::BadRepo(repo.chars().take(120).collect())),
     }
 }
@@ -484,13 +484,16 @@ impl Github {
 /// The deployment's GitHub client, made from `[github]` and the stored credential, and made
 /// again when credentials change (so a rotated key or token is used from then on).
 pub struct GithubSource {
-    store: crate::Store,
-    config: crate::config::GithubConfig,
+    store: airlock_store::Store,
+    config: airlock_store::config::GithubConfig,
     current: Mutex<Option<((i64, i64), Github)>>,
 }
 
 impl GithubSource {
-    pub fn new(store: crate::Store, config: crate::config::GithubConfig) -> GithubSource {
+    pub fn new(
+        store: airlock_store::Store,
+        config: airlock_store::config::GithubConfig,
+    ) -> GithubSource {
         GithubSource {
             store,
             config,
@@ -498,7 +501,7 @@ impl GithubSource {
         }
     }
 
-    pub fn config(&self) -> &crate::config::GithubConfig {
+    pub fn config(&self) -> &airlock_store::config::GithubConfig {
         &self.config
     }
 

@@ -3,6 +3,15 @@
 //!
 //! Enums here are stored as their `as_str` text; parsing is strict so a bad value read from
 //! the database or typed by a person is an error, never a silent default.
+//!
+//! No I/O: ids ([`ids`]), secret values that never print ([`secrets`]), times
+//! ([`timefmt`]) and the rendering of agent text for each surface ([`render`]) live here too,
+//! so every other crate can depend on this one.
+
+pub mod ids;
+pub mod render;
+pub mod secrets;
+pub mod timefmt;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -600,7 +609,7 @@ impl ProfileSpec {
 }
 
 /// The 1-based line of byte offset `at` in `text` (byte-wise, so any offset is safe).
-pub(crate) fn line_of(text: &str, at: usize) -> usize {
+pub fn line_of(text: &str, at: usize) -> usize {
     text.as_bytes()[..at.min(text.len())]
         .iter()
         .filter(|b| **b == b'\n')

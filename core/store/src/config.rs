@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -741,7 +742,7 @@ impl Config {
         {
             return Err(want("sandbox.network"));
         }
-        if crate::sandbox::docker::host_address(&sb.subnet).is_none() {
+        if host_address(&sb.subnet).is_none() {
             return Err(want("sandbox.subnet"));
         }
         if sb.endpoint_port == 0 {
@@ -773,7 +774,7 @@ impl Config {
             return Err(want("broker.max_sessions_per_human"));
         }
         // Every running session's sandbox needs an address on the sandbox network.
-        if let Some(room) = crate::sandbox::docker::subnet_capacity(&self.sandbox.subnet) {
+        if let Some(room) = subnet_capacity(&self.sandbox.subnet) {
             if b.max_sessions > room {
                 return Err((
                     "broker.max_sessions",
@@ -997,6 +998,30 @@ pub fn env_var_for(key: &str) -> Option<String> {
 /// All configuration keys with their environment variables and expected values.
 pub fn documented_keys() -> Vec<(&'static str, String, &'static str)> {
     KEYS.iter().map(|(k, _, e)| (*k, env_name(k), *e)).collect()
+}
+
+/// The `.1` of an IPv4 subnet such as `10.203.0.0/24`.
+pub fn host_address(subnet: &str) -> Option<Ipv4Addr> {
+    let (net, bits) = subnet.split_once('/')?;
+    let bits: u8 = bits.parse().ok()?;
+    let net: Ipv4Addr = net.parse().ok()?;
+    if !(8..=29).contains(&bits) {
+        return None;
+    }
+    let n = u32::from(net);
+    let mask = u32::MAX << (32 - bits);
+    if n & !mask != 0 {
+        return None;
+    }
+    Some(Ipv4Addr::from(n + 1))
+}
+
+/// How many sandboxes a subnet can address: all of it but the network and broadcast
+/// addresses and the bridge's own (`None` for a subnet [`host_address`] refuses).
+pub fn subnet_capacity(subnet: &str) -> Option<u32> {
+    host_address(subnet)?;
+    let bits: u32 = subnet.split_once('/')?.1.parse().ok()?;
+    Some((1u32 << (32 - bits)) - 3)
 }
 
 #[cfg(test)]
