@@ -31,30 +31,91 @@ pub struct RunOptions {
     pub repo: Option<String>,
 }
 
-/// The commands, their form and what they do: the help text is made from this list.
-pub const COMMANDS: &[(&str, &str)] = &[
-    (
-        "<what to do> [profile=NAME] [repo=OWNER/NAME]",
-        "start a session (or continue this conversation's session) with that request",
-    ),
-    ("status", "show where this conversation's session is"),
-    ("stop", "stop this conversation's running session"),
-    (
-        "link [CODE]",
-        "link this account to your Airlock identity (without a code: get one)",
-    ),
-    (
-        "config repo=OWNER/NAME [profile=NAME]",
-        "set this channel's default repository and profile (admins, Slack)",
-    ),
-    ("help", "show this help"),
-];
+/// One help entry: the command's form, what it does, and an instance of that form (which
+/// [`parse`] must read back as this command).
+pub struct Usage {
+    pub form: &'static str,
+    pub what: &'static str,
+    pub example: &'static str,
+}
+
+impl Command {
+    /// This command's help entry. The `match` has no wildcard: a new command does not compile
+    /// until it has one.
+    pub fn usage(&self) -> Usage {
+        let u = |form, what, example| Usage {
+            form,
+            what,
+            example,
+        };
+        match self {
+            Command::Run { .. } => u(
+                "<what to do> [profile=NAME] [repo=OWNER/NAME]",
+                "start a session (or continue this conversation's session) with that request",
+                "fix the flaky login test repo=acme/web",
+            ),
+            Command::Status => u(
+                "status",
+                "show where this conversation's session is",
+                "status",
+            ),
+            Command::Stop => u("stop", "stop this conversation's running session", "stop"),
+            Command::Link { .. } => u(
+                "link [CODE]",
+                "link this account to your Airlock identity (without a code: get one)",
+                "link ABCDE-FGHIJ",
+            ),
+            Command::Config { .. } => u(
+                "config repo=OWNER/NAME [profile=NAME]",
+                "set this channel's default repository and profile (admins, Slack)",
+                "config repo=acme/web",
+            ),
+            Command::Help => u("help", "show this help", "help"),
+        }
+    }
+
+    /// The command after this one in the help (`None` after the last). The `match` has no
+    /// wildcard: a new command does not compile until it has its place in the help.
+    fn next_in_help(&self) -> Option<Command> {
+        let none = RunOptions::default;
+        match self {
+            Command::Run { .. } => Some(Command::Status),
+            Command::Status => Some(Command::Stop),
+            Command::Stop => Some(Command::Link { code: None }),
+            Command::Link { .. } => Some(Command::Config { options: none() }),
+            Command::Config { .. } => Some(Command::Help),
+            Command::Help => None,
+        }
+    }
+
+    /// One command of each kind, in help order.
+    fn each() -> Vec<Command> {
+        let mut out = vec![Command::Run {
+            prompt: String::new(),
+            options: RunOptions::default(),
+        }];
+        // Bounded, so a chain that loops shows up as a duplicate in the help test.
+        while let Some(next) = out.last().and_then(Command::next_in_help) {
+            if out.len() > 32 {
+                break;
+            }
+            out.push(next);
+        }
+        out
+    }
+
+    #[cfg(test)]
+    fn same_kind(&self, other: &Command) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+}
 
 /// The help text for a surface whose commands start with `prefix` (`@airlock`, `/airlock`).
 pub fn help(prefix: &str) -> String {
     let mut out = String::from("Airlock runs a coding agent in a sandbox on your request:\n\n");
-    for (form, what) in COMMANDS {
-        out.push_str(&format!("- `{prefix} {form}`: {what}\n"));
+    for c in Command::each() {
+        let u = c.usage();
+        out.push_str(&format!("- `{prefix} {}`: {}\n", u.form, u.what));
     }
     out
 }
@@ -275,10 +336,27 @@ mod tests {
     }
 
     #[test]
-    fn help_lists_every_command() {
+    fn help_has_every_kind_of_command_once_and_its_example_parses_as_that_command() {
+        let each = Command::each();
+        for (i, c) in each.iter().enumerate() {
+            assert!(
+                !each[..i].iter().any(|d| d.same_kind(c)),
+                "{c:?} is in the help twice"
+            );
+        }
         let h = help("@airlock");
-        for (form, _) in COMMANDS {
-            assert!(h.contains(&format!("`@airlock {form}`")), "{h}");
+        for c in &each {
+            let u = c.usage();
+            assert!(
+                h.contains(&format!("- `@airlock {}`: {}", u.form, u.what)),
+                "{h}"
+            );
+            let parsed = parse(u.example).unwrap_or_else(|e| panic!("{}: {e}", u.example));
+            assert!(parsed.same_kind(c), "`{}` parses as {parsed:?}", u.example);
+            // The comment form reads the same.
+            let comment = format!("@airlock {}", u.example);
+            let from = from_comment(&comment, "airlock").unwrap().unwrap();
+            assert!(from.same_kind(c), "{comment} parses as {from:?}");
         }
     }
 

@@ -67,9 +67,31 @@ async fn a_session_waits_for_a_sandbox_address_and_starts_when_one_frees() {
                 .any(|n| n.contains("Waiting for a sandbox address"))
         },
     );
-    // It waits: not failed, and still waiting a while later.
-    std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(state_of(&install, &id), "starting", "{}", server.log());
+    // It waits: the broker tries again (each try renews the session's lease) and the session
+    // stays `starting`, not failed.
+    let db = install.raw_db().await;
+    let lease = |db: sqlx::AnyPool, id: String| async move {
+        sqlx::query_scalar::<_, i64>("SELECT lease_until FROM sessions WHERE id = $1")
+            .bind(id)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
+    let mut leases = vec![lease(db.clone(), id.clone()).await];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while leases.len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker did not try again: {leases:?}\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = lease(db.clone(), id.clone()).await;
+        if now != *leases.last().unwrap() {
+            leases.push(now);
+        }
+        assert_eq!(state_of(&install, &id), "starting", "{}", server.log());
+    }
 
     // Shrinking the pool frees the addresses; the session starts and succeeds.
     std::fs::write(&hog_file, hog(0)).unwrap();

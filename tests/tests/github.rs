@@ -41,6 +41,27 @@ async fn wait<T>(what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
 }
 
 /// The bot's comments on the issue.
+/// Waits until every stored delivery has been handled (instead of sleeping and hoping):
+/// what a delivery does is done by then.
+async fn all_handled(db: &sqlx::AnyPool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM inbound WHERE processed_at IS NULL")
+                .fetch_one(db)
+                .await
+                .unwrap();
+        if pending == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pending} deliveries still unhandled after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn bot_comments(stack: &Stack, number: u64) -> Vec<Comment> {
     stack
         .github
@@ -297,7 +318,7 @@ async fn forged_replayed_oversized_and_unauthorised_requests_start_nothing() {
         .github_webhook("issue_comment", &id, &body, None)
         .await;
     assert_eq!((status, text.contains("duplicate")), (200, true), "{text}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    all_handled(&db).await;
     assert_eq!(
         bot_comments(&stack, ISSUE).len(),
         1,
@@ -345,7 +366,7 @@ async fn forged_replayed_oversized_and_unauthorised_requests_start_nothing() {
             .await;
         assert_eq!(status, 202);
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    all_handled(&db).await;
     assert_eq!(bot_comments(&stack, ISSUE).len(), 2);
     assert_eq!(count(&stack).await, 0);
     // Installation events record where the App is.
