@@ -4,11 +4,11 @@
 //! Every failure ends in one line on stderr (`error: …`) and a non-zero exit: 2 for a command
 //! line that does not parse, 1 for everything else. Nothing here prints a credential value.
 
-mod admin;
+mod app;
 mod cli;
 mod commands;
 mod output;
-mod server;
+mod web;
 
 use std::process::ExitCode;
 

@@ -6,7 +6,7 @@
 //! RS256 JWT for `/app/...`, a personal access token or an installation token otherwise);
 //! installation tokens work only on the repositories they were minted for; a pull request
 //! needs its head branch to exist; unknown routes and malformed bodies are recorded as
-//! unexpected, and tests assert there were none.
+//! unexpected, and a test ends with a failure when any were (the fake asserts it on drop).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -1030,4 +1030,25 @@ async fn git(State(s): State<Shared>, Path(path): Path<String>, req: Request) ->
         t.login.clone()
     };
     crate::git::http_backend(&s.git_root, &login, req).await
+}
+
+/// Strict by default: a test that ends with calls this fake did not expect fails, even if it
+/// never looked (a test already failing is left to its own message).
+impl Drop for FakeGithub {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let seen = self
+            .shared
+            .world
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unexpected
+            .clone();
+        assert!(
+            seen.is_empty(),
+            "the fake GitHub saw calls it did not expect: {seen:#?}"
+        );
+    }
 }

@@ -368,3 +368,23 @@ fn response_events(s: &Shared, req: &Value) -> Result<Vec<Value>, String> {
         "usage": {"input_tokens": 100, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 20, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 120}}}));
     Ok(events)
 }
+
+/// Strict by default: a test that ends with calls this fake did not expect fails, even if it
+/// never looked (a test already failing is left to its own message).
+impl Drop for FakeModel {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let seen = self
+            .shared
+            .problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        assert!(
+            seen.is_empty(),
+            "the fake model API saw calls it did not expect: {seen:#?}"
+        );
+    }
+}

@@ -361,3 +361,24 @@ async fn api(
         _ => fail(&mut w, "unknown_method", method),
     }
 }
+
+/// Strict by default: a test that ends with calls this fake did not expect fails, even if it
+/// never looked (a test already failing is left to its own message).
+impl Drop for FakeSlack {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let seen = self
+            .shared
+            .world
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .problems
+            .clone();
+        assert!(
+            seen.is_empty(),
+            "the fake Slack saw calls it did not expect: {seen:#?}"
+        );
+    }
+}

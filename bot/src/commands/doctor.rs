@@ -350,7 +350,7 @@ pub async fn run(ctx: &Ctx) -> ExitCode {
             ));
         }
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            if crate::server::is_airlock_at(listen).await {
+            if super::up::is_airlock_at(listen).await {
                 checks.push(check(
                     "listen",
                     Status::Ok,

@@ -5,6 +5,7 @@ mod admin;
 mod doctor;
 pub mod sandboxes;
 mod triggers;
+pub mod up;
 
 use std::process::ExitCode;
 
@@ -91,10 +92,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         json: cli.json,
     };
     match cli.command {
-        Command::Up => crate::server::up(&ctx).await.map(|()| ExitCode::SUCCESS),
-        Command::Gateway => crate::server::gateway(&ctx)
-            .await
-            .map(|()| ExitCode::SUCCESS),
+        Command::Up => up::up(&ctx).await.map(|()| ExitCode::SUCCESS),
+        Command::Gateway => up::gateway(&ctx).await.map(|()| ExitCode::SUCCESS),
         Command::Migrate => migrate(&ctx).await,
         Command::Doctor => Ok(doctor::run(&ctx).await),
         Command::Human(c) => admin::human(&ctx, c).await,

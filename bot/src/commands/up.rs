@@ -1,5 +1,6 @@
-//! `airlock up`: the HTTP server. It migrates the database, checks Docker, and serves until
-//! SIGINT or SIGTERM. Adapters, the gateway and the admin page are mounted here as they land.
+//! `airlock up` and `airlock gateway`: the HTTP server. It migrates the database, checks
+//! Docker, starts the broker, the gateway, the adapters, the notifier and the admin page
+//! (`crate::web`), and serves until SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +19,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::commands::Ctx;
+use super::Ctx;
 
 #[derive(Clone)]
 struct AppState {
@@ -65,8 +66,7 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
             }
             // Sandboxes are the product's wall: if the network or its firewall cannot be
             // set up, refuse to start rather than run sessions without it.
-            let (sandboxes, network) =
-                crate::commands::sandboxes::stack(ctx, &store, &owner).await?;
+            let (sandboxes, network) = crate::app::stack(&ctx.config, &store, &owner).await?;
             let addr = SocketAddr::from((network.host_address, cfg.sandbox.endpoint_port));
             let endpoint = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                 anyhow::anyhow!(
@@ -74,12 +74,8 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
                 )
             })?;
             if cfg.gateway.mode == airlock_core::config::GatewayMode::Embedded {
-                let (gateway, listener) = crate::commands::sandboxes::start_gateway(
-                    cfg,
-                    &store,
-                    network.host_address.into(),
-                )
-                .await?;
+                let (gateway, listener) =
+                    crate::app::start_gateway(cfg, &store, network.host_address.into()).await?;
                 tracing::info!(address = %listener.local_addr()?, "gateway ready");
                 background.push(tokio::spawn(gateway.serve(listener, stopped())));
             }
@@ -87,7 +83,7 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
                 store.clone(),
                 sandboxes.clone(),
                 owner.clone(),
-                crate::commands::sandboxes::broker_settings(cfg, github.clone()),
+                crate::app::broker_settings(cfg, github.clone()),
             );
             broker
                 .recover()
@@ -149,7 +145,7 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
         docker_ok: docker_ok.clone(),
     });
     // The admin page.
-    app = app.merge(crate::admin::router(crate::admin::AdminState {
+    app = app.merge(crate::web::router(crate::web::AdminState {
         store: store.clone(),
         logs_dir: cfg.data_dir.join("logs"),
         secure: cfg.public_url().starts_with("https://"),
@@ -243,9 +239,8 @@ pub async fn gateway(ctx: &Ctx) -> anyhow::Result<()> {
     let store = ctx.store(true).await?;
     let host = airlock_core::sandbox::docker::host_address(&cfg.sandbox.subnet)
         .context("sandbox.subnet has no host address")?;
-    airlock_gateway::ensure_ca(&store, &crate::commands::sandboxes::gateway_ca_path(cfg)).await?;
-    let (gateway, listener) =
-        crate::commands::sandboxes::start_gateway(cfg, &store, host.into()).await?;
+    airlock_gateway::ensure_ca(&store, &crate::app::gateway_ca_path(cfg)).await?;
+    let (gateway, listener) = crate::app::start_gateway(cfg, &store, host.into()).await?;
     tracing::info!(address = %listener.local_addr()?, "gateway ready");
     gateway.serve(listener, shutdown_signal()).await;
     store.close().await;
