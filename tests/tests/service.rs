@@ -279,7 +279,34 @@ async fn every_surface_gets_the_same_policy_and_one_audit_row_per_change(engine:
         );
         no_row(&w, before, "a second stop").await;
 
-        // Retry runs the same prompt again: one `session.retry` row, by Bob.
+        // Asking again in the thread continues the ended session there: its updates go to
+        // the new request's place, and one `session.follow_up` row.
+        if surface != Surface::Cli {
+            let before = head(&w.store).await;
+            let mut again = request(surface, "open", "acme/web", n);
+            again.prompt = "and once more".into();
+            if let Some(t) = again.thread.as_mut() {
+                t.reference = serde_json::json!({ "n": n, "again": true });
+            }
+            let Requested::Continued(c) = w
+                .service
+                .request(&actor(&w.bob, surface), again)
+                .await
+                .unwrap()
+            else {
+                panic!("not continued on {surface}")
+            };
+            assert_eq!(c.id, s.id);
+            assert_eq!(c.thread_ref, serde_json::json!({ "n": n, "again": true }));
+            assert_eq!(w.store.latest_prompt(&c).await.unwrap(), "and once more");
+            one_row(&w, before, "session.follow_up", &s, &w.bob, surface).await;
+            w.service
+                .stop(&actor(&w.bob, surface), &s.id, None)
+                .await
+                .unwrap();
+        }
+
+        // Retry runs the latest prompt again: one `session.retry` row, by Bob.
         let before = head(&w.store).await;
         let retried = w
             .service
@@ -289,7 +316,11 @@ async fn every_surface_gets_the_same_policy_and_one_audit_row_per_change(engine:
         assert_eq!(retried.state, SessionState::Queued);
         assert_eq!(
             w.store.latest_prompt(&retried).await.unwrap(),
-            format!("fix bug {n}")
+            if surface == Surface::Cli {
+                format!("fix bug {n}")
+            } else {
+                "and once more".to_string()
+            }
         );
         one_row(&w, before, "session.retry", &s, &w.bob, surface).await;
 
