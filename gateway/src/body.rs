@@ -125,7 +125,7 @@ impl<B> Observed<B> {
 pub fn scrub_headers(n: &std::sync::Arc<Needles>, headers: &mut http::HeaderMap) {
     let names: Vec<http::HeaderName> = headers
         .keys()
-        .filter(|k| n.find(k.as_str().as_bytes()).is_some())
+        .filter(|k| n.redact(k.as_str().as_bytes()).is_some())
         .cloned()
         .collect();
     for k in names {

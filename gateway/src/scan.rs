@@ -13,7 +13,10 @@
 //! value that continues where the previous piece (or WebSocket message) ended is still caught.
 //! Where a stream must be let out whole (the end of a body or of a message), a held tail of
 //! [`PARTIAL_LIMIT`] or more bytes that begins a value is redacted too; at most the first
-//! `PARTIAL_LIMIT - 1` bytes of a form can ever pass.
+//! `PARTIAL_LIMIT - 1` bytes of a form can ever pass. The guard, which refuses rather than
+//! redacts, counts such a tail only from [`GUARD_PARTIAL_LIMIT`] bytes: four bytes that begin
+//! one of a 2 KB key's many windows end ordinary header names and values often enough (one
+//! test key in a few hundred blocked every request that sent `User-Agent`).
 //!
 //! What no scanner can stop: an upstream that holds a credential (it received it) and hands
 //! it to the sandbox in pieces across separate responses, or in an encoding of its own. The
@@ -31,6 +34,9 @@ pub const REDACTED: &[u8] = b"[REDACTED]";
 /// A held tail that begins a value and is this long or longer is redacted where a stream has
 /// to be let out whole.
 pub const PARTIAL_LIMIT: usize = 4;
+/// The same for the guard: a whole header value or request body ending in the first this
+/// many bytes of a value is refused; shorter tails are chance.
+pub const GUARD_PARTIAL_LIMIT: usize = 16;
 /// Forms shorter than this are not looked for: they would match by chance.
 const MIN_FORM: usize = 6;
 /// Longer forms are looked for as consecutive windows of this length, so holding back and the
@@ -233,7 +239,7 @@ impl StreamScan {
     }
 
     fn guard(&mut self, chunk: Bytes, end: bool) -> Scanned {
-        let (out, found) = self.push(chunk, end);
+        let (out, found) = self.scan(chunk, end, GUARD_PARTIAL_LIMIT);
         match found {
             Some(label) => Scanned::Found(label),
             None => Scanned::Pass(out),
@@ -243,6 +249,11 @@ impl StreamScan {
     /// Scans `chunk` after what is held back; returns what may go on (values replaced) and
     /// the label of the first value found. With `end`, nothing is held back.
     pub fn push(&mut self, chunk: Bytes, end: bool) -> (Bytes, Option<String>) {
+        self.scan(chunk, end, PARTIAL_LIMIT)
+    }
+
+    /// [`StreamScan::push`] with the length from which a tail held at the end counts.
+    fn scan(&mut self, chunk: Bytes, end: bool, partial_limit: usize) -> (Bytes, Option<String>) {
         let raw = if self.pending.is_empty() {
             chunk
         } else {
@@ -258,7 +269,7 @@ impl StreamScan {
         let mut found: Option<usize> = None;
         let mut cut_raw = raw.len();
         for (i, (canon, covered)) in levels.iter().enumerate() {
-            let pass = scan_level(n, &self.history[i], &canon.bytes, end);
+            let pass = scan_level(n, &self.history[i], &canon.bytes, end, partial_limit);
             for (a, b) in pass.regions {
                 regions.push(canon.raw_span(a, b));
             }
@@ -330,7 +341,7 @@ struct Pass {
 }
 
 /// Searches `c` (one level of a piece) after `history` (the same level of what went before).
-fn scan_level(n: &Needles, history: &[u8], c: &[u8], end: bool) -> Pass {
+fn scan_level(n: &Needles, history: &[u8], c: &[u8], end: bool, partial_limit: usize) -> Pass {
     let h = history.len();
     let mut regions: Vec<(usize, usize)> = Vec::new();
     let mut found: Option<usize> = None;
@@ -359,7 +370,7 @@ fn scan_level(n: &Needles, history: &[u8], c: &[u8], end: bool) -> Pass {
     if let Some((start, pattern)) = n.partial(history, c, min) {
         let from = start.max(h) - h;
         if end {
-            if h + c.len() - start >= PARTIAL_LIMIT && from < c.len() {
+            if h + c.len() - start >= partial_limit && from < c.len() {
                 regions.push((from, c.len()));
                 found.get_or_insert(pattern);
             }
@@ -532,6 +543,32 @@ mod tests {
         assert_eq!(
             n.find(b"q=ghp%5Fabcdef123456").as_deref(),
             Some("cred:ghp_abcdef123456")
+        );
+    }
+
+    #[test]
+    fn the_guard_does_not_refuse_a_header_for_ending_in_the_first_bytes_of_a_value() {
+        // A key whose forms have a window starting "gent…" and "cept…": every request sends
+        // `User-Agent` and `Accept`. Four bytes at the end used to count as the value.
+        let n = needles(&[
+            "gent-and-more-of-a-long-secret",
+            "cept-and-more-of-a-long-secret",
+        ]);
+        for whole in [&b"user-agent"[..], b"accept", b"text/plain; accept"] {
+            assert_eq!(n.find(whole), None, "{}", String::from_utf8_lossy(whole));
+        }
+        // The scrubber still redacts such a tail where a response ends.
+        assert_eq!(scrub_str(&n, "user-agent"), "user-a[REDACTED]");
+        // A real start of the value at the end of a header is refused from 16 bytes on, and
+        // the whole value anywhere.
+        assert_eq!(
+            n.find(b"x=gent-and-more-of-a").as_deref(),
+            Some("cred:gent-and-more-of-a-long-secret")
+        );
+        assert_eq!(n.find(b"x=gent-and-more-o"), None);
+        assert_eq!(
+            n.find(b"a cept-and-more-of-a-long-secret b").as_deref(),
+            Some("cred:cept-and-more-of-a-long-secret")
         );
     }
 
