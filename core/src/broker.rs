@@ -299,11 +299,7 @@ impl Broker {
     }
 
     async fn note(&self, session: &str, text: impl Into<String>) {
-        let note = json!({ "text": text.into() });
-        settle("a note in the session's log", || {
-            self.store.append_event(session, EventKind::Note, &note)
-        })
-        .await;
+        note(&self.store, session, text.into()).await
     }
 
     /// The plan of the session's current turn: stored when the turn started (a re-attached
@@ -473,13 +469,7 @@ impl Broker {
             let store = store.clone();
             let sid = sid.clone();
             let line = line.to_string();
-            tokio::spawn(async move {
-                let note = json!({ "text": line });
-                settle("a note in the session's log", || {
-                    store.append_event(&sid, EventKind::Note, &note)
-                })
-                .await;
-            });
+            tokio::spawn(async move { note(&store, &sid, line).await });
         };
         let (sb, origin) = match self
             .acquire_waiting(session, profile, pv, plan, &mut log)
@@ -1393,6 +1383,15 @@ impl Output {
         hub.done(&self.sandbox, self.exec, self.stored_seq);
         Ok(())
     }
+}
+
+/// A note in the session's log (a failure to store it is reported, see `store::settle`).
+async fn note(store: &Store, session: &str, text: String) {
+    let note = json!({ "text": text });
+    settle("a note in the session's log", || {
+        store.append_event(session, EventKind::Note, &note)
+    })
+    .await;
 }
 
 /// What runs a plan's agent: its command line, its environment and how its output is read.

@@ -18,6 +18,39 @@ pub mod tls;
 pub mod upstream;
 pub mod websocket;
 
+/// What a fake does when it is dropped (each fake is strict by default): a test that ends
+/// with calls the fake did not expect fails, even if it never looked; a test already failing
+/// is left to its own message.
+pub fn fail_on_unexpected(fake: &str, seen: Vec<String>) {
+    if std::thread::panicking() {
+        return;
+    }
+    assert!(
+        seen.is_empty(),
+        "{fake} saw calls it did not expect: {seen:#?}"
+    );
+}
+
+/// Declares each named `async fn NAME(engine: Engine)` as two tests: `sqlite::NAME` and
+/// `postgres::NAME`.
+#[macro_export]
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name($crate::Engine::Sqlite).await }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name($crate::Engine::Postgres).await }
+            )*
+        }
+    };
+}
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -369,22 +369,15 @@ fn response_events(s: &Shared, req: &Value) -> Result<Vec<Value>, String> {
     Ok(events)
 }
 
-/// Strict by default: a test that ends with calls this fake did not expect fails, even if it
-/// never looked (a test already failing is left to its own message).
+/// Strict by default (see [`crate::fail_on_unexpected`]).
 impl Drop for FakeModel {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            return;
-        }
         let seen = self
             .shared
             .problems
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        assert!(
-            seen.is_empty(),
-            "the fake model API saw calls it did not expect: {seen:#?}"
-        );
+        crate::fail_on_unexpected("the fake model API", seen);
     }
 }

@@ -362,13 +362,9 @@ async fn api(
     }
 }
 
-/// Strict by default: a test that ends with calls this fake did not expect fails, even if it
-/// never looked (a test already failing is left to its own message).
+/// Strict by default (see [`crate::fail_on_unexpected`]).
 impl Drop for FakeSlack {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            return;
-        }
         let seen = self
             .shared
             .world
@@ -376,9 +372,6 @@ impl Drop for FakeSlack {
             .unwrap_or_else(|e| e.into_inner())
             .problems
             .clone();
-        assert!(
-            seen.is_empty(),
-            "the fake Slack saw calls it did not expect: {seen:#?}"
-        );
+        crate::fail_on_unexpected("the fake Slack", seen);
     }
 }

@@ -5,24 +5,7 @@ use std::time::{Duration, Instant};
 
 use airlock_tests::{free_port, stderr, stdout, Engine, Install};
 
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(airlock_tests::Engine::Sqlite).await }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(airlock_tests::Engine::Postgres).await }
-            )*
-        }
-    };
-}
-
-on_both_engines!(
+airlock_tests::on_both_engines!(
     an_admin_sets_up_people_profiles_and_credentials,
     audit_verify_catches_tampering
 );

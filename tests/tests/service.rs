@@ -9,24 +9,7 @@ use airlock_core::store::{AuditEntry, Session};
 use airlock_core::Store;
 use airlock_tests::{stderr, Engine, Install};
 
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(airlock_tests::Engine::Sqlite).await }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(airlock_tests::Engine::Postgres).await }
-            )*
-        }
-    };
-}
-
-on_both_engines!(every_surface_gets_the_same_policy_and_one_audit_row_per_change);
+airlock_tests::on_both_engines!(every_surface_gets_the_same_policy_and_one_audit_row_per_change);
 
 const OPEN: &str =
     "name = \"open\"\nrepos = [\"acme/*\"]\n[agent]\nkind = \"command\"\ncommand = \"true\"\n";
@@ -154,44 +137,39 @@ async fn every_surface_gets_the_same_policy_and_one_audit_row_per_change(engine:
     for (n, surface) in SURFACES.into_iter().enumerate() {
         // Refusals: a repository outside `repos`, a profile outside `access`, no such profile.
         let before = head(&w.store).await;
-        let refused = w
-            .service
-            .request(
-                &actor(&w.bob, surface),
-                request(surface, "open", "other/web", n),
-            )
-            .await
-            .unwrap_err();
+        let refusals = [
+            (
+                "open",
+                "other/web",
+                Refusal::RepoNotAllowed {
+                    profile: "open".into(),
+                    repo: "other/web".into(),
+                },
+            ),
+            (
+                "admins",
+                "acme/web",
+                Refusal::HumanNotAllowed {
+                    profile: "admins".into(),
+                },
+            ),
+            ("nope", "acme/web", Refusal::UnknownProfile("nope".into())),
+        ];
+        for (profile, repo, want) in refusals {
+            let refused = w
+                .service
+                .request(&actor(&w.bob, surface), request(surface, profile, repo, n))
+                .await
+                .unwrap_err();
+            assert_eq!(refused, want, "{surface}");
+        }
         assert_eq!(
-            refused,
-            Refusal::RepoNotAllowed {
-                profile: "open".into(),
-                repo: "other/web".into()
-            },
-            "{surface}"
+            Refusal::HumanNotAllowed {
+                profile: "admins".into()
+            }
+            .to_string(),
+            "you may not use profile `admins`; an admin can add you to its `access`"
         );
-        let refused = w
-            .service
-            .request(
-                &actor(&w.bob, surface),
-                request(surface, "admins", "acme/web", n),
-            )
-            .await
-            .unwrap_err();
-        assert_eq!(
-            refused.to_string(),
-            "you may not use profile `admins`; an admin can add you to its `access`",
-            "{surface}"
-        );
-        let refused = w
-            .service
-            .request(
-                &actor(&w.bob, surface),
-                request(surface, "nope", "acme/web", n),
-            )
-            .await
-            .unwrap_err();
-        assert_eq!(refused, Refusal::UnknownProfile("nope".into()), "{surface}");
         no_row(&w, before, "refused requests").await;
         assert!(
             w.store

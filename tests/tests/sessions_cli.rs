@@ -1,9 +1,7 @@
 //! Sessions seen and governed from the command line.
 
 use airlock_core::domain::{ProfileSpec, Role, Surface};
-use airlock_core::secrets::MasterKey;
 use airlock_core::store::{ApplyOutcome, NewSession};
-use airlock_core::Store;
 use airlock_tests::{stderr, Engine, Install};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -11,15 +9,7 @@ async fn an_admin_lists_shows_and_cancels_a_session() {
     let install = Install::new(Engine::Sqlite).await;
     install.ok(&["migrate"]);
     // A session as the broker records it, in the installation's own database and key.
-    let key = std::fs::read_to_string(install.path().join("var/master.key")).unwrap();
-    let store = Store::connect(
-        &install.database_url,
-        2,
-        MasterKey::from_base64(&key).unwrap(),
-    )
-    .await
-    .unwrap();
-    store.check_master_key().await.unwrap();
+    let store = install.store().await;
     let ada = store
         .add_human("Ada Lovelace", "ada@example.com", Role::Member)
         .await

@@ -115,6 +115,22 @@ impl Chat {
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
+    /// A button click (a `block_actions` payload), signed now; returns the status.
+    async fn click(&self, payload: &str) -> u16 {
+        let body = serde_urlencoded::to_string([("payload", payload)]).unwrap();
+        let (status, _) = self
+            .post(
+                "/slack/interactions",
+                "application/x-www-form-urlencoded",
+                body.as_bytes(),
+                now(),
+                None,
+                None,
+            )
+            .await;
+        status
+    }
+
     /// A slash command as Slack sends it (the fields of its documented example).
     fn command(user: &str, text: &str) -> Vec<u8> {
         serde_urlencoded::to_string([
@@ -584,18 +600,7 @@ async fn admins_bind_a_channel_and_the_stop_button_stops() {
         "actions": [{"type": "button", "action_id": "airlock_stop", "block_id": "b1",
                      "text": {"type": "plain_text", "text": "Stop"}, "value": session, "action_ts": "1700000002.000001"}],
     });
-    let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
-    let (status, _) = chat
-        .post(
-            "/slack/interactions",
-            "application/x-www-form-urlencoded",
-            body.as_bytes(),
-            now(),
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
+    assert_eq!(chat.click(&payload.to_string()).await, 200);
     let (root, _) = chat
         .wait("the stopped status", 30, || {
             let (root, r) = chat.first_thread()?;
@@ -634,18 +639,7 @@ async fn admins_bind_a_channel_and_the_stop_button_stops() {
         .to_string()
         .replace("airlock_stop", "airlock_retry")
         .replace("\"Stop\"", "\"Retry\"");
-    let body = serde_urlencoded::to_string([("payload", retry)]).unwrap();
-    let (status, _) = chat
-        .post(
-            "/slack/interactions",
-            "application/x-www-form-urlencoded",
-            body.as_bytes(),
-            now(),
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
+    assert_eq!(chat.click(&retry).await, 200);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let audit = chat.stack.json(&["audit", "tail", "-n", "1000"]).await;
