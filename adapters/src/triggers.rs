@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_core::domain::{Surface, TriggerKind};
-use airlock_core::store::{settle, NewSession, Session, SessionAudit, Trigger};
+use airlock_core::service::{Actor, Firing, Sessions};
+use airlock_core::store::{settle, Session, Trigger};
 use airlock_core::Store;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -99,22 +100,6 @@ impl Triggers {
             .find_human(&t.owner_id)
             .await
             .map_err(|e| format!("the trigger's owner: {e}"))?;
-        let profile = self
-            .store
-            .find_profile(&t.profile_id)
-            .await
-            .map_err(|e| format!("the trigger's profile: {e}"))?;
-        let pv = self
-            .store
-            .profile_version(&profile.id, None)
-            .await
-            .map_err(|e| e.to_string())?;
-        if !pv.spec.allows_repo(&t.repo) || !pv.spec.allows_human(&owner) {
-            return Err(format!(
-                "profile `{}` may not be used by {} on {}",
-                profile.name, owner.email, t.repo
-            ));
-        }
         let template = t.config["prompt"].as_str().unwrap_or("");
         let prompt = render(template, context)?;
         let mut reply = if t.reply["surface"] == "origin" {
@@ -137,29 +122,22 @@ impl Triggers {
         } else {
             reply = json!({"trigger": t.name});
         }
-        let s = self
-            .store
-            .create_session_audited(
-                NewSession {
-                    requester_id: owner.id.clone(),
-                surface: Surface::Trigger,
-                thread_ref: reply,
-                repo: t.repo.clone(),
-                profile_id: profile.id.clone(),
-                profile_version: pv.version,
-                prompt,
-                trigger_id: Some(t.id.clone()),
-                thread_key,
-                notify,
+        let actor = Actor::trigger(t.id.clone(), &t.name, owner);
+        let s = Sessions::new(self.store.clone(), None)
+            .fire(
+                &actor,
+                Firing {
+                    profile_id: t.profile_id.clone(),
+                    repo: t.repo.clone(),
+                    prompt,
+                    reply,
+                    notify,
+                    thread_key,
+                    detail: json!({"kind": t.kind, "trigger": t.name}),
                 },
-                Some(&SessionAudit {
-                    actor: format!("trigger:{}", t.id),
-                    action: "trigger.fire".into(),
-                    detail: json!({"kind": t.kind, "repo": t.repo, "on_behalf_of": owner.id, "trigger": t.name}),
-                }),
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|r| r.to_string())?;
         tracing::info!(trigger = %t.name, session = %s.id, "a trigger fired");
         Ok(s)
     }

@@ -7,6 +7,10 @@ use crate::service::Refusal;
 pub const NO_REQUESTER: &str =
     "say who is asking with --as EMAIL: a session is always requested by a person";
 
+/// Triggers start sessions with `Sessions::fire`, people with `Sessions::request`.
+pub const TRIGGERS_FIRE: &str =
+    "a trigger starts sessions by firing, and only a trigger fires: this is a bug in Airlock";
+
 /// The sentence for a refusal (no trailing full stop: surfaces add their own framing).
 pub fn refusal(r: &Refusal) -> String {
     match r {
@@ -33,6 +37,12 @@ pub fn refusal(r: &Refusal) -> String {
         ),
         Refusal::HumanNotAllowed { profile } => format!(
             "you may not use profile `{}`; an admin can add you to its `access`",
+            clip(profile)
+        ),
+        Refusal::OwnerNotAllowed { profile, owner } => format!(
+            "the trigger's owner {} may not use profile `{}`; an admin can add them to its \
+             `access` or give the trigger another owner",
+            clip(owner),
             clip(profile)
         ),
         Refusal::NotTheirs => "only the person who asked, or an admin, can do that".into(),
@@ -74,6 +84,10 @@ mod tests {
             },
             Refusal::HumanNotAllowed {
                 profile: "p".into(),
+            },
+            Refusal::OwnerNotAllowed {
+                profile: long.clone(),
+                owner: long.clone(),
             },
             Refusal::NotTheirs,
             Refusal::NotRunning {

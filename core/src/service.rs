@@ -21,6 +21,9 @@ pub enum Who {
     Human(Human),
     /// The operator at the server's shell (`cli:USER`): trusted like the database it opens.
     Operator(String),
+    /// A trigger (a webhook, a schedule, a GitHub event): its sessions are the owner's and
+    /// held to the owner's access; the audit log names the trigger.
+    Trigger { id: String, owner: Human },
 }
 
 /// Who acts, where, and how the session's log names them ("@octocat on GitHub").
@@ -49,17 +52,32 @@ impl Actor {
         }
     }
 
-    /// The audit log's actor: `human:hum_…` or `cli:USER`.
+    /// A trigger acting for its owner; `name` is how the session's log names it.
+    pub fn trigger(id: impl Into<String>, name: &str, owner: Human) -> Actor {
+        Actor {
+            who: Who::Trigger {
+                id: id.into(),
+                owner,
+            },
+            surface: Surface::Trigger,
+            named: format!("trigger {name}"),
+        }
+    }
+
+    /// The audit log's actor: `human:hum_…`, `cli:USER` or `trigger:trg_…`.
     pub fn audit_actor(&self) -> String {
         match &self.who {
             Who::Human(h) => format!("human:{}", h.id),
             Who::Operator(u) => u.clone(),
+            Who::Trigger { id, .. } => format!("trigger:{id}"),
         }
     }
 
+    /// The person whose access decides: the one acting, or a trigger's owner.
     fn human_ref(&self) -> Option<&Human> {
         match &self.who {
             Who::Human(h) => Some(h),
+            Who::Trigger { owner, .. } => Some(owner),
             Who::Operator(_) => None,
         }
     }
@@ -98,6 +116,24 @@ pub struct Request {
     pub reference: serde_json::Value,
 }
 
+/// What a trigger asks for when it fires.
+#[derive(Debug, Clone)]
+pub struct Firing {
+    /// The trigger's profile (a trigger names exactly one).
+    pub profile_id: String,
+    pub repo: String,
+    /// The trigger's prompt template, rendered with the event.
+    pub prompt: String,
+    /// Where the session's updates go (`thread_ref`).
+    pub reply: serde_json::Value,
+    /// The surface whose thread shows the session's status, if any.
+    pub notify: Option<Surface>,
+    /// The conversation the reply names (a GitHub issue), so a person can continue there.
+    pub thread_key: Option<String>,
+    /// What the audit row records about the event (`kind`, `trigger`).
+    pub detail: serde_json::Value,
+}
+
 #[derive(Debug)]
 pub enum Requested {
     Started(Session),
@@ -119,6 +155,11 @@ pub enum Refusal {
     },
     HumanNotAllowed {
         profile: String,
+    },
+    /// A trigger's owner may not use its profile.
+    OwnerNotAllowed {
+        profile: String,
+        owner: String,
     },
     /// Only the requester or an admin may do this to the session.
     NotTheirs,
@@ -202,6 +243,7 @@ impl Sessions {
         );
         let requester = match &actor.who {
             Who::Human(h) => h.id.clone(),
+            Who::Trigger { .. } => return Err(Refusal::Invalid(messages::TRIGGERS_FIRE.into())),
             Who::Operator(_) => return Err(Refusal::Invalid(messages::NO_REQUESTER.into())),
         };
         let s = self
@@ -226,6 +268,46 @@ impl Sessions {
             .await?;
         tracing::info!(session = %s.id, "session requested");
         Ok(Requested::Started(s))
+    }
+
+    /// Starts a trigger's session, for its owner, under the owner's access; audited to the
+    /// trigger (`trigger.fire`) in the same transaction.
+    #[tracing::instrument(skip_all, fields(actor = %actor.audit_actor(), repo = %f.repo))]
+    pub async fn fire(&self, actor: &Actor, f: Firing) -> Result<Session, Refusal> {
+        let Who::Trigger { id, owner } = &actor.who else {
+            return Err(Refusal::Invalid(messages::TRIGGERS_FIRE.into()));
+        };
+        let profile = self.store.find_profile(&f.profile_id).await?;
+        let pv = self.store.profile_version(&profile.id, None).await?;
+        self.allowed(actor, &profile, &pv, &f.repo)?;
+        let mut detail = f.detail;
+        if !detail.is_object() {
+            detail = serde_json::json!({});
+        }
+        detail["repo"] = serde_json::json!(f.repo);
+        detail["profile"] = serde_json::json!(profile.name);
+        detail["on_behalf_of"] = serde_json::json!(owner.id);
+        let audit = actor.audit("trigger.fire", detail);
+        let s = self
+            .store
+            .create_session_audited(
+                NewSession {
+                    requester_id: owner.id.clone(),
+                    surface: Surface::Trigger,
+                    thread_ref: f.reply,
+                    repo: f.repo,
+                    profile_id: profile.id.clone(),
+                    profile_version: pv.version,
+                    prompt: f.prompt,
+                    trigger_id: Some(id.clone()),
+                    thread_key: f.thread_key,
+                    notify: f.notify,
+                },
+                Some(&audit),
+            )
+            .await?;
+        tracing::info!(session = %s.id, "a trigger fired");
+        Ok(s)
     }
 
     /// A new turn of an ended session with `prompt`; its updates go to `thread_ref` when
@@ -348,14 +430,18 @@ impl Sessions {
                 repo: repo.to_string(),
             });
         }
-        if let Some(h) = actor.human_ref() {
-            if !pv.spec.allows_human(h) {
-                return Err(Refusal::HumanNotAllowed {
+        match &actor.who {
+            Who::Trigger { owner, .. } if !pv.spec.allows_human(owner) => {
+                Err(Refusal::OwnerNotAllowed {
                     profile: profile.name.clone(),
-                });
+                    owner: owner.email.clone(),
+                })
             }
+            Who::Human(h) if !pv.spec.allows_human(h) => Err(Refusal::HumanNotAllowed {
+                profile: profile.name.clone(),
+            }),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// A new turn of `s` runs on its profile as it is now: the actor must still be allowed

@@ -89,7 +89,7 @@ impl Authority {
             ca_der,
             ca_pem: cert_pem.to_string(),
             leaf_key: KeyPair::generate().map_err(GatewayError::ca)?,
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            provider: Arc::new(crypto()),
             cache: Mutex::new(HashMap::new()),
         })
     }
@@ -142,8 +142,24 @@ impl Authority {
             .with_single_cert(vec![leaf.der().clone(), self.ca_der.clone()], key)
             .map_err(GatewayError::ca)?;
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // The gateway's order of cipher suites, not the sandbox's (see [`crypto`]).
+        cfg.ignore_client_order = true;
         Ok(cfg)
     }
+}
+
+/// The TLS provider of both sides of the gateway: ring's, with AES-128-GCM first. Every
+/// byte a sandbox exchanges is encrypted twice more here (once each way of the gateway), so
+/// the cheaper of the two AES-GCM suites of TLS 1.3 (ten rounds instead of fourteen, the
+/// same 128-bit security level as the rest of the handshake) is worth choosing.
+pub(crate) fn crypto() -> rustls::crypto::CryptoProvider {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|s| match s.suite() {
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => 1,
+        _ => 2,
+    });
+    provider
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod answer;
 mod body;
 mod ca;
 pub mod canon;
+mod conn;
 mod context;
 mod decode;
 mod forward;
@@ -88,10 +89,13 @@ pub struct GatewaySettings {
 /// Audit records that may wait to be written, by default (a few hundred bytes each).
 pub const AUDIT_BACKLOG: usize = 50_000;
 
-type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, body::BoxBody>;
+type UpstreamClient =
+    Client<hyper_rustls::HttpsConnector<conn::ReadAhead<HttpConnector>>, body::BoxBody>;
 
-type PublicClient =
-    Client<hyper_rustls::HttpsConnector<HttpConnector<addr::PublicResolver>>, body::BoxBody>;
+type PublicClient = Client<
+    hyper_rustls::HttpsConnector<conn::ReadAhead<HttpConnector<addr::PublicResolver>>>,
+    body::BoxBody,
+>;
 
 /// The upstream clients: for routes with an admin-written `upstream` (which may point
 /// anywhere) and for hosts the sandbox named (public addresses only), each with HTTP/2 by
@@ -271,13 +275,11 @@ fn upstream_tls(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, Gateway
             return Err(err("holds no PEM certificate".into()));
         }
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(GatewayError::ca)?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(ca::crypto()))
+        .with_safe_default_protocol_versions()
+        .map_err(GatewayError::ca)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(tls)
 }
 
@@ -285,11 +287,11 @@ fn upstream_client<R>(
     mut http: HttpConnector<R>,
     tls: rustls::ClientConfig,
     h2: bool,
-) -> Client<hyper_rustls::HttpsConnector<HttpConnector<R>>, body::BoxBody>
+) -> Client<hyper_rustls::HttpsConnector<conn::ReadAhead<HttpConnector<R>>>, body::BoxBody>
 where
     R: Clone + Send + Sync + 'static,
     HttpConnector<R>: tower_service::Service<http::Uri>,
-    hyper_rustls::HttpsConnector<HttpConnector<R>>:
+    hyper_rustls::HttpsConnector<conn::ReadAhead<HttpConnector<R>>>:
         hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
     http.enforce_http(false);
@@ -299,15 +301,22 @@ where
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1();
+    let tcp = conn::ReadAhead(http);
     let https = if h2 {
-        builder.enable_http2().wrap_connector(http)
+        builder.enable_http2().wrap_connector(tcp)
     } else {
-        builder.wrap_connector(http)
+        builder.wrap_connector(tcp)
     };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
+        // HTTP/2 upstreams may send DATA frames of up to 256 KiB instead of 16 KiB: a large
+        // answer is then a few frames, each written, read and decrypted in one go.
+        .http2_max_frame_size(UPSTREAM_H2_FRAME)
         .build(https)
 }
+
+/// The largest HTTP/2 frame an upstream may send the gateway.
+const UPSTREAM_H2_FRAME: u32 = 256 * 1024;
 
 const AUDIT_BATCH: usize = 500;
 const USAGE_BATCH: usize = 200;

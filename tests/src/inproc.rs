@@ -13,6 +13,8 @@ use airlock_core::Store;
 
 pub struct InProcess {
     pub store: Store,
+    /// The one session's branch: the only one its pushes may name.
+    pub branch: String,
     /// The proxy URL with the egress token: `http://airlock:<token>@127.0.0.1:<port>`.
     pub proxy: String,
     /// The gateway's CA, for clients to trust.
@@ -129,6 +131,7 @@ impl InProcess {
         }));
         Ok(InProcess {
             store,
+            branch: plan.branch.clone(),
             proxy: format!("http://airlock:{token}@127.0.0.1:{gw_port}"),
             ca_pem: airlock_ca,
             db_path: dir.path().join("airlock.db"),

@@ -63,6 +63,7 @@ impl Upstream {
             .route("/blob", get(blob))
             .route("/echo", any(echo))
             .route("/echo/{*rest}", any(echo))
+            .route("/digest/{*rest}", post(digest))
             .route("/sse", get(sse))
             .route("/sse-ack", post(sse_ack))
             .route("/v1/chat/completions", post(chat))
@@ -128,6 +129,18 @@ async fn echo(State(s): State<Shared>, req: Request) -> Response {
         "body": String::from_utf8_lossy(&body),
     }))
     .into_response()
+}
+
+/// The length and SHA-256 of the request body, `<len> <hex>`: what arrived, byte for byte.
+async fn digest(State(s): State<Shared>, req: Request) -> Response {
+    use sha2::Digest as _;
+    if !authorized(req.headers(), &s.bearer) {
+        return unauthorized("API key");
+    }
+    match axum::body::to_bytes(req.into_body(), 256 * 1024 * 1024).await {
+        Ok(body) => format!("{} {:x}", body.len(), sha2::Sha256::digest(&body)).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("upstream: body: {e}\n")).into_response(),
+    }
 }
 
 /// `data: first`, then waits up to 10 s for `POST /sse-ack`, then says whether it came.

@@ -1,7 +1,8 @@
 //! The session service (`airlock_core::service`) decides and audits the same way for every
 //! surface: the same request, follow-up, stop and retry from Slack, Discord, GitHub, the
 //! command line and the admin page give the same outcome and exactly one audit row of the
-//! same shape, naming the person who acted. And `airlock run` goes through it too.
+//! same shape, naming the person who acted; triggers are held to their owner's access and
+//! their row names the trigger. And `airlock run` goes through it too.
 
 use airlock_core::domain::{Human, ProfileSpec, Role, SessionState, Surface};
 use airlock_core::service::{Actor, Refusal, Request, Requested, Sessions, Thread};
@@ -376,6 +377,125 @@ async fn every_surface_gets_the_same_policy_and_one_audit_row_per_change(engine:
             .await
             .unwrap();
     }
+    triggers_fire_under_their_owners_policy_with_one_row_naming_the_trigger(&w).await;
+}
+
+/// Triggers (webhooks, schedules, GitHub events) are the seventh way in: a trigger acts for
+/// its owner, under the owner's access, and its one row names the trigger.
+async fn triggers_fire_under_their_owners_policy_with_one_row_naming_the_trigger(w: &World) {
+    use airlock_core::domain::TriggerKind;
+    use airlock_core::service::Firing;
+    use airlock_core::store::NewTrigger;
+    let profiles = w.store.list_profiles().await.unwrap();
+    let id_of = |name: &str| {
+        profiles
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.id.clone())
+            .unwrap()
+    };
+    let trigger = w
+        .store
+        .create_trigger(&NewTrigger {
+            name: "nightly".into(),
+            kind: TriggerKind::Webhook,
+            config: serde_json::json!({ "prompt": "fix it" }),
+            profile_id: id_of("open"),
+            repo: "acme/web".into(),
+            reply: serde_json::json!({}),
+            owner_id: w.bob.id.clone(),
+            secret_credential: None,
+        })
+        .await
+        .unwrap();
+    let firing = |profile: &str, repo: &str| Firing {
+        profile_id: id_of(profile),
+        repo: repo.into(),
+        prompt: "fix the nightly build".into(),
+        reply: serde_json::json!({ "trigger": "nightly" }),
+        notify: None,
+        thread_key: None,
+        detail: serde_json::json!({ "kind": "webhook", "trigger": "nightly" }),
+    };
+    let as_bob = Actor::trigger(trigger.id.clone(), "nightly", w.bob.clone());
+    let before = head(&w.store).await;
+    let refusals = [
+        (
+            "open",
+            "other/web",
+            Refusal::RepoNotAllowed {
+                profile: "open".into(),
+                repo: "other/web".into(),
+            },
+        ),
+        (
+            "admins",
+            "acme/web",
+            Refusal::OwnerNotAllowed {
+                profile: "admins".into(),
+                owner: "bob@example.com".into(),
+            },
+        ),
+    ];
+    for (profile, repo, want) in refusals {
+        let refused = w
+            .service
+            .fire(&as_bob, firing(profile, repo))
+            .await
+            .unwrap_err();
+        assert_eq!(refused, want);
+    }
+    no_row(w, before, "a refused trigger").await;
+    // The same trigger owned by Ada (an admin) may use the admins' profile.
+    let as_ada = Actor::trigger(trigger.id.clone(), "nightly", w.ada.clone());
+    let s = w
+        .service
+        .fire(&as_ada, firing("admins", "acme/web"))
+        .await
+        .unwrap();
+    assert_eq!(s.requester_id, w.ada.id);
+    let before = head(&w.store).await;
+    let s = w
+        .service
+        .fire(&as_bob, firing("open", "acme/web"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (s.surface, s.requester_id.as_str(), s.trigger_id.as_deref()),
+        (
+            Surface::Trigger,
+            w.bob.id.as_str(),
+            Some(trigger.id.as_str())
+        )
+    );
+    let rows = rows_since(&w.store, before).await;
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    let r = &rows[0];
+    assert_eq!(
+        (r.action.as_str(), r.actor.clone(), r.target.as_str()),
+        (
+            "trigger.fire",
+            format!("trigger:{}", trigger.id),
+            s.id.as_str()
+        )
+    );
+    assert_eq!(r.detail["surface"], "trigger");
+    assert_eq!(r.detail["on_behalf_of"], w.bob.id.as_str());
+    assert_eq!(r.detail["profile"], "open");
+    // A trigger cannot ask as a person does: only firing starts its sessions.
+    let asked = w
+        .service
+        .request(&as_bob, request(Surface::Trigger, "open", "acme/web", 99))
+        .await
+        .unwrap_err();
+    assert!(matches!(asked, Refusal::Invalid(_)), "{asked:?}");
+    // The owner stops it where people act (the CLI here): one `session.cancel` row by Bob.
+    let before = head(&w.store).await;
+    w.service
+        .stop(&actor(&w.bob, Surface::Cli), &s.id, None)
+        .await
+        .unwrap();
+    one_row(w, before, "session.cancel", &s, &w.bob, Surface::Cli).await;
 }
 
 /// `airlock run` used to check the profile's `repos` but not its `access`, and wrote no

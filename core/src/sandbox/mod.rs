@@ -2,6 +2,8 @@
 //! connects to, and the manager the broker uses (snapshots, warm pools, reconciliation).
 
 pub mod docker;
+#[cfg(feature = "fake-runtime")]
+pub mod fake;
 pub mod hub;
 pub mod manager;
 pub mod runtime;
