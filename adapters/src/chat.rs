@@ -3,7 +3,7 @@
 //! the person is told comes back as a [`Reply`]; session status goes to the thread through
 //! the outbox.
 
-use airlock_core::domain::{Human, Role, Surface};
+use airlock_core::domain::{Human, Role, Surface, ThreadRef};
 use airlock_core::store::ChannelSettings;
 use airlock_core::Store;
 
@@ -20,7 +20,7 @@ pub struct ChatRequest {
     /// The conversation: a thread that may already belong to a session.
     pub thread_key: String,
     /// Where the session's updates go.
-    pub thread_ref: serde_json::Value,
+    pub thread_ref: ThreadRef,
     /// What the person typed, without the command word or the mention.
     pub text: String,
     /// `/airlock` or `@Airlock`: how help text names the command.

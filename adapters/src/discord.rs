@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_core::config::DiscordConfig;
-use airlock_core::domain::{Provider, Surface};
+use airlock_core::domain::thread::DiscordThread;
+use airlock_core::domain::{Provider, Surface, ThreadRef};
 use airlock_core::render;
 use airlock_core::store::Session;
 use airlock_core::Store;
@@ -93,7 +94,11 @@ impl Asker<'_> {
             account: account(self.guild, self.user, self.name),
             channel: self.channel.to_string(),
             thread_key: thread_key(thread),
-            thread_ref: json!({"guild": self.guild, "channel": thread.to_string()}),
+            thread_ref: ThreadRef::Discord(DiscordThread {
+                guild: self.guild.to_string(),
+                channel: thread.to_string(),
+                ..Default::default()
+            }),
             text,
             prefix: prefix.into(),
         }
@@ -393,15 +398,19 @@ impl StatusSink for DiscordSink {
     }
 
     async fn send(&self, store: &Store, session: &Session, view: &StatusView) -> Sent {
-        let mut t = session.thread_ref.clone();
-        let Some(channel) = t["channel"].as_str().and_then(|c| c.parse::<u64>().ok()) else {
+        let ThreadRef::Discord(mut t) = session.thread_ref.clone() else {
+            return Sent::GiveUp("the session's thread is not in Discord".into());
+        };
+        let Some(channel) = t.channel.parse::<u64>().ok().filter(|c| *c != 0) else {
             return Sent::GiveUp("the session's thread names no channel".into());
         };
         let channel = ChannelId::new(channel);
         let text = view.discord();
-        match t["status_message"]
-            .as_str()
+        match t
+            .status_message
+            .as_deref()
             .and_then(|m| m.parse::<u64>().ok())
+            .filter(|m| *m != 0)
         {
             Some(id) => {
                 if let Err(e) = channel
@@ -420,15 +429,18 @@ impl StatusSink for DiscordSink {
                 .await
             {
                 Ok(m) => {
-                    t["status_message"] = json!(m.id.get().to_string());
-                    if let Err(e) = store.set_thread_ref(&session.id, &t).await {
+                    t.status_message = Some(m.id.get().to_string());
+                    if let Err(e) = store
+                        .set_thread_ref(&session.id, &ThreadRef::Discord(t.clone()))
+                        .await
+                    {
                         return Sent::Retry(e.to_string());
                     }
                 }
                 Err(e) => return sent_of(e),
             },
         }
-        if session.state.is_terminal() && t["final_sent"].is_null() {
+        if session.state.is_terminal() && !t.final_sent {
             for part in render::discord(&view.final_markdown(), MESSAGE_MAX) {
                 if let Err(e) = channel
                     .send_message(&self.http, CreateMessage::new().content(part))
@@ -437,8 +449,11 @@ impl StatusSink for DiscordSink {
                     return sent_of(e);
                 }
             }
-            t["final_sent"] = json!(true);
-            if let Err(e) = store.set_thread_ref(&session.id, &t).await {
+            t.final_sent = true;
+            if let Err(e) = store
+                .set_thread_ref(&session.id, &ThreadRef::Discord(t))
+                .await
+            {
                 return Sent::Retry(e.to_string());
             }
         }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use airlock_core::domain::Surface;
+use airlock_core::domain::{Surface, ThreadRef};
 use airlock_core::github::GithubSource;
 use airlock_core::store::Delivery;
 use airlock_core::Store;
@@ -140,7 +140,7 @@ impl Notifier {
             Ok(v) => v,
             Err(e) => return Sent::Retry(e.to_string()),
         };
-        let key = format!("{}:{}", session.id, session.thread_ref);
+        let key = format!("{}:{}", session.id, session.thread_ref.to_json());
         let fingerprint = format!("{view:?}");
         if let Some((at, last)) = self.last.lock().expect("last").get(&key) {
             if *last == fingerprint {
@@ -156,7 +156,7 @@ impl Notifier {
         if matches!(sent, Sent::Done) {
             // The thread reference may have gained the status message's id.
             let key = match self.store.session(id).await {
-                Ok(s) => format!("{}:{}", s.id, s.thread_ref),
+                Ok(s) => format!("{}:{}", s.id, s.thread_ref.to_json()),
                 Err(_) => key,
             };
             let mut last = self.last.lock().expect("last");
@@ -186,24 +186,27 @@ impl StatusSink for GithubSink {
         session: &airlock_core::store::Session,
         view: &StatusView,
     ) -> Sent {
-        let t = &session.thread_ref;
-        let (Some(repo), Some(issue)) = (t["repo"].as_str(), t["issue"].as_u64()) else {
-            return Sent::GiveUp("the session's thread names no repository and issue".into());
+        let ThreadRef::Github(t) = &session.thread_ref else {
+            return Sent::GiveUp("the session's thread is not on GitHub".into());
         };
+        let (repo, issue) = (t.repo.as_str(), t.issue);
         let gh = match self.source.get().await {
             Ok(g) => g,
             Err(e) => return Sent::Retry(e),
         };
         let body = view.github();
-        let result = match t["status_comment"].as_u64() {
+        let result = match t.status_comment {
             Some(id) => gh.edit_comment(repo, id, &body).await.map(|_| None),
             None => gh.comment(repo, issue, &body).await.map(|c| Some(c.id)),
         };
         match result {
             Ok(Some(id)) => {
                 let mut t = t.clone();
-                t["status_comment"] = serde_json::json!(id);
-                match store.set_thread_ref(&session.id, &t).await {
+                t.status_comment = Some(id);
+                match store
+                    .set_thread_ref(&session.id, &ThreadRef::Github(t))
+                    .await
+                {
                     Ok(()) => Sent::Done,
                     Err(e) => Sent::Retry(e.to_string()),
                 }

@@ -2,7 +2,7 @@
 //! (`airlock_core::service`), which decides and audits the same way for every surface.
 //! Errors here are for the person and say what to do.
 
-use airlock_core::domain::{Human, Surface};
+use airlock_core::domain::{Human, Surface, ThreadRef};
 use airlock_core::service::{Actor, Refusal, Request, Requested, Sessions, Thread};
 use airlock_core::store::Session;
 use airlock_core::{Store, StoreError};
@@ -15,7 +15,7 @@ pub struct Ask {
     /// The conversation (`github:acme/web#12`): a later request there continues the session.
     pub thread_key: String,
     /// Where updates go, and what the surface needs to find its thread again.
-    pub thread_ref: serde_json::Value,
+    pub thread_ref: ThreadRef,
     pub repo: String,
     pub profile: Option<String>,
     pub prompt: String,
@@ -60,7 +60,7 @@ pub async fn ask(
             reference: ask.thread_ref,
             notify: true,
         }),
-        reference: serde_json::Value::Null,
+        reference: ThreadRef::default(),
     };
     Ok(service.request(&actor, request).await?)
 }

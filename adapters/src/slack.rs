@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_core::config::SlackConfig;
-use airlock_core::domain::{Provider, SessionState, Surface};
+use airlock_core::domain::thread::SlackThread;
+use airlock_core::domain::{Provider, SessionState, Surface, ThreadRef};
 use airlock_core::render;
 use airlock_core::store::{settle, Session};
 use airlock_core::Store;
@@ -21,7 +22,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde_json::json;
 use slack_morphism::errors::{SlackClientError, SlackClientSystemError};
 use slack_morphism::prelude::*;
 
@@ -310,7 +311,12 @@ impl SlackAdapter {
             account: Self::account(team, user),
             channel: channel.to_string(),
             thread_key: key,
-            thread_ref: json!({"team": team, "channel": channel, "thread_ts": root}),
+            thread_ref: ThreadRef::Slack(SlackThread {
+                team: team.to_string(),
+                channel: channel.to_string(),
+                thread_ts: Some(root.clone()),
+                ..Default::default()
+            }),
             text: without_mention(body).to_string(),
             prefix: "@Airlock".into(),
         };
@@ -470,7 +476,12 @@ async fn commands(State(a): State<Arc<SlackAdapter>>, headers: HeaderMap, body: 
         account: SlackAdapter::account(&team, &cmd.user_id.0),
         channel: channel.clone(),
         thread_key: format!("slack:{team}:{channel}:command:{}", cmd.trigger_id.0),
-        thread_ref: json!({"team": team, "channel": channel, "thread_ts": null, "user": cmd.user_id.0}),
+        thread_ref: ThreadRef::Slack(SlackThread {
+            team: team.clone(),
+            channel: channel.clone(),
+            user: Some(cmd.user_id.0.clone()),
+            ..Default::default()
+        }),
         text: cmd.text.clone().unwrap_or_default(),
         prefix: cmd.command.0.clone(),
     };
@@ -686,49 +697,59 @@ impl StatusSink for SlackSink {
         if !left.is_zero() {
             return Sent::Later(left);
         }
-        let mut t: Value = session.thread_ref.clone();
-        let Some(channel) = t["channel"].as_str().map(str::to_string) else {
-            return Sent::GiveUp("the session's thread names no channel".into());
+        let ThreadRef::Slack(mut t) = session.thread_ref.clone() else {
+            return Sent::GiveUp("the session's thread is not in Slack".into());
         };
+        let channel = t.channel.clone();
+        if channel.is_empty() {
+            return Sent::GiveUp("the session's thread names no channel".into());
+        }
         let content = status_content(view);
-        match t["status_ts"].as_str() {
+        match &t.status_ts {
             Some(ts) => {
                 if let Err(e) = self.api.update(&channel, ts, content).await {
                     return sent_of(e);
                 }
             }
             None => {
-                let thread = t["thread_ts"].as_str().map(str::to_string);
-                let ts = match self.api.post(&channel, thread.as_deref(), content).await {
+                let ts = match self
+                    .api
+                    .post(&channel, t.thread_ts.as_deref(), content)
+                    .await
+                {
                     Ok(ts) => ts,
                     Err(e) => return sent_of(e),
                 };
-                t["status_ts"] = json!(ts);
-                if thread.is_none() {
+                t.status_ts = Some(ts.clone());
+                if t.thread_ts.is_none() {
                     // A command's thread: its root is this message.
-                    t["thread_ts"] = json!(ts);
-                    let team = t["team"].as_str().unwrap_or("");
-                    let key = SlackAdapter::thread_key(team, &channel, &ts);
+                    t.thread_ts = Some(ts.clone());
+                    let key = SlackAdapter::thread_key(&t.team, &channel, &ts);
                     settle("the session's Slack thread", || {
                         store.set_thread_key(&session.id, &key)
                     })
                     .await;
                 }
-                if let Err(e) = store.set_thread_ref(&session.id, &t).await {
+                if let Err(e) = store
+                    .set_thread_ref(&session.id, &ThreadRef::Slack(t.clone()))
+                    .await
+                {
                     return Sent::Retry(e.to_string());
                 }
             }
         }
-        if session.state.is_terminal() && t["final_ts"].is_null() {
-            let thread = t["thread_ts"].as_str().map(str::to_string);
+        if session.state.is_terminal() && t.final_ts.is_none() {
             match self
                 .api
-                .post(&channel, thread.as_deref(), final_content(view))
+                .post(&channel, t.thread_ts.as_deref(), final_content(view))
                 .await
             {
                 Ok(ts) => {
-                    t["final_ts"] = json!(ts);
-                    if let Err(e) = store.set_thread_ref(&session.id, &t).await {
+                    t.final_ts = Some(ts);
+                    if let Err(e) = store
+                        .set_thread_ref(&session.id, &ThreadRef::Slack(t))
+                        .await
+                    {
                         return Sent::Retry(e.to_string());
                     }
                 }

@@ -11,7 +11,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_core::domain::{Surface, TriggerKind};
+use crate::github::payload::Event;
+use airlock_core::domain::thread::{GithubThread, PullRequestRef};
+use airlock_core::domain::{Surface, ThreadRef, TriggerKind};
 use airlock_core::service::{Actor, Firing, Sessions};
 use airlock_core::store::{settle, Session, Trigger};
 use airlock_core::Store;
@@ -93,7 +95,7 @@ impl Triggers {
         &self,
         t: &Trigger,
         context: &Value,
-        origin: Option<Value>,
+        origin: Option<ThreadRef>,
     ) -> Result<Session, String> {
         let owner = self
             .store
@@ -103,25 +105,17 @@ impl Triggers {
         let template = t.config["prompt"].as_str().unwrap_or("");
         let prompt = render(template, context)?;
         let mut reply = if t.reply["surface"] == "origin" {
-            origin.unwrap_or(Value::Null)
+            origin.unwrap_or_default()
         } else {
-            t.reply.clone()
+            ThreadRef::from_stored(&t.reply, Surface::Trigger)
+                .map_err(|e| format!("the trigger's reply destination: {e}"))?
         };
-        let notify = match reply["surface"].as_str() {
-            Some("github") => Some(Surface::Github),
-            Some("slack") => Some(Surface::Slack),
-            Some("discord") => Some(Surface::Discord),
+        let notify = reply.surface();
+        let thread_key = match &reply {
+            ThreadRef::Github(g) => Some(format!("github:{}#{}", g.repo, g.issue)),
             _ => None,
         };
-        let thread_key = match (notify, reply["repo"].as_str(), reply["issue"].as_u64()) {
-            (Some(Surface::Github), Some(r), Some(n)) => Some(format!("github:{r}#{n}")),
-            _ => None,
-        };
-        if reply.is_object() {
-            reply["trigger"] = json!(t.name);
-        } else {
-            reply = json!({"trigger": t.name});
-        }
+        reply.set_trigger(&t.name);
         let actor = Actor::trigger(t.id.clone(), &t.name, owner);
         let s = Sessions::new(self.store.clone(), None)
             .fire(
@@ -202,10 +196,14 @@ impl Triggers {
         }
     }
 
-    /// GitHub events: issues labeled, pull requests opened.
-    async fn github(&self, event: &str, p: &Value) {
-        let action = p["action"].as_str().unwrap_or("");
-        let repo = p["repository"]["full_name"].as_str().unwrap_or("");
+    /// GitHub events: issues labeled or opened, pull requests opened. `p` is the event's
+    /// JSON, the context of the prompt template.
+    async fn github(&self, parsed: &Event, p: &Value) {
+        let (action, repo) = match &parsed {
+            Event::Issues(e) => (e.action.as_str(), e.repository.full_name.as_str()),
+            Event::PullRequest(e) => (e.action.as_str(), e.repository.full_name.as_str()),
+            _ => return,
+        };
         let Ok(all) = self.store.list_triggers().await else {
             return;
         };
@@ -213,18 +211,15 @@ impl Triggers {
             t.enabled && t.kind == TriggerKind::Github && t.repo.eq_ignore_ascii_case(repo)
         }) {
             let want = t.config["event"].as_str().unwrap_or("");
-            let matches = match (want, event, action) {
-                ("issues.labeled", "issues", "labeled") => t.config["label"]
+            let matches = match (want, parsed, action) {
+                ("issues.labeled", Event::Issues(e), "labeled") => t.config["label"]
                     .as_str()
-                    .is_none_or(|l| p["label"]["name"].as_str() == Some(l)),
-                ("issues.opened", "issues", "opened") => true,
-                ("pull_request.opened", "pull_request", "opened") => {
-                    let pr = &p["pull_request"];
-                    let draft_ok =
-                        !(t.config["skip_drafts"].as_bool().unwrap_or(true) && pr["draft"] == true);
-                    let base_ok = t.config["base"]
-                        .as_str()
-                        .is_none_or(|b| pr["base"]["ref"].as_str() == Some(b));
+                    .is_none_or(|l| e.label.as_ref().is_some_and(|x| x.name == l)),
+                ("issues.opened", Event::Issues(_), "opened") => true,
+                ("pull_request.opened", Event::PullRequest(e), "opened") => {
+                    let pr = &e.pull_request;
+                    let draft_ok = !(t.config["skip_drafts"].as_bool().unwrap_or(true) && pr.draft);
+                    let base_ok = t.config["base"].as_str().is_none_or(|b| pr.base.name == b);
                     draft_ok && base_ok
                 }
                 _ => false,
@@ -232,18 +227,36 @@ impl Triggers {
             if !matches {
                 continue;
             }
-            let origin = match event {
-                "issues" => p["issue"]["number"].as_u64().map(|n| json!({"surface": "github", "repo": repo, "issue": n})),
-                _ => p["pull_request"]["number"].as_u64().map(|n| {
-                    let pr = &p["pull_request"];
-                    let mut o = json!({"surface": "github", "repo": repo, "issue": n});
-                    if pr["head"]["repo"]["full_name"].as_str().is_some_and(|h| h.eq_ignore_ascii_case(repo)) {
-                        o["pull_request"] = json!({"number": n, "head": pr["head"]["ref"], "base": pr["base"]["ref"], "url": pr["html_url"]});
-                    }
-                    o
+            let origin = match parsed {
+                Event::Issues(e) => ThreadRef::Github(GithubThread {
+                    repo: repo.to_string(),
+                    issue: e.issue.number,
+                    ..Default::default()
                 }),
+                Event::PullRequest(e) => {
+                    let pr = &e.pull_request;
+                    let same_repo = pr
+                        .head
+                        .repo
+                        .as_ref()
+                        .is_some_and(|h| h.full_name.eq_ignore_ascii_case(repo));
+                    ThreadRef::Github(GithubThread {
+                        repo: repo.to_string(),
+                        issue: pr.number,
+                        // A fork's branch is not Airlock's to push: the session works on a
+                        // branch of its own.
+                        pull_request: same_repo.then(|| PullRequestRef {
+                            number: pr.number,
+                            head: pr.head.name.clone(),
+                            base: pr.base.name.clone(),
+                            url: pr.html_url.clone(),
+                        }),
+                        ..Default::default()
+                    })
+                }
+                _ => continue,
             };
-            if let Err(e) = self.fire(t, p, origin).await {
+            if let Err(e) = self.fire(t, p, Some(origin)).await {
                 tracing::warn!(trigger = %t.name, "a GitHub event could not start a session: {e}");
             }
         }
@@ -252,7 +265,7 @@ impl Triggers {
 
 #[async_trait::async_trait]
 impl crate::github::EventHook for Triggers {
-    async fn github_event(&self, event: &str, payload: &Value) {
+    async fn github_event(&self, event: &Event, payload: &Value) {
         self.github(event, payload).await
     }
 }

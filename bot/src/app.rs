@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use airlock_core::broker::BrokerSettings;
 use airlock_core::plan::{GitHosting, PlanSettings};
-use airlock_core::sandbox::docker::{DockerRuntime, DockerRuntimeConfig};
-use airlock_core::sandbox::{Hub, Network, Runtime, SandboxSettings, Sandboxes};
 use airlock_core::{Config, Store};
+use airlock_sandbox::docker::{DockerRuntime, DockerRuntimeConfig};
+use airlock_sandbox::{Hub, Network, Runtime, SandboxSettings, Sandboxes};
 use anyhow::bail;
 
 /// Connects to Docker, prepares the sandbox network and firewall, and builds the manager.
@@ -18,7 +18,7 @@ pub async fn stack(
     store: &Store,
     owner: &str,
 ) -> anyhow::Result<(Arc<Sandboxes>, Network)> {
-    let docker = airlock_core::docker::connect(&cfg.docker.host).await?;
+    let docker = airlock_sandbox::engine::connect(&cfg.docker.host).await?;
     let deployment = store.deployment_id().await?;
     let runtime = Arc::new(DockerRuntime::new(
         docker,
@@ -53,7 +53,7 @@ pub async fn stack(
         )),
         sandboxd,
         ca_cert: Some(ca.canonicalize()?),
-        base_image: airlock_core::image::base_image_ref(&cfg.docker.base_image),
+        base_image: airlock_sandbox::image::base_image_ref(&cfg.docker.base_image),
         connect_timeout: Duration::from_secs(30),
         owner: owner.to_string(),
     };

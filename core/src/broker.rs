@@ -22,14 +22,15 @@ use airlock_sandboxd::proto::{
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::domain::{AgentSpec, EventKind, SessionState, Surface};
+use crate::domain::thread::GithubThread;
+use crate::domain::{AgentSpec, EventKind, SessionState, Surface, ThreadRef};
 use crate::github::GithubSource;
 use crate::ids::now_ms;
 use crate::plan::{GitPlan, Plan, PlanSettings};
-use crate::sandbox::{
+use crate::store::{settle, NewAudit, Profile, ProfileVersion, Sandbox, Session, Store};
+use airlock_sandbox::{
     ExecEvent, ExecRequest, ExecStream, Origin, RuntimeError, SandboxError, Sandboxes,
 };
-use crate::store::{settle, NewAudit, Profile, ProfileVersion, Sandbox, Session, Store};
 
 /// How often a session waiting for a sandbox address tries again.
 const ADDRESS_RETRY: Duration = Duration::from_secs(2);
@@ -701,9 +702,8 @@ impl Broker {
             .or_else(|| {
                 session
                     .thread_ref
-                    .pointer("/pull_request/url")
-                    .and_then(|u| u.as_str())
-                    .map(str::to_string)
+                    .pull_request()
+                    .and_then(|p| p.url.clone())
             });
         let mut opened = None;
         if let (Some(url), None) = (&pull, &session.pull_request_url) {
@@ -792,13 +792,12 @@ impl Broker {
             Surface::Discord => "in Discord".to_string(),
             Surface::Web => "on the admin page".to_string(),
             Surface::Trigger => "through a trigger".to_string(),
-            Surface::Github => match session
-                .thread_ref
-                .get("comment_url")
-                .and_then(|u| u.as_str())
-            {
-                Some(u) => format!("in [a GitHub comment]({u})"),
-                None => "on GitHub".to_string(),
+            Surface::Github => match &session.thread_ref {
+                ThreadRef::Github(GithubThread {
+                    comment_url: Some(u),
+                    ..
+                }) => format!("in [a GitHub comment]({u})"),
+                _ => "on GitHub".to_string(),
             },
         };
         let quoted: String = crate::render::github(prompt, 4000, None)
@@ -1338,7 +1337,7 @@ impl Output {
     }
 
     /// Stores what waits as events, then lets sandboxd forget what is stored.
-    async fn flush(&mut self, hub: &crate::sandbox::Hub) -> anyhow::Result<()> {
+    async fn flush(&mut self, hub: &airlock_sandbox::Hub) -> anyhow::Result<()> {
         if self.chunks.is_empty() {
             return Ok(());
         }

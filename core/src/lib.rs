@@ -1,17 +1,15 @@
-//! Airlock's sessions and sandboxes: the session service every surface goes through
-//! ([`service`]), the broker that runs turns ([`broker`]), and the sandbox runtime
-//! ([`sandbox`], [`docker`], [`image`]).
+//! Airlock's sessions: the session service every surface goes through ([`service`], its
+//! texts for people in [`messages`]) and the broker that runs each turn in a sandbox
+//! ([`broker`], with the full output log of [`output_log`]).
 //!
-//! The layers it stands on are crates of their own, re-exported here under their old paths:
-//! `airlock-domain` (the vocabulary, no I/O), `airlock-store` (configuration and storage)
-//! and `airlock-github` (the GitHub client). The gateway depends on those, not on this.
+//! The layers it stands on are crates of their own: `airlock-domain` (the vocabulary, no
+//! I/O), `airlock-store` (configuration and storage), `airlock-github` (the GitHub client) and
+//! `airlock-sandbox` (runtimes, the sandbox endpoint, the manager). The first three are
+//! re-exported here under their old paths; the gateway depends on them, not on this.
 
 pub mod broker;
-pub mod docker;
-pub mod image;
 pub mod messages;
 pub mod output_log;
-pub mod sandbox;
 pub mod service;
 
 // The layers below, under their old paths (`airlock_core::store::Store`, ...).

@@ -8,7 +8,7 @@
 //! nothing, and a change is never left without its row. Refusals are [`Refusal`]s, whose
 //! texts for people live in [`crate::messages`].
 
-use crate::domain::{Human, Role, SessionState, Surface};
+use crate::domain::{Human, Role, SessionState, Surface, ThreadRef};
 use crate::messages;
 use crate::store::{NewSession, Profile, ProfileVersion, Session, SessionAudit};
 use crate::{Store, StoreError};
@@ -98,7 +98,7 @@ pub struct Thread {
     /// `github:acme/web#12`, `slack:T1:C1:1700000000.000100`.
     pub key: String,
     /// What the surface needs to find the thread again (where updates go).
-    pub reference: serde_json::Value,
+    pub reference: ThreadRef,
     /// Whether the surface keeps a status message in the thread up to date.
     pub notify: bool,
 }
@@ -113,7 +113,7 @@ pub struct Request {
     /// The conversation, for surfaces that have one (not `airlock run`).
     pub thread: Option<Thread>,
     /// What `thread_ref` records when there is no thread.
-    pub reference: serde_json::Value,
+    pub reference: ThreadRef,
 }
 
 /// What a trigger asks for when it fires.
@@ -125,7 +125,7 @@ pub struct Firing {
     /// The trigger's prompt template, rendered with the event.
     pub prompt: String,
     /// Where the session's updates go (`thread_ref`).
-    pub reply: serde_json::Value,
+    pub reply: ThreadRef,
     /// The surface whose thread shows the session's status, if any.
     pub notify: Option<Surface>,
     /// The conversation the reply names (a GitHub issue), so a person can continue there.
@@ -318,7 +318,7 @@ impl Sessions {
         actor: &Actor,
         session_id: &str,
         prompt: &str,
-        thread_ref: Option<&serde_json::Value>,
+        thread_ref: Option<&ThreadRef>,
     ) -> Result<Session, Refusal> {
         let s = self.store.session(session_id).await?;
         self.may_continue(actor, &s).await?;

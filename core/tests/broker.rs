@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use airlock_core::broker::{Broker, BrokerSettings};
 use airlock_core::domain::{EventKind, Human, ProfileSpec, Role, SessionState, Surface};
-use airlock_core::sandbox::fake::{FakeExec, FakeProcess, FakeRuntime};
-use airlock_core::sandbox::{Hub, Runtime, SandboxSettings, Sandboxes};
 use airlock_core::secrets::MasterKey;
 use airlock_core::service::{Actor, Request, Requested, Sessions};
 use airlock_core::store::Session;
 use airlock_core::Store;
+use airlock_sandbox::fake::{FakeExec, FakeProcess, FakeRuntime};
+use airlock_sandbox::{Hub, Runtime, SandboxSettings, Sandboxes};
 
 struct Stack {
     store: Store,
@@ -99,7 +99,7 @@ impl Stack {
             profile: None,
             prompt: prompt.into(),
             thread: None,
-            reference: serde_json::json!({}),
+            reference: Default::default(),
         };
         let s = match self.sessions.request(&self.actor(), req).await.unwrap() {
             Requested::Started(s) => s,

@@ -428,7 +428,7 @@ async fn session_fixture(store: &Store) -> Session {
         .create_session(NewSession {
             requester_id: human.id,
             surface: Surface::Cli,
-            thread_ref: serde_json::json!({}),
+            thread_ref: Default::default(),
             repo: "acme/web".into(),
             profile_id,
             profile_version: version,

@@ -90,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
                 .create_session(NewSession {
                     requester_id: requester,
                     surface: Surface::Cli,
-                    thread_ref: serde_json::json!({}),
+                    thread_ref: Default::default(),
                     repo: "acme/web".into(),
                     profile_id,
                     profile_version: version,

@@ -137,7 +137,7 @@ async fn claims(concurrency: usize) -> Vec<f64> {
             .create_session(airlock_core::store::NewSession {
                 requester_id: human.id.clone(),
                 surface: airlock_core::domain::Surface::Cli,
-                thread_ref: serde_json::json!({}),
+                thread_ref: Default::default(),
                 repo: "acme/web".into(),
                 profile_id: pv.profile_id.clone(),
                 profile_version: pv.version,

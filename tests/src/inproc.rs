@@ -72,7 +72,7 @@ impl InProcess {
             .create_session(NewSession {
                 requester_id: human.id.clone(),
                 surface: Surface::Cli,
-                thread_ref: serde_json::json!({}),
+                thread_ref: Default::default(),
                 repo: "acme/web".into(),
                 profile_id: profile_id.clone(),
                 profile_version: version,

@@ -478,8 +478,8 @@ fn rand_u32() -> u32 {
 pub struct LocalStack {
     pub dir: tempfile::TempDir,
     pub store: airlock_core::Store,
-    pub sandboxes: std::sync::Arc<airlock_core::sandbox::Sandboxes>,
-    pub network: airlock_core::sandbox::Network,
+    pub sandboxes: std::sync::Arc<airlock_sandbox::Sandboxes>,
+    pub network: airlock_sandbox::Network,
     pub endpoint_port: u16,
     pub deployment: String,
 }
@@ -487,8 +487,8 @@ pub struct LocalStack {
 impl LocalStack {
     /// `gateway_port`: a host port sandboxes may also reach (given to them as their proxy).
     pub async fn start(gateway_port: Option<u16>, ca_cert: Option<PathBuf>) -> LocalStack {
-        use airlock_core::sandbox::docker::{DockerRuntime, DockerRuntimeConfig};
-        use airlock_core::sandbox::{Hub, Runtime, SandboxSettings, Sandboxes};
+        use airlock_sandbox::docker::{DockerRuntime, DockerRuntimeConfig};
+        use airlock_sandbox::{Hub, Runtime, SandboxSettings, Sandboxes};
         let dir = tempfile::tempdir().expect("tempdir");
         let (key, _) =
             airlock_core::secrets::MasterKey::load_or_create(&dir.path().join("key")).expect("key");
@@ -497,7 +497,7 @@ impl LocalStack {
             .await
             .expect("store");
         store.migrate().await.expect("migrate");
-        let docker = airlock_core::docker::connect("unix:///var/run/docker.sock")
+        let docker = airlock_sandbox::engine::connect("unix:///var/run/docker.sock")
             .await
             .expect("Docker is not running");
         let endpoint_port = free_port();
@@ -542,7 +542,7 @@ impl LocalStack {
                 gateway: gateway_port.map(|p| format!("{}:{p}", network.host_address)),
                 sandboxd,
                 ca_cert,
-                base_image: airlock_core::image::base_image_ref("airlock/base"),
+                base_image: airlock_sandbox::image::base_image_ref("airlock/base"),
                 connect_timeout: std::time::Duration::from_secs(30),
                 owner: "srv_local".into(),
             },

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use airlock_core::domain::{ProfileSpec, Role, Surface};
-use airlock_core::sandbox::{ExecEvent, ExecRequest, ExecStream};
 use airlock_core::store::{ApplyOutcome, NewSession, TokenKind};
+use airlock_sandbox::{ExecEvent, ExecRequest, ExecStream};
 use airlock_sandboxd::proto::{PtySize, Stream};
 use airlock_tests::LocalStack;
 
@@ -71,7 +71,7 @@ async fn sandboxd_runs_processes_files_and_ptys_and_refuses_foreign_tokens() {
         .create_session(NewSession {
             requester_id: ada.id,
             surface: Surface::Cli,
-            thread_ref: serde_json::json!({}),
+            thread_ref: Default::default(),
             repo: "acme/web".into(),
             profile_id: profile_id.clone(),
             profile_version: pv.version,

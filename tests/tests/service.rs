@@ -4,7 +4,8 @@
 //! same shape, naming the person who acted; triggers are held to their owner's access and
 //! their row names the trigger. And `airlock run` goes through it too.
 
-use airlock_core::domain::{Human, ProfileSpec, Role, SessionState, Surface};
+use airlock_core::domain::thread::{NoThread, SlackThread};
+use airlock_core::domain::{Human, ProfileSpec, Role, SessionState, Surface, ThreadRef};
 use airlock_core::service::{Actor, Refusal, Request, Requested, Sessions, Thread};
 use airlock_core::store::{AuditEntry, Session};
 use airlock_core::Store;
@@ -85,7 +86,7 @@ fn request(surface: Surface, profile: &str, repo: &str, n: usize) -> Request {
     // Surfaces with a conversation name it; the command line has none.
     let thread = (surface != Surface::Cli).then(|| Thread {
         key: format!("{surface}:thread:{n}"),
-        reference: serde_json::json!({ "n": n }),
+        reference: thread_of(n, "1.0"),
         notify: false,
     });
     Request {
@@ -93,8 +94,21 @@ fn request(surface: Surface, profile: &str, repo: &str, n: usize) -> Request {
         profile: Some(profile.into()),
         prompt: format!("fix bug {n}"),
         thread,
-        reference: serde_json::json!({ "cli": "cli:test" }),
+        reference: ThreadRef::None(NoThread {
+            cli: Some("cli:test".into()),
+            trigger: None,
+        }),
     }
+}
+
+/// The `n`th conversation's thread, at message `ts` (the service does not look inside).
+fn thread_of(n: usize, ts: &str) -> ThreadRef {
+    ThreadRef::Slack(SlackThread {
+        team: "T1".into(),
+        channel: format!("C{n}"),
+        thread_ts: Some(ts.into()),
+        ..Default::default()
+    })
 }
 
 /// The audit rows written since `seq`.
@@ -265,7 +279,7 @@ async fn every_surface_gets_the_same_policy_and_one_audit_row_per_change(engine:
             let mut again = request(surface, "open", "acme/web", n);
             again.prompt = "and once more".into();
             if let Some(t) = again.thread.as_mut() {
-                t.reference = serde_json::json!({ "n": n, "again": true });
+                t.reference = thread_of(n, "2.0");
             }
             let Requested::Continued(c) = w
                 .service
@@ -276,7 +290,7 @@ async fn every_surface_gets_the_same_policy_and_one_audit_row_per_change(engine:
                 panic!("not continued on {surface}")
             };
             assert_eq!(c.id, s.id);
-            assert_eq!(c.thread_ref, serde_json::json!({ "n": n, "again": true }));
+            assert_eq!(c.thread_ref, thread_of(n, "2.0"));
             assert_eq!(w.store.latest_prompt(&c).await.unwrap(), "and once more");
             one_row(&w, before, "session.follow_up", &s, &w.bob, surface).await;
             w.service
@@ -412,7 +426,7 @@ async fn triggers_fire_under_their_owners_policy_with_one_row_naming_the_trigger
         profile_id: id_of(profile),
         repo: repo.into(),
         prompt: "fix the nightly build".into(),
-        reply: serde_json::json!({ "trigger": "nightly" }),
+        reply: ThreadRef::default(),
         notify: None,
         thread_key: None,
         detail: serde_json::json!({ "kind": "webhook", "trigger": "nightly" }),

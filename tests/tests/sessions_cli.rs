@@ -29,7 +29,13 @@ async fn an_admin_lists_shows_and_cancels_a_session() {
         .create_session(NewSession {
             requester_id: ada.id.clone(),
             surface: Surface::Slack,
-            thread_ref: serde_json::json!({ "channel": "C1", "ts": "1.2" }),
+            thread_ref: airlock_core::domain::ThreadRef::Slack(
+                airlock_core::domain::thread::SlackThread {
+                    channel: "C1".into(),
+                    thread_ts: Some("1.2".into()),
+                    ..Default::default()
+                },
+            ),
             repo: "acme/web".into(),
             profile_id,
             profile_version: version,

@@ -6,10 +6,13 @@
 //! ([`crate::notify`]). The commenter needs the configured permission on the repository and
 //! an Airlock identity.
 
+pub mod payload;
+
 use std::sync::Arc;
 
 use airlock_core::config::GithubConfig;
-use airlock_core::domain::{Human, Provider, Surface};
+use airlock_core::domain::thread::{GithubThread, PullRequestRef};
+use airlock_core::domain::{Human, Provider, Surface, ThreadRef};
 use airlock_core::github::{Github, GithubSource};
 use airlock_core::store::{settle, Inbound, NewAudit};
 use airlock_core::Store;
@@ -25,15 +28,17 @@ use crate::command::{self, Command};
 use crate::identity::{self, Account};
 use crate::requests::{self, Ask, Asked};
 use crate::status::StatusView;
+use payload::{CommentEvent, Event, InstallationEvent};
 
 /// GitHub refuses to send larger payloads; Airlock refuses to read them.
 pub const MAX_BODY: usize = 25 * 1024 * 1024;
 
 /// Something a GitHub event can start besides a comment: the trigger adapter (issue and pull
-/// request events) plugs in here.
+/// request events) plugs in here, with the parsed event and its JSON (the context of a
+/// trigger's prompt template).
 #[async_trait::async_trait]
 pub trait EventHook: Send + Sync {
-    async fn github_event(&self, event: &str, payload: &Value);
+    async fn github_event(&self, event: &Event, payload: &Value);
 }
 
 pub struct GithubAdapter {
@@ -102,7 +107,10 @@ impl GithubAdapter {
     #[tracing::instrument(name = "github", skip_all, fields(delivery = %inbound.delivery_id, event = %inbound.event))]
     async fn handle(&self, inbound: Inbound) {
         let result = match serde_json::from_str::<Value>(&inbound.payload) {
-            Ok(payload) => self.dispatch(&inbound.event, &payload).await,
+            Ok(payload) => match Event::parse(&inbound.event, &payload) {
+                Ok(event) => self.dispatch(event, &payload).await,
+                Err(e) => Err(e),
+            },
             Err(e) => Err(format!("the payload is not JSON: {e}")),
         };
         if let Err(e) = &result {
@@ -115,54 +123,39 @@ impl GithubAdapter {
         .await;
     }
 
-    async fn dispatch(&self, event: &str, p: &Value) -> Result<(), String> {
-        let action = p["action"].as_str().unwrap_or("");
-        match (event, action) {
-            ("issue_comment", "created") => {
-                let number = p["issue"]["number"].as_u64().ok_or("no issue number")?;
-                let is_pr = p["issue"].get("pull_request").is_some_and(|v| !v.is_null());
-                self.comment(p, number, is_pr, false).await
+    /// Acts on a parsed delivery; `raw` is its JSON, the context of trigger prompts.
+    async fn dispatch(&self, event: Event, raw: &Value) -> Result<(), String> {
+        match &event {
+            Event::Comment { event, review } => {
+                let (number, is_pr) = event.thread().ok_or("no issue or pull request number")?;
+                self.comment(event, number, is_pr, *review).await
             }
-            ("pull_request_review_comment", "created") => {
-                let number = p["pull_request"]["number"]
-                    .as_u64()
-                    .ok_or("no pull request number")?;
-                self.comment(p, number, true, true).await
-            }
-            ("installation", "deleted") => {
-                let id = p["installation"]["id"]
-                    .as_u64()
-                    .ok_or("no installation id")?;
-                self.store
-                    .delete_github_installation(id)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            ("installation", _) | ("installation_repositories", _) => self.installation(p).await,
-            ("issues" | "pull_request", _) => {
+            Event::InstallationDeleted(i) => self
+                .store
+                .delete_github_installation(i.id)
+                .await
+                .map_err(|e| e.to_string()),
+            Event::Installation(i) => self.installation(i).await,
+            Event::Issues(_) | Event::PullRequest(_) => {
                 if let Some(h) = &self.hook {
-                    h.github_event(event, p).await;
+                    h.github_event(&event, raw).await;
                 }
                 Ok(())
             }
-            _ => Ok(()),
+            Event::Other => Ok(()),
         }
     }
 
-    async fn installation(&self, p: &Value) -> Result<(), String> {
-        let id = p["installation"]["id"]
-            .as_u64()
-            .ok_or("no installation id")?;
-        let account = p["installation"]["account"]["login"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-        let names = |v: &Value| -> Vec<String> {
-            v.as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|r| r["full_name"].as_str().map(str::to_string))
-                .collect()
+    async fn installation(&self, p: &InstallationEvent) -> Result<(), String> {
+        let id = p.installation.id;
+        let account = p
+            .installation
+            .account
+            .as_ref()
+            .map(|a| a.login.clone())
+            .unwrap_or_default();
+        let names = |v: &[payload::Repository]| -> Vec<String> {
+            v.iter().map(|r| r.full_name.clone()).collect()
         };
         let mut repos: Vec<String> = self
             .store
@@ -173,9 +166,9 @@ impl GithubAdapter {
             .find(|(i, _, _)| *i == id)
             .map(|(_, _, r)| r)
             .unwrap_or_default();
-        repos.extend(names(&p["repositories"]));
-        repos.extend(names(&p["repositories_added"]));
-        let removed = names(&p["repositories_removed"]);
+        repos.extend(names(&p.repositories));
+        repos.extend(names(&p.repositories_added));
+        let removed = names(&p.repositories_removed);
         repos.retain(|r| !removed.contains(r));
         repos.sort();
         repos.dedup();
@@ -197,10 +190,10 @@ impl GithubAdapter {
         Ok(())
     }
 
-    fn is_bot(&self, user: &Value) -> bool {
-        let login = user["login"].as_str().unwrap_or("");
+    fn is_bot(&self, user: &payload::User) -> bool {
+        let login = user.login.as_str();
         let bot = self.cfg.bot_login.trim_end_matches("[bot]");
-        user["type"] == "Bot"
+        user.kind == "Bot"
             || login.eq_ignore_ascii_case(&self.cfg.bot_login)
             || login.trim_end_matches("[bot]").eq_ignore_ascii_case(bot)
     }
@@ -208,26 +201,23 @@ impl GithubAdapter {
     /// An issue or pull-request comment.
     async fn comment(
         &self,
-        p: &Value,
+        p: &CommentEvent,
         number: u64,
         is_pr: bool,
         review: bool,
     ) -> Result<(), String> {
-        let comment = &p["comment"];
-        let sender = &p["sender"];
-        if self.is_bot(sender) || self.is_bot(&comment["user"]) {
+        let comment = &p.comment;
+        let sender = &p.sender;
+        if self.is_bot(sender) || self.is_bot(&comment.user) {
             return Ok(());
         }
-        let body = comment["body"].as_str().unwrap_or("");
+        let body = comment.body.as_deref().unwrap_or("");
         let Some(parsed) = command::from_comment(body, &self.cfg.bot_login) else {
             return Ok(());
         };
-        let repo = p["repository"]["full_name"]
-            .as_str()
-            .ok_or("no repository")?
-            .to_string();
-        let login = sender["login"].as_str().unwrap_or("").to_string();
-        let comment_id = comment["id"].as_u64().ok_or("no comment id")?;
+        let repo = p.repository.full_name.clone();
+        let login = sender.login.clone();
+        let comment_id = comment.id;
         let gh = self.source.get().await?;
         // At once: a person sees they were heard.
         if let Err(e) = gh.react(&repo, comment_id, review, "eyes").await {
@@ -284,10 +274,7 @@ impl GithubAdapter {
         let account = Account {
             provider: Provider::Github,
             workspace: self.workspace.clone(),
-            external_id: sender["id"]
-                .as_u64()
-                .map(|i| i.to_string())
-                .unwrap_or_default(),
+            external_id: sender.id.to_string(),
             handle: login.clone(),
         };
         let email = format!(
@@ -365,7 +352,7 @@ impl GithubAdapter {
     async fn run(
         &self,
         gh: &Github,
-        p: &Value,
+        p: &CommentEvent,
         repo: &str,
         number: u64,
         is_pr: bool,
@@ -393,10 +380,15 @@ impl GithubAdapter {
             .await;
             return Ok(());
         }
-        let mut thread_ref = json!({
-            "repo": repo, "issue": number, "comment_id": comment_id, "review": review,
-            "comment_url": p["comment"]["html_url"], "login": login,
-        });
+        let mut thread = GithubThread {
+            repo: repo.to_string(),
+            issue: number,
+            comment_id: Some(comment_id),
+            review,
+            comment_url: p.comment.html_url.clone(),
+            login: Some(login.to_string()),
+            ..Default::default()
+        };
         if is_pr {
             let pr = gh
                 .pull(repo, number)
@@ -415,9 +407,11 @@ impl GithubAdapter {
                 .await;
                 return Ok(());
             }
-            thread_ref["pull_request"] = json!({
-                "number": number, "head": head.name, "url": pr.html_url,
-                "base": pr.base.map(|b| b.name).unwrap_or_else(|| "main".into()),
+            thread.pull_request = Some(PullRequestRef {
+                number,
+                head: head.name,
+                base: pr.base.map(|b| b.name).unwrap_or_else(|| "main".into()),
+                url: Some(pr.html_url),
             });
         }
         let asked = requests::ask(
@@ -427,7 +421,7 @@ impl GithubAdapter {
                 human: human.clone(),
                 surface: Surface::Github,
                 thread_key,
-                thread_ref,
+                thread_ref: ThreadRef::Github(thread),
                 repo: repo.to_string(),
                 profile: options.profile,
                 prompt,

@@ -92,7 +92,7 @@ pub fn report_config_error(error: &str, json: bool) -> ExitCode {
 fn capacity_check(cfg: &airlock_core::config::Config, warm: u32) -> Check {
     let subnet = &cfg.sandbox.subnet;
     let sessions = cfg.broker.max_sessions;
-    let Some(room) = airlock_core::sandbox::docker::subnet_capacity(subnet) else {
+    let Some(room) = airlock_sandbox::docker::subnet_capacity(subnet) else {
         return check(
             "capacity",
             Status::Fail,
@@ -247,7 +247,7 @@ pub async fn run(ctx: &Ctx) -> ExitCode {
     }
 
     // Docker and the base image.
-    match airlock_core::docker::connect(&cfg.docker.host).await {
+    match airlock_sandbox::engine::connect(&cfg.docker.host).await {
         Ok(docker) => {
             let version = docker
                 .version()
@@ -261,7 +261,7 @@ pub async fn run(ctx: &Ctx) -> ExitCode {
                 format!("engine {version} at {}", cfg.docker.host),
                 None,
             ));
-            let problems = airlock_core::docker::known_problems(&version);
+            let problems = airlock_sandbox::engine::known_problems(&version);
             if problems.is_empty() {
                 checks.push(check(
                     "docker version",
@@ -281,8 +281,8 @@ pub async fn run(ctx: &Ctx) -> ExitCode {
                     Some("upgrade the Docker engine (26.0 or later)".into()),
                 ));
             }
-            let reference = airlock_core::image::base_image_ref(&cfg.docker.base_image);
-            match airlock_core::docker::image_exists(&docker, &reference).await {
+            let reference = airlock_sandbox::image::base_image_ref(&cfg.docker.base_image);
+            match airlock_sandbox::engine::image_exists(&docker, &reference).await {
                 Ok(true) => checks.push(check("base image", Status::Ok, reference, None)),
                 Ok(false) => checks.push(check(
                     "base image",
@@ -322,7 +322,7 @@ pub async fn run(ctx: &Ctx) -> ExitCode {
             Some("build it (`cargo build -p airlock-sandboxd`, scripts/up does) or set sandbox.sandboxd".into()),
         )
     });
-    checks.push(match airlock_core::image::which("iptables") {
+    checks.push(match airlock_sandbox::image::which("iptables") {
         Some(p) => check(
             "firewall",
             Status::Ok,

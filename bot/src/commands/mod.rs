@@ -129,21 +129,21 @@ async fn migrate(ctx: &Ctx) -> anyhow::Result<ExitCode> {
 }
 
 async fn image_build(ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let docker = airlock_core::docker::connect(&ctx.config.docker.host).await?;
+    let docker = airlock_sandbox::engine::connect(&ctx.config.docker.host).await?;
     let work = ctx.config.data_dir.join("tmp");
     let repo = &ctx.config.docker.base_image;
     if !ctx.json {
         eprintln!(
             "Building {} if missing (a first build takes a minute or two)…",
-            airlock_core::image::base_image_ref(repo)
+            airlock_sandbox::image::base_image_ref(repo)
         );
     }
-    let built = airlock_core::image::build_base_image(&docker, repo, &work)
+    let built = airlock_sandbox::image::build_base_image(&docker, repo, &work)
         .await
         .context("cannot build the sandbox base image")?;
     let (reference, fresh) = match built {
-        airlock_core::image::Built::AlreadyPresent(r) => (r, false),
-        airlock_core::image::Built::Built(r) => (r, true),
+        airlock_sandbox::image::Built::AlreadyPresent(r) => (r, false),
+        airlock_sandbox::image::Built::Built(r) => (r, true),
     };
     if ctx.json {
         output::json(&serde_json::json!({ "image": reference, "built": fresh }))?;

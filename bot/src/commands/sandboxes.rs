@@ -53,7 +53,12 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
             profile: args.profile.clone(),
             prompt: prompt.clone(),
             thread: None,
-            reference: serde_json::json!({ "cli": ctx.actor() }),
+            reference: airlock_core::domain::ThreadRef::None(
+                airlock_core::domain::thread::NoThread {
+                    cli: Some(ctx.actor()),
+                    trigger: None,
+                },
+            ),
         };
         match service.request(&cli_actor(ctx, requester), request).await? {
             Requested::Started(s) | Requested::Continued(s) | Requested::Busy(s) => s,

@@ -55,10 +55,10 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
         .github
         .clone()
         .map(|gh| Arc::new(airlock_core::github::GithubSource::new(store.clone(), gh)));
-    match airlock_core::docker::connect(&cfg.docker.host).await {
+    match airlock_sandbox::engine::connect(&cfg.docker.host).await {
         Ok(docker) => {
-            let image = airlock_core::image::base_image_ref(&cfg.docker.base_image);
-            if !airlock_core::docker::image_exists(&docker, &image)
+            let image = airlock_sandbox::image::base_image_ref(&cfg.docker.base_image);
+            if !airlock_sandbox::engine::image_exists(&docker, &image)
                 .await
                 .unwrap_or(false)
             {
@@ -106,7 +106,7 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
             }));
             background.push(tokio::spawn(broker.clone().run(stopped())));
             tracing::info!(network = %network.name, endpoint = %addr, "sandboxes ready");
-            let room = airlock_core::sandbox::docker::subnet_capacity(&cfg.sandbox.subnet);
+            let room = airlock_sandbox::docker::subnet_capacity(&cfg.sandbox.subnet);
             if let (Some(room), Ok(warm)) = (room, store.warm_pool_total().await) {
                 let need = cfg.broker.max_sessions + warm;
                 if need > room {
@@ -131,7 +131,7 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
         background.push(tokio::spawn(async move {
             tokio::pin!(stop);
             loop {
-                let ok = airlock_core::docker::connect(&host).await.is_ok();
+                let ok = airlock_sandbox::engine::connect(&host).await.is_ok();
                 docker_ok.store(ok, Ordering::Relaxed);
                 tokio::select! {
                     _ = &mut stop => break,
@@ -237,7 +237,7 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
 pub async fn gateway(ctx: &Ctx) -> anyhow::Result<()> {
     let cfg = &ctx.config;
     let store = ctx.store(true).await?;
-    let host = airlock_core::sandbox::docker::host_address(&cfg.sandbox.subnet)
+    let host = airlock_sandbox::docker::host_address(&cfg.sandbox.subnet)
         .context("sandbox.subnet has no host address")?;
     airlock_gateway::ensure_ca(&store, &crate::app::gateway_ca_path(cfg)).await?;
     let (gateway, listener) = crate::app::start_gateway(cfg, &store, host.into()).await?;

@@ -473,7 +473,7 @@ mod tests {
             .create_session(NewSession {
                 requester_id: human.id,
                 surface: Surface::Cli,
-                thread_ref: json!({}),
+                thread_ref: Default::default(),
                 repo: "acme/web".into(),
                 profile_id,
                 profile_version: version,

@@ -5,13 +5,16 @@
 //! the database or typed by a person is an error, never a silent default.
 //!
 //! No I/O: ids ([`ids`]), secret values that never print ([`secrets`]), times
-//! ([`timefmt`]) and the rendering of agent text for each surface ([`render`]) live here too,
+//! ([`timefmt`]), where a session's thread is ([`thread`]) and the rendering of agent text for each surface ([`render`]) live here too,
 //! so every other crate can depend on this one.
 
 pub mod ids;
 pub mod render;
 pub mod secrets;
+pub mod thread;
 pub mod timefmt;
+
+pub use thread::ThreadRef;
 
 use std::collections::BTreeMap;
 use std::fmt;

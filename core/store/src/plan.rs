@@ -109,16 +109,11 @@ pub fn slug(text: &str, max: usize) -> String {
     out
 }
 
-/// A pull request the session works on, as an adapter recorded it in the thread reference:
-/// `{"pull_request": {"number": 7, "head": "feature", "base": "main"}}`.
+/// The pull request the session works on, as the GitHub adapter recorded it in the thread:
+/// its head branch and base.
 fn pull_request_of(session: &Session) -> Option<(String, String)> {
-    let pr = session.thread_ref.get("pull_request")?;
-    let head = pr.get("head")?.as_str()?.to_string();
-    let base = pr
-        .get("base")
-        .and_then(|b| b.as_str())
-        .map(str::to_string)?;
-    Some((head, base))
+    let pr = session.thread_ref.pull_request()?;
+    Some((pr.head.clone(), pr.base.clone()))
 }
 
 impl Plan {
@@ -206,7 +201,7 @@ mod tests {
     use super::*;
     use crate::domain::{Role, SessionState, Surface};
 
-    fn session(prompt: &str, thread_ref: serde_json::Value) -> Session {
+    fn session(prompt: &str, thread_ref: crate::domain::ThreadRef) -> Session {
         Session {
             id: "ses_01ABC".into(),
             requester_id: "hum_1".into(),
@@ -273,7 +268,7 @@ inject = { kind = "bearer" }
         let plan = Plan::build(
             &spec,
             3,
-            &session("Fix the flaky login test!", serde_json::json!({})),
+            &session("Fix the flaky login test!", Default::default()),
             &human(),
             &settings(Some("https://git.internal")),
         );
@@ -300,7 +295,17 @@ inject = { kind = "bearer" }
         let spec = ProfileSpec::from_toml(PROFILE).unwrap();
         let s = session(
             "address the review",
-            serde_json::json!({"pull_request": {"number": 7, "head": "feature/x", "base": "main"}}),
+            crate::domain::ThreadRef::Github(crate::domain::thread::GithubThread {
+                repo: "acme/web".into(),
+                issue: 7,
+                pull_request: Some(crate::domain::thread::PullRequestRef {
+                    number: 7,
+                    head: "feature/x".into(),
+                    base: "main".into(),
+                    url: None,
+                }),
+                ..Default::default()
+            }),
         );
         let plan = Plan::build(&spec, 3, &s, &human(), &settings(None));
         let g = plan.git.unwrap();
@@ -314,13 +319,7 @@ inject = { kind = "bearer" }
         let spec = ProfileSpec::from_toml(PROFILE).unwrap();
         let mut st = settings(None);
         st.github = None;
-        let plan = Plan::build(
-            &spec,
-            1,
-            &session("x", serde_json::json!({})),
-            &human(),
-            &st,
-        );
+        let plan = Plan::build(&spec, 1, &session("x", Default::default()), &human(), &st);
         assert_eq!(plan.routes.len(), 1);
         assert!(plan.git.is_none());
         // The session still has its own branch, the only one it may push.
@@ -332,7 +331,7 @@ inject = { kind = "bearer" }
     fn passthrough_reaches_sessions_only_where_the_profile_says_so() {
         let mut spec = ProfileSpec::from_toml(PROFILE).unwrap();
         spec.passthrough = vec!["registry.npmjs.org".into()];
-        let s = session("x", serde_json::json!({}));
+        let s = session("x", Default::default());
         let plan = Plan::build(&spec, 1, &s, &human(), &settings(None));
         assert!(plan.passthrough.is_empty());
         spec.passthrough_in_sessions = true;

@@ -9,7 +9,7 @@ use sqlx::Row;
 
 use super::audit::append_audit;
 use super::{parse_col, NewAudit, Result, Store, StoreError};
-use crate::domain::{is_repo, EventKind, SessionState, Surface};
+use crate::domain::{is_repo, EventKind, SessionState, Surface, ThreadRef};
 use crate::ids::{new_id, now_ms};
 
 /// The largest prompt accepted, in bytes.
@@ -23,7 +23,7 @@ pub struct Session {
     pub requester_id: String,
     pub surface: Surface,
     /// Where updates go: a Slack thread, a GitHub issue comment, a Discord thread…
-    pub thread_ref: serde_json::Value,
+    pub thread_ref: ThreadRef,
     pub repo: String,
     pub profile_id: String,
     pub profile_version: i64,
@@ -52,7 +52,7 @@ pub struct Session {
 pub struct NewSession {
     pub requester_id: String,
     pub surface: Surface,
-    pub thread_ref: serde_json::Value,
+    pub thread_ref: ThreadRef,
     pub repo: String,
     pub profile_id: String,
     pub profile_version: i64,
@@ -117,12 +117,31 @@ fn json_col(row: &AnyRow, col: &str) -> Result<serde_json::Value> {
         .map_err(|e| StoreError::Invalid(format!("stored {col} is not valid JSON: {e}")))
 }
 
+/// A stored thread reference, read by the surface whose thread it is (rows written before
+/// references were tagged carry only that surface's fields). One that cannot be read is
+/// logged and read as no thread: the session stays readable, its thread is not updated.
+fn thread_col(row: &AnyRow, surface: Surface, notify: Option<Surface>) -> Result<ThreadRef> {
+    let id: String = row.try_get("id")?;
+    let value = json_col(row, "thread_ref")?;
+    Ok(
+        ThreadRef::from_stored(&value, notify.unwrap_or(surface)).unwrap_or_else(|e| {
+            tracing::warn!(session = %id, "{e}; its thread is not updated");
+            ThreadRef::default()
+        }),
+    )
+}
+
 fn session(row: &AnyRow) -> Result<Session> {
+    let surface: Surface = parse_col(row.try_get("surface")?)?;
+    let notify: Option<Surface> = row
+        .try_get::<Option<String>, _>("notify")?
+        .map(parse_col)
+        .transpose()?;
     Ok(Session {
         id: row.try_get("id")?,
         requester_id: row.try_get("requester_id")?,
-        surface: parse_col(row.try_get("surface")?)?,
-        thread_ref: json_col(row, "thread_ref")?,
+        surface,
+        thread_ref: thread_col(row, surface, notify)?,
         repo: row.try_get("repo")?,
         profile_id: row.try_get("profile_id")?,
         profile_version: row.try_get("profile_version")?,
@@ -146,10 +165,7 @@ fn session(row: &AnyRow) -> Result<Session> {
         branch: row.try_get("branch")?,
         pull_request_url: row.try_get("pull_request_url")?,
         thread_key: row.try_get("thread_key")?,
-        notify: row
-            .try_get::<Option<String>, _>("notify")?
-            .map(parse_col)
-            .transpose()?,
+        notify,
     })
 }
 
@@ -201,7 +217,7 @@ impl Store {
         }
         let id = new_id("ses");
         let now = now_ms();
-        let thread_ref = new.thread_ref.to_string();
+        let thread_ref = new.thread_ref.to_json().to_string();
         let mut tx = self.pool().begin().await?;
         sqlx::query(&format!(
             "INSERT INTO sessions ({INSERT_COLS}) VALUES \
@@ -393,7 +409,7 @@ impl Store {
         &self,
         session_id: &str,
         prompt: &str,
-        thread_ref: Option<&serde_json::Value>,
+        thread_ref: Option<&ThreadRef>,
         audit: Option<&SessionAudit>,
     ) -> Result<Session> {
         if prompt.trim().is_empty() {
@@ -426,7 +442,7 @@ impl Store {
         )
         .bind(session_id)
         .bind(SessionState::Queued.as_str())
-        .bind(thread_ref.map(|t| t.to_string()))
+        .bind(thread_ref.map(|t| t.to_json().to_string()))
         .execute(&mut *tx)
         .await?;
         let state =
@@ -630,10 +646,10 @@ impl Store {
     }
 
     /// Replaces where the session's updates go (an adapter records the message it posted).
-    pub async fn set_thread_ref(&self, id: &str, thread_ref: &serde_json::Value) -> Result<()> {
+    pub async fn set_thread_ref(&self, id: &str, thread_ref: &ThreadRef) -> Result<()> {
         sqlx::query("UPDATE sessions SET thread_ref = $2 WHERE id = $1")
             .bind(id)
-            .bind(thread_ref.to_string())
+            .bind(thread_ref.to_json().to_string())
             .execute(self.pool())
             .await?;
         Ok(())

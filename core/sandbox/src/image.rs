@@ -11,10 +11,10 @@ use futures_util::{stream, TryStreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
-use crate::docker::{image_exists, DockerError, LABEL_MANAGED, LABEL_RECIPE};
+use crate::engine::{image_exists, DockerError, LABEL_MANAGED, LABEL_RECIPE};
 
 /// The recipe, compiled in so the binary builds the image it expects wherever it runs.
-pub const RECIPE: &str = include_str!("../../deploy/images/base/recipe.sh");
+pub const RECIPE: &str = include_str!("../../../deploy/images/base/recipe.sh");
 
 /// The tag of the base image: the first 16 hex digits of the recipe's SHA-256.
 pub fn recipe_tag() -> String {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::domain::Limits;
+use airlock_store::domain::Limits;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

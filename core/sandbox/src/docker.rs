@@ -555,7 +555,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn image_exists(&self, reference: &str) -> Result<bool> {
-        crate::docker::image_exists(&self.docker, reference)
+        crate::engine::image_exists(&self.docker, reference)
             .await
             .map_err(|e| RuntimeError::Failed(e.to_string()))
     }

@@ -1,14 +1,20 @@
-//! Sandboxes: the runtime trait and its Docker provider, the sandbox endpoint that sandboxd
-//! connects to, and the manager the broker uses (snapshots, warm pools, reconciliation).
+//! Sandboxes: the runtime trait ([`runtime`]) and its providers (Docker in [`docker`], over
+//! the engine connection in [`engine`]; an in-memory fake in `fake` with the feature
+//! `fake-runtime`), the base image ([`image`]), the sandbox endpoint that sandboxd connects to
+//! ([`hub`]), and the manager the broker uses ([`manager`]: starts, warm pools, snapshots,
+//! reconciliation). It stands on `airlock-store` and the sandboxd protocol; it knows nothing
+//! of sessions' turns (that is the broker's, in `airlock-core`).
 
 pub mod docker;
+pub mod engine;
 #[cfg(feature = "fake-runtime")]
 pub mod fake;
 pub mod hub;
+pub mod image;
 pub mod manager;
 pub mod runtime;
 
-pub use crate::docker::LABEL_MANAGED;
+pub use engine::LABEL_MANAGED;
 pub use hub::{ExecEvent, ExecRequest, ExecStream, Hub, HubError};
 pub use manager::{Origin, Reconciled, SandboxError, SandboxSettings, Sandboxes};
 pub use runtime::{ContainerSpec, Instance, Network, Runtime, RuntimeError};

@@ -29,7 +29,7 @@ use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::store::{Store, TokenKind};
+use airlock_store::store::{Store, TokenKind};
 
 /// A sandbox token lives this long unless bound to a session (then: the session's limit).
 const SANDBOX_TOKEN_TTL_MS: i64 = 24 * 3600 * 1000;
@@ -206,7 +206,7 @@ impl Hub {
     pub fn new(store: Store) -> Arc<Hub> {
         // Ids stay unique across server restarts, so a replayed exec is never confused
         // with a new one.
-        let start = (crate::ids::now_ms() as u64).saturating_mul(1000);
+        let start = (airlock_store::ids::now_ms() as u64).saturating_mul(1000);
         Arc::new(Hub {
             store,
             state: Mutex::new(HubState::default()),

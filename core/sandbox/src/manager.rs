@@ -17,9 +17,9 @@ use super::{
     LABEL_PROFILE, LABEL_PROFILE_VERSION, LABEL_ROLE, LABEL_SANDBOX, LABEL_SERVER, LABEL_SESSION,
     LABEL_SETUP, LABEL_SNAPSHOT,
 };
-use crate::domain::ProfileSpec;
-use crate::ids::now_ms;
-use crate::store::{
+use airlock_store::domain::ProfileSpec;
+use airlock_store::ids::now_ms;
+use airlock_store::store::{
     settle, NewSandbox, NewSnapshot, Profile, ProfileVersion, Sandbox, Session, Snapshot, Store,
     TokenKind, BOOTSTRAP_TTL_MS,
 };
@@ -29,7 +29,7 @@ pub enum SandboxError {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] airlock_store::store::StoreError),
     #[error(transparent)]
     Hub(#[from] super::hub::HubError),
     #[error("{0}")]
