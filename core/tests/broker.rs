@@ -48,14 +48,7 @@ async fn stack(
     let hub = Hub::new(store.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let app = hub.router();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-    });
+    tokio::spawn(hub.clone().serve_endpoint(listener, std::future::pending()));
     let runtime = FakeRuntime::new(script);
     let dyn_runtime: Arc<dyn Runtime> = Arc::new(runtime.clone());
     let sandboxes = Arc::new(Sandboxes {

@@ -519,14 +519,7 @@ impl LocalStack {
         let listener = tokio::net::TcpListener::bind((network.host_address, endpoint_port))
             .await
             .expect("endpoint");
-        let app = hub.router();
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .await
-        });
+        tokio::spawn(hub.clone().serve_endpoint(listener, std::future::pending()));
         let sandboxd = airlock_bin()
             .parent()
             .map(|d| d.join("sandboxd"))

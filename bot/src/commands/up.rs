@@ -89,20 +89,12 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
                 .recover()
                 .await
                 .context("cannot take back the sessions of the previous run")?;
-            let app = sandboxes.hub.router();
+            let hub = sandboxes.hub.clone();
             let stop = stopped();
-            // No Nagle on the sandbox connections: small messages (an exec request, a line of
-            // output) would otherwise wait for the peer's delayed ACK.
-            let endpoint = axum::serve::ListenerExt::tap_io(endpoint, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
             background.push(tokio::spawn(async move {
-                let _ = axum::serve(
-                    endpoint,
-                    app.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(stop)
-                .await;
+                if let Err(e) = hub.serve_endpoint(endpoint, stop).await {
+                    tracing::error!("the sandbox endpoint stopped: {e}");
+                }
             }));
             background.push(tokio::spawn(broker.clone().run(stopped())));
             tracing::info!(network = %network.name, endpoint = %addr, "sandboxes ready");

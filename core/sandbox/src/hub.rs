@@ -220,11 +220,35 @@ impl Hub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The endpoint's routes. Serve with `into_make_service_with_connect_info::<SocketAddr>()`.
+    /// The endpoint's routes. Serve with `into_make_service_with_connect_info::<SocketAddr>()`
+    /// (or through [`Hub::serve_endpoint`]).
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route(CONNECT_PATH, get(connect))
             .with_state(self.clone())
+    }
+
+    /// Serves the sandboxes' endpoint on `listener` until `shutdown` resolves. The peer's
+    /// address is known to the handler (a sandbox is told apart by it), and Nagle is off: small
+    /// messages (an exec request, a line of output) would otherwise wait for the peer's
+    /// delayed ACK.
+    pub async fn serve_endpoint(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("cannot turn Nagle off on a sandbox connection: {e}");
+            }
+        });
+        axum::serve(
+            listener,
+            self.router()
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
     }
 
     pub fn is_connected(&self, sandbox: &str) -> bool {

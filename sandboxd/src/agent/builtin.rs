@@ -69,6 +69,12 @@ async fn complete(http: &reqwest::Client, url: &str, body: &Value) -> Result<Val
         if attempt == 4 {
             return Err(retry);
         }
+        // On stderr, so the session's log says why the same request went twice.
+        eprintln!(
+            "airlock agent: {retry}; trying again in {} s (attempt {} of 4)",
+            delay.as_secs(),
+            attempt + 1
+        );
         tokio::time::sleep(delay).await;
         delay *= 2;
     }

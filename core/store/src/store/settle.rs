@@ -67,7 +67,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn passing_failures_are_retried_and_the_rest_are_not() {
         let calls = AtomicU32::new(0);
         let got = settle("a write", || async {
