@@ -4,6 +4,7 @@
 //! the outbox.
 
 use airlock_core::domain::{Human, Role, Surface, ThreadRef};
+use airlock_core::ids::SessionId;
 use airlock_core::store::ChannelSettings;
 use airlock_core::Store;
 
@@ -35,7 +36,7 @@ pub enum Reply {
     /// Everyone in the conversation sees it.
     Public(String),
     /// Nothing now: the session's status message will appear.
-    Started { session: String, continued: bool },
+    Started { session: SessionId, continued: bool },
 }
 
 pub fn not_linked(surface: Surface, prefix: &str) -> String {

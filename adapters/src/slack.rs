@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use airlock_core::config::SlackConfig;
 use airlock_core::domain::thread::SlackThread;
 use airlock_core::domain::{Provider, SessionState, Surface, ThreadRef};
+use airlock_core::ids::SessionId;
 use airlock_core::render;
 use airlock_core::store::{settle, Session};
 use airlock_core::Store;
@@ -400,7 +401,13 @@ impl SlackAdapter {
             .map(|c| c.id.0.clone())
             .unwrap_or_default();
         for a in ev.actions.unwrap_or_default() {
-            let session_id = a.value.clone().unwrap_or_default();
+            // The button's value is the session it was posted for (Airlock's own, signed by
+            // Slack on the way back); anything else is ignored.
+            let Some(session_id) = a.value.as_deref().and_then(|v| v.parse::<SessionId>().ok())
+            else {
+                tracing::debug!("a Slack button without a session id");
+                continue;
+            };
             let say = |t: String| {
                 let (channel, user) = (channel.clone(), user.id.0.clone());
                 async move {

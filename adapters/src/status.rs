@@ -4,6 +4,7 @@
 //! `airlock_core::render`.
 
 use airlock_core::domain::{EventKind, SessionState};
+use airlock_core::ids::SessionId;
 use airlock_core::render;
 use airlock_core::store::{Session, SessionEvent};
 use airlock_core::Store;
@@ -13,7 +14,7 @@ const STEPS: usize = 12;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusView {
-    pub session: String,
+    pub session: SessionId,
     pub state: SessionState,
     pub reason: Option<String>,
     pub prompt: String,
@@ -273,7 +274,7 @@ mod tests {
 
     fn view(state: SessionState) -> StatusView {
         StatusView {
-            session: "ses_1".into(),
+            session: "ses_1".parse().unwrap(),
             state,
             reason: Some("the agent finished".into()),
             prompt: "fix the <b>test</b>".into(),

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use airlock_core::domain::{CredentialKind, Provider, Role, SessionState, Surface};
+use airlock_core::ids::{IdentityId, SessionId};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -150,7 +151,7 @@ pub struct RunArgs {
     pub requester: Option<String>,
     /// Continue an ended session with a follow-up
     #[arg(long, conflicts_with_all = ["repo", "profile"])]
-    pub session: Option<String>,
+    pub session: Option<SessionId>,
     /// Queue the session and return without following it
     #[arg(long)]
     pub detach: bool,
@@ -236,7 +237,7 @@ pub enum IdentityCmd {
     /// Remove a link
     Unlink {
         /// Identity id (idn_…), from `airlock identity list`
-        id: String,
+        id: IdentityId,
     },
     /// List linked accounts
     List {
@@ -287,12 +288,12 @@ pub enum SessionCmd {
     /// List sessions, newest first
     List(SessionListArgs),
     /// Show a session and its events
-    Show { id: String },
+    Show { id: SessionId },
     /// Print a session's full output, as kept by a profile with `limits.output_log = true`
-    Log { id: String },
+    Log { id: SessionId },
     /// Cancel a session
     Cancel {
-        id: String,
+        id: SessionId,
         /// Why, shown to the requester
         #[arg(long)]
         reason: Option<String>,

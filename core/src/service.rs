@@ -9,6 +9,7 @@
 //! texts for people live in [`crate::messages`].
 
 use crate::domain::{Human, Role, SessionState, Surface, ThreadRef};
+use crate::ids::{ProfileId, SessionId, TriggerId};
 use crate::messages;
 use crate::store::{NewSession, Profile, ProfileVersion, Session, SessionAudit};
 use crate::{Store, StoreError};
@@ -23,7 +24,7 @@ pub enum Who {
     Operator(String),
     /// A trigger (a webhook, a schedule, a GitHub event): its sessions are the owner's and
     /// held to the owner's access; the audit log names the trigger.
-    Trigger { id: String, owner: Human },
+    Trigger { id: TriggerId, owner: Human },
 }
 
 /// Who acts, where, and how the session's log names them ("@octocat on GitHub").
@@ -53,12 +54,9 @@ impl Actor {
     }
 
     /// A trigger acting for its owner; `name` is how the session's log names it.
-    pub fn trigger(id: impl Into<String>, name: &str, owner: Human) -> Actor {
+    pub fn trigger(id: TriggerId, name: &str, owner: Human) -> Actor {
         Actor {
-            who: Who::Trigger {
-                id: id.into(),
-                owner,
-            },
+            who: Who::Trigger { id, owner },
             surface: Surface::Trigger,
             named: format!("trigger {name}"),
         }
@@ -120,7 +118,7 @@ pub struct Request {
 #[derive(Debug, Clone)]
 pub struct Firing {
     /// The trigger's profile (a trigger names exactly one).
-    pub profile_id: String,
+    pub profile_id: ProfileId,
     pub repo: String,
     /// The trigger's prompt template, rendered with the event.
     pub prompt: String,
@@ -316,14 +314,14 @@ impl Sessions {
     pub async fn follow_up(
         &self,
         actor: &Actor,
-        session_id: &str,
+        session_id: &SessionId,
         prompt: &str,
         thread_ref: Option<&ThreadRef>,
     ) -> Result<Session, Refusal> {
         let s = self.store.session(session_id).await?;
         self.may_continue(actor, &s).await?;
         if !s.state.is_terminal() {
-            return Err(Refusal::StillRunning(s.id));
+            return Err(Refusal::StillRunning(s.id.to_string()));
         }
         let audit = actor.audit("session.follow_up", serde_json::json!({ "repo": s.repo }));
         Ok(self
@@ -334,11 +332,11 @@ impl Sessions {
 
     /// Runs an ended session's latest prompt again.
     #[tracing::instrument(skip_all, fields(actor = %actor.audit_actor(), session = %session_id))]
-    pub async fn retry(&self, actor: &Actor, session_id: &str) -> Result<Session, Refusal> {
+    pub async fn retry(&self, actor: &Actor, session_id: &SessionId) -> Result<Session, Refusal> {
         let s = self.store.session(session_id).await?;
         self.may_continue(actor, &s).await?;
         if !s.state.is_terminal() {
-            return Err(Refusal::StillRunning(s.id));
+            return Err(Refusal::StillRunning(s.id.to_string()));
         }
         let prompt = self.store.latest_prompt(&s).await?;
         let audit = actor.audit("session.retry", serde_json::json!({ "repo": s.repo }));
@@ -353,7 +351,7 @@ impl Sessions {
     pub async fn stop(
         &self,
         actor: &Actor,
-        session_id: &str,
+        session_id: &SessionId,
         reason: Option<String>,
     ) -> Result<Session, Refusal> {
         let s = self.store.session(session_id).await?;
@@ -364,7 +362,7 @@ impl Sessions {
         }
         if s.state.is_terminal() {
             return Err(Refusal::NotRunning {
-                id: s.id,
+                id: s.id.to_string(),
                 state: s.state,
             });
         }

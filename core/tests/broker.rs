@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use airlock_core::broker::{Broker, BrokerSettings};
 use airlock_core::domain::{EventKind, Human, ProfileSpec, Role, SessionState, Surface};
+use airlock_core::ids::SessionId;
 use airlock_core::secrets::MasterKey;
 use airlock_core::service::{Actor, Request, Requested, Sessions};
 use airlock_core::store::Session;
@@ -103,7 +104,7 @@ impl Stack {
     }
 
     /// Polls the stored session until `done` holds (20 s at most).
-    async fn wait(&self, id: &str, what: &str, done: impl Fn(&Session) -> bool) -> Session {
+    async fn wait(&self, id: &SessionId, what: &str, done: impl Fn(&Session) -> bool) -> Session {
         let until = Instant::now() + Duration::from_secs(20);
         loop {
             let s = self.store.session(id).await.unwrap();
@@ -120,12 +121,12 @@ impl Stack {
         }
     }
 
-    async fn ended(&self, id: &str) -> Session {
+    async fn ended(&self, id: &SessionId) -> Session {
         self.wait(id, "ended", |s| s.state.is_terminal()).await
     }
 
     /// Everything the session's command printed, in stored order.
-    async fn output(&self, id: &str) -> String {
+    async fn output(&self, id: &SessionId) -> String {
         let mut text = String::new();
         let mut after = 0;
         loop {
@@ -140,7 +141,7 @@ impl Stack {
         }
     }
 
-    async fn notes(&self, id: &str) -> String {
+    async fn notes(&self, id: &SessionId) -> String {
         let events = self.store.events(id, 0, 1000).await.unwrap();
         events
             .iter()

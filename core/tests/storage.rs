@@ -252,7 +252,7 @@ async fn session_lists_page_through_every_session_once(db: Db) {
             .await
             .unwrap();
         let Some(last) = page.last() else { break };
-        before = Some((last.created_at, last.id.clone()));
+        before = Some((last.created_at, last.id.to_string()));
         seen.extend(page.into_iter().map(|x| (x.created_at, x.id)));
     }
     assert_eq!(seen.len(), 250);

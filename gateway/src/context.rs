@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use airlock_github::{Auth, Github, RepoToken, Scope};
 use airlock_store::domain::CredentialKind;
-use airlock_store::ids::now_ms;
+use airlock_store::ids::{now_ms, HumanId, SandboxId, SessionId};
 use airlock_store::plan::Plan;
 use airlock_store::secrets::SecretValue;
 use airlock_store::store::token_hash;
@@ -37,9 +37,9 @@ const METHOD_OVERRIDE_FIELDS: [&[u8]; 2] = [b"_method=", b"name=\"_method\""];
 pub struct Ctx {
     token: String,
     pub token_hash: String,
-    pub sandbox_id: String,
-    pub session_id: Option<String>,
-    pub human_id: Option<String>,
+    pub sandbox_id: SandboxId,
+    pub session_id: Option<SessionId>,
+    pub human_id: Option<HumanId>,
     pub repo: Option<String>,
     pub profile: String,
     pub address: IpAddr,
@@ -430,10 +430,13 @@ impl Budgets {
             }
         }
         let total = match key.split(':').collect::<Vec<_>>()[..] {
-            ["s", id] => self.store.session_usage(id).await,
+            // The keys are made here from the sandbox's own binding.
+            ["s", id] => self.store.session_usage(&SessionId::from_stored(id)).await,
             ["h", id, day] => {
                 let since = day.parse::<i64>().unwrap_or(0) * DAY_MS;
-                self.store.human_usage_since(id, since).await
+                self.store
+                    .human_usage_since(&HumanId::from_stored(id), since)
+                    .await
             }
             _ => return 0,
         };

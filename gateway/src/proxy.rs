@@ -313,7 +313,7 @@ impl Shared {
             actor: ctx.actor(),
             action: action.to_string(),
             target: target.to_string(),
-            session_id: ctx.session_id.clone(),
+            session_id: ctx.session_id.as_ref().map(|i| i.to_string()),
             detail,
         };
         if let Err(e) = self.audit_tx.send(entry) {
@@ -343,9 +343,9 @@ impl Shared {
         self.budgets
             .add(ctx, usage.input_tokens + usage.output_tokens);
         let sent = self.usage_tx.send(airlock_store::store::NewUsage {
-            session_id: ctx.session_id.clone(),
-            human_id: ctx.human_id.clone(),
-            sandbox_id: ctx.sandbox_id.clone(),
+            session_id: ctx.session_id.as_ref().map(|i| i.to_string()),
+            human_id: ctx.human_id.as_ref().map(|i| i.to_string()),
+            sandbox_id: ctx.sandbox_id.to_string(),
             host: host.to_string(),
             model: usage.model,
             input_tokens: usage.input_tokens,

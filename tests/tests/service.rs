@@ -235,13 +235,13 @@ async fn every_surface_gets_the_same_policy_and_one_audit_row_per_change(engine:
             .follow_up(&actor(&w.bob, surface), &s.id, "more", None)
             .await
             .unwrap_err();
-        assert_eq!(refused, Refusal::StillRunning(s.id.clone()));
+        assert_eq!(refused, Refusal::StillRunning(s.id.to_string()));
         let refused = w
             .service
             .retry(&actor(&w.bob, surface), &s.id)
             .await
             .unwrap_err();
-        assert_eq!(refused, Refusal::StillRunning(s.id.clone()));
+        assert_eq!(refused, Refusal::StillRunning(s.id.to_string()));
         no_row(&w, before, "refused follow-ups").await;
 
         // Bob stops it: one `session.cancel` row, by Bob; stopping again is refused, no row.

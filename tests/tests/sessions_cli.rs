@@ -57,7 +57,7 @@ async fn an_admin_lists_shows_and_cancels_a_session() {
         "ada@example.com",
     ]);
     assert!(
-        list.contains(&session.id) && list.contains("acme/web") && list.contains("slack"),
+        list.contains(session.id.as_str()) && list.contains("acme/web") && list.contains("slack"),
         "{list}"
     );
     assert!(

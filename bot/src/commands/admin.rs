@@ -111,7 +111,7 @@ pub async fn human(ctx: &Ctx, cmd: HumanCmd) -> anyhow::Result<ExitCode> {
                                 .collect();
                             accounts.dedup();
                             vec![
-                                h.id.clone(),
+                                h.id.to_string(),
                                 cell(&h.display_name, 40),
                                 cell(&h.email, 50),
                                 h.role.to_string(),
@@ -214,7 +214,7 @@ pub async fn identity(ctx: &Ctx, cmd: IdentityCmd) -> anyhow::Result<ExitCode> {
                 Some(h) => Some(store.find_human(&h).await?.id),
                 None => None,
             };
-            let idents = store.list_identities(human_id.as_deref()).await?;
+            let idents = store.list_identities(human_id.as_ref()).await?;
             if ctx.json {
                 json(&idents)?;
             } else {
@@ -232,8 +232,8 @@ pub async fn identity(ctx: &Ctx, cmd: IdentityCmd) -> anyhow::Result<ExitCode> {
                         .iter()
                         .map(|i| {
                             vec![
-                                i.id.clone(),
-                                i.human_id.clone(),
+                                i.id.to_string(),
+                                i.human_id.to_string(),
                                 i.provider.to_string(),
                                 cell(&i.workspace, 30),
                                 cell(&i.external_id, 30),
@@ -522,11 +522,11 @@ pub async fn session(ctx: &Ctx, cmd: SessionCmd) -> anyhow::Result<ExitCode> {
                         .iter()
                         .map(|s| {
                             vec![
-                                s.id.clone(),
+                                s.id.to_string(),
                                 s.state.to_string(),
                                 cell(&s.repo, 40),
                                 s.surface.to_string(),
-                                s.requester_id.clone(),
+                                s.requester_id.to_string(),
                                 rfc3339(s.created_at),
                                 cell(&s.prompt, 50),
                             ]

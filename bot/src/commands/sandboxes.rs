@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use airlock_core::domain::{EventKind, Human, Role, SessionState, Surface};
+use airlock_core::ids::SessionId;
 use airlock_core::service::{Actor, Request, Requested, Sessions};
 use airlock_core::store::{SessionEvent, EVENT_PAGE};
 use airlock_core::Store;
@@ -84,7 +85,7 @@ fn cli_actor(ctx: &Ctx, requester: Human) -> Actor {
 }
 
 /// Prints a session's events as they arrive until it ends; exit 0 only if it succeeded.
-async fn follow(ctx: &Ctx, store: &Store, id: &str) -> anyhow::Result<ExitCode> {
+async fn follow(ctx: &Ctx, store: &Store, id: &SessionId) -> anyhow::Result<ExitCode> {
     let mut after = store.last_event_seq(id).await?;
     let started = Instant::now();
     let mut hinted = false;
@@ -201,7 +202,7 @@ pub async fn snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
         }
         SnapshotCmd::List => {
             let snaps = store.list_snapshots().await?;
-            let names: std::collections::HashMap<String, String> = store
+            let names: std::collections::HashMap<airlock_core::ids::ProfileId, String> = store
                 .list_profiles()
                 .await?
                 .into_iter()
@@ -218,7 +219,7 @@ pub async fn snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
                             s.kind.clone(),
                             names.get(&s.profile_id).cloned().unwrap_or_default(),
                             s.profile_version.to_string(),
-                            s.session_id.clone().unwrap_or_default(),
+                            s.session_id.as_deref().unwrap_or_default().to_string(),
                             format!("{} MB", s.size_bytes.unwrap_or(0) / 1_000_000),
                             airlock_core::timefmt::rfc3339(s.created_at),
                         ]
@@ -263,10 +264,10 @@ pub async fn sandbox(ctx: &Ctx, cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
                     .iter()
                     .map(|s| {
                         vec![
-                            s.id.clone(),
+                            s.id.to_string(),
                             s.role.clone(),
                             s.state.clone(),
-                            s.session_id.clone().unwrap_or_default(),
+                            s.session_id.as_deref().unwrap_or_default().to_string(),
                             s.address.clone().unwrap_or_default(),
                             output::cell(&s.image, 60),
                             airlock_core::timefmt::rfc3339(s.created_at),

@@ -150,7 +150,7 @@ pub async fn trigger(ctx: &Ctx, cmd: TriggerCmd) -> anyhow::Result<ExitCode> {
                 .audit(NewAudit {
                     actor: ctx.actor(),
                     action: "trigger.add".into(),
-                    target: t.id.clone(),
+                    target: t.id.to_string(),
                     session_id: None,
                     detail: json!({"name": t.name, "kind": t.kind, "repo": t.repo, "owner": owner.id}),
                 })
@@ -187,7 +187,7 @@ pub async fn trigger(ctx: &Ctx, cmd: TriggerCmd) -> anyhow::Result<ExitCode> {
                             t.repo.clone(),
                             if t.enabled { "enabled" } else { "disabled" }.into(),
                             airlock_core::timefmt::opt_rfc3339(t.last_fired_at),
-                            t.id.clone(),
+                            t.id.to_string(),
                         ]
                     })
                     .collect();
@@ -215,7 +215,7 @@ pub async fn trigger(ctx: &Ctx, cmd: TriggerCmd) -> anyhow::Result<ExitCode> {
                 .audit(NewAudit {
                     actor: ctx.actor(),
                     action: "trigger.delete".into(),
-                    target: t.id.clone(),
+                    target: t.id.to_string(),
                     session_id: None,
                     detail: json!({"name": t.name}),
                 })

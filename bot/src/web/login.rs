@@ -54,7 +54,7 @@ pub(super) async fn login(
             let entry = NewAudit {
                 actor: format!("human:{}", s.human.id),
                 action: "web.sign_in".into(),
-                target: s.human.id.clone(),
+                target: s.human.id.to_string(),
                 session_id: None,
                 detail: json!({}),
             };

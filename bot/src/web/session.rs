@@ -1,6 +1,7 @@
 //! One session: its live log (a window of events, server-sent events for the latest), plan, egress audit, full output log, and Stop.
 
 use super::*;
+use airlock_core::ids::SessionId;
 
 pub(super) struct EventView {
     kind: EventKind,
@@ -171,7 +172,7 @@ pub(super) enum LogAt {
 /// event, or those just after one.
 pub(super) async fn log_window(
     store: &Store,
-    id: &str,
+    id: &SessionId,
     at: LogAt,
 ) -> airlock_core::store::Result<Vec<SessionEvent>> {
     let mut window = Vec::new();
@@ -206,7 +207,7 @@ pub(super) async fn log_window(
 pub(super) async fn session(
     State(st): State<AdminState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(id): Path<SessionId>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let ws = match admin(&st, &headers).await {
@@ -323,7 +324,7 @@ pub(super) async fn session(
 pub(super) async fn output_log(
     State(st): State<AdminState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(id): Path<SessionId>,
 ) -> Response {
     let ws = match admin(&st, &headers).await {
         Ok(s) => s,
@@ -362,7 +363,7 @@ pub(super) async fn output_log(
 pub(super) async fn session_events(
     State(st): State<AdminState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(id): Path<SessionId>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     if let Err(d) = admin(&st, &headers).await {
@@ -417,7 +418,7 @@ pub(super) async fn session_events(
 pub(super) async fn stop(
     State(st): State<AdminState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(id): Path<SessionId>,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
     let ws = match admin_post(&st, &headers, &f).await {

@@ -47,7 +47,7 @@ pub(super) async fn sessions(
     let get = |k: &str| q.get(k).cloned().unwrap_or_default();
     let filter = SessionFilter {
         state: get("state").parse().ok(),
-        requester_id: Some(get("human")).filter(|h| !h.is_empty()),
+        requester_id: get("human").parse().ok(),
         surface: get("surface").parse().ok(),
         limit: Some(SESSIONS_PAGE),
         before: get("before")
@@ -80,7 +80,7 @@ pub(super) async fn sessions(
     let rows = list
         .iter()
         .map(|x| SessionRow {
-            id: x.id.clone(),
+            id: x.id.to_string(),
             state: x.state,
             repo: x.repo.clone(),
             requester: names

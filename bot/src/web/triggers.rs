@@ -99,7 +99,7 @@ pub(super) async fn trigger_action(
                 let entry = NewAudit {
                     actor: format!("human:{}", ws.human.id),
                     action: format!("trigger.{action}"),
-                    target: t.id.clone(),
+                    target: t.id.to_string(),
                     session_id: None,
                     detail: json!({"name": t.name}),
                 };

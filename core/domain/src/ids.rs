@@ -15,6 +15,7 @@ macro_rules! id_type {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
         #[serde(transparent)]
+        #[cfg_attr(feature = "sqlx", derive(sqlx::Type), sqlx(transparent))]
         pub struct $name(String);
 
         impl $name {
@@ -37,6 +38,12 @@ macro_rules! id_type {
 
             pub fn into_string(self) -> String {
                 self.0
+            }
+        }
+
+        impl TypedId for $name {
+            fn from_stored_text(text: String) -> $name {
+                $name(text)
             }
         }
 
@@ -98,6 +105,18 @@ macro_rules! id_type {
             }
         }
 
+        impl PartialEq<$name> for String {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.0
+            }
+        }
+
+        impl From<&$name> for String {
+            fn from(id: &$name) -> String {
+                id.0.clone()
+            }
+        }
+
         impl From<$name> for String {
             fn from(id: $name) -> String {
                 id.0
@@ -130,6 +149,11 @@ id_type!(
     /// A trigger: `trg_…`.
     TriggerId, "trg", "trigger id"
 );
+
+/// What every id type has: storage reads it back without checking (it wrote it).
+pub trait TypedId: Sized {
+    fn from_stored_text(text: String) -> Self;
+}
 
 /// Text that is not an id of the kind asked for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -140,7 +140,7 @@ text_enum!(
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Human {
-    pub id: String,
+    pub id: ids::HumanId,
     pub display_name: String,
     /// Used in `Co-authored-by` commit trailers.
     pub email: String,
@@ -150,8 +150,8 @@ pub struct Human {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Identity {
-    pub id: String,
-    pub human_id: String,
+    pub id: ids::IdentityId,
+    pub human_id: ids::HumanId,
     pub provider: Provider,
     /// Slack team id, Discord guild id, or the GitHub host (`github.com`).
     pub workspace: String,

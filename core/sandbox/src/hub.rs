@@ -29,6 +29,7 @@ use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use airlock_store::ids::{SandboxId, SessionId};
 use airlock_store::store::{Store, TokenKind};
 
 /// A sandbox token lives this long unless bound to a session (then: the session's limit).
@@ -186,12 +187,12 @@ impl Acks {
 
 #[derive(Default)]
 struct HubState {
-    conns: HashMap<String, Conn>,
+    conns: HashMap<SandboxId, Conn>,
     listeners: HashMap<(String, u64), mpsc::UnboundedSender<ExecEvent>>,
     orphans: HashMap<(String, u64), Vec<ExecEvent>>,
     orphan_bytes: usize,
     requests: HashMap<u64, oneshot::Sender<FromSandbox>>,
-    acks: HashMap<String, Acks>,
+    acks: HashMap<SandboxId, Acks>,
 }
 
 pub struct Hub {
@@ -251,18 +252,22 @@ impl Hub {
         .await
     }
 
-    pub fn is_connected(&self, sandbox: &str) -> bool {
+    pub fn is_connected(&self, sandbox: &SandboxId) -> bool {
         self.lock().conns.contains_key(sandbox)
     }
 
-    pub fn heartbeat(&self, sandbox: &str) -> Option<Heartbeat> {
+    pub fn heartbeat(&self, sandbox: &SandboxId) -> Option<Heartbeat> {
         self.lock()
             .conns
             .get(sandbox)
             .and_then(|c| c.heartbeat.clone())
     }
 
-    pub async fn wait_connected(&self, sandbox: &str, timeout: Duration) -> Result<(), HubError> {
+    pub async fn wait_connected(
+        &self,
+        sandbox: &SandboxId,
+        timeout: Duration,
+    ) -> Result<(), HubError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();
@@ -278,7 +283,7 @@ impl Hub {
         }
     }
 
-    fn send(&self, sandbox: &str, msg: ToSandbox) -> Result<(), HubError> {
+    fn send(&self, sandbox: &SandboxId, msg: ToSandbox) -> Result<(), HubError> {
         let st = self.lock();
         let conn = st
             .conns
@@ -292,7 +297,7 @@ impl Hub {
     /// Gives a sandbox its session: the proxy and environment of every later process.
     pub fn bind(
         &self,
-        sandbox: &str,
+        sandbox: &SandboxId,
         session: &str,
         proxy: Option<String>,
         env: BTreeMap<String, String>,
@@ -308,7 +313,7 @@ impl Hub {
     }
 
     /// Starts a process and returns its events.
-    pub fn exec(&self, sandbox: &str, req: ExecRequest) -> Result<ExecStream, HubError> {
+    pub fn exec(&self, sandbox: &SandboxId, req: ExecRequest) -> Result<ExecStream, HubError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let stream = self.attach(sandbox, id);
         let msg = ToSandbox::Exec {
@@ -330,7 +335,7 @@ impl Hub {
 
     /// Listens to a process started earlier (by this server before a restart, say); output
     /// that arrived meanwhile is delivered first.
-    pub fn attach(&self, sandbox: &str, id: u64) -> ExecStream {
+    pub fn attach(&self, sandbox: &SandboxId, id: u64) -> ExecStream {
         let (tx, rx) = mpsc::unbounded_channel();
         let key = (sandbox.to_string(), id);
         let mut st = self.lock();
@@ -353,13 +358,13 @@ impl Hub {
     /// The consumer of exec `exec` has stored every durable message of it up to `seq`
     /// (cumulative: a batch of many messages is acknowledged by its last number); sandboxd
     /// may forget them once nothing older of any exec waits.
-    pub fn done(&self, sandbox: &str, exec: u64, seq: u64) {
+    pub fn done(&self, sandbox: &SandboxId, exec: u64, seq: u64) {
         if seq == 0 {
             return;
         }
         let ack = {
             let mut st = self.lock();
-            let acks = st.acks.entry(sandbox.to_string()).or_default();
+            let acks = st.acks.entry(sandbox.clone()).or_default();
             acks.stored(exec, seq);
             acks.next_ack()
         };
@@ -369,10 +374,10 @@ impl Hub {
     }
 
     /// Tells sandboxd it may forget everything up to `ack`, and records that.
-    fn acknowledge(&self, sandbox: &str, ack: u64) {
+    fn acknowledge(&self, sandbox: &SandboxId, ack: u64) {
         let _ = self.send(sandbox, ToSandbox::Ack { seq: ack });
         let store = self.store.clone();
-        let sandbox = sandbox.to_string();
+        let sandbox = sandbox.clone();
         tokio::spawn(async move {
             if let Err(e) = store.set_sandbox_acked(&sandbox, ack).await {
                 tracing::warn!(%sandbox, "cannot record acknowledged output: {e}");
@@ -380,11 +385,17 @@ impl Hub {
         });
     }
 
-    pub fn cancel(&self, sandbox: &str, id: u64) -> Result<(), HubError> {
+    pub fn cancel(&self, sandbox: &SandboxId, id: u64) -> Result<(), HubError> {
         self.send(sandbox, ToSandbox::Cancel { id })
     }
 
-    pub fn stdin(&self, sandbox: &str, id: u64, data: &[u8], eof: bool) -> Result<(), HubError> {
+    pub fn stdin(
+        &self,
+        sandbox: &SandboxId,
+        id: u64,
+        data: &[u8],
+        eof: bool,
+    ) -> Result<(), HubError> {
         self.send(
             sandbox,
             ToSandbox::Stdin {
@@ -397,7 +408,7 @@ impl Hub {
 
     async fn request(
         &self,
-        sandbox: &str,
+        sandbox: &SandboxId,
         make: impl FnOnce(u64) -> ToSandbox,
     ) -> Result<FromSandbox, HubError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -421,7 +432,7 @@ impl Hub {
     /// the file was longer than `max_bytes`.
     pub async fn read_file(
         &self,
-        sandbox: &str,
+        sandbox: &SandboxId,
         path: &str,
         max_bytes: u64,
     ) -> Result<(Vec<u8>, bool), HubError> {
@@ -444,7 +455,7 @@ impl Hub {
 
     pub async fn write_file(
         &self,
-        sandbox: &str,
+        sandbox: &SandboxId,
         path: &str,
         data: &[u8],
         mode: Option<u32>,
@@ -467,7 +478,7 @@ impl Hub {
     }
 
     /// Drops a sandbox's connection and everything waiting on it.
-    pub fn forget(&self, sandbox: &str) {
+    pub fn forget(&self, sandbox: &SandboxId) {
         let mut st = self.lock();
         st.conns.remove(sandbox);
         st.listeners.retain(|(s, _), _| s != sandbox);
@@ -486,7 +497,7 @@ impl Hub {
     }
 
     /// Whether `sandbox` has a connection that is still beating.
-    fn has_live_connection(&self, sandbox: &str) -> bool {
+    fn has_live_connection(&self, sandbox: &SandboxId) -> bool {
         self.lock().conns.get(sandbox).is_some_and(|c| {
             let last = c
                 .heartbeat
@@ -500,16 +511,16 @@ impl Hub {
     async fn authorize(
         &self,
         token: &str,
-        sandbox: &str,
+        sandbox: &SandboxId,
         peer: IpAddr,
-    ) -> Result<(String, Option<String>), String> {
+    ) -> Result<(String, Option<SessionId>), String> {
         let binding = self
             .store
             .check_token(token)
             .await
             .map_err(|e| e.to_string())?
             .ok_or("unknown or expired token")?;
-        if binding.sandbox_id != sandbox {
+        if binding.sandbox_id != *sandbox {
             return Err(format!(
                 "a token of sandbox {} was presented for sandbox {sandbox}",
                 binding.sandbox_id
@@ -553,8 +564,8 @@ impl Hub {
         &self,
         token: &str,
         kind: &str,
-        sandbox: &str,
-        session: Option<&str>,
+        sandbox: &SandboxId,
+        session: Option<&SessionId>,
     ) -> Result<String, String> {
         match kind {
             "boot" => {
@@ -588,7 +599,7 @@ impl Hub {
         }
     }
 
-    async fn serve(self: Arc<Self>, sandbox: String, socket: WebSocket, token: String) {
+    async fn serve(self: Arc<Self>, sandbox: SandboxId, socket: WebSocket, token: String) {
         let (mut sink, mut source) = socket.split();
         let (tx, mut rx) = mpsc::unbounded_channel::<ToSandbox>();
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
@@ -599,7 +610,7 @@ impl Hub {
             Ok(Some(Ok(Message::Text(t)))) => matches!(
                 serde_json::from_str::<FromSandbox>(t.as_str()),
                 Ok(FromSandbox::Hello { version, sandbox: s, .. })
-                    if version == PROTOCOL_VERSION && s == sandbox
+                    if version == PROTOCOL_VERSION && sandbox == s.as_str()
             ),
             _ => false,
         };
@@ -685,7 +696,7 @@ impl Hub {
         tracing::debug!(%sandbox, "sandboxd disconnected");
     }
 
-    fn dispatch(&self, sandbox: &str, msg: FromSandbox) {
+    fn dispatch(&self, sandbox: &SandboxId, msg: FromSandbox) {
         let (id, ev) = match msg {
             FromSandbox::Heartbeat { running, idle_ms } => {
                 if let Some(c) = self.lock().conns.get_mut(sandbox) {
@@ -741,13 +752,7 @@ impl Hub {
         let seq = ev.seq();
         let key = (sandbox.to_string(), id);
         let mut st = self.lock();
-        if seq > 0
-            && !st
-                .acks
-                .entry(sandbox.to_string())
-                .or_default()
-                .receive(seq, id)
-        {
+        if seq > 0 && !st.acks.entry(sandbox.clone()).or_default().receive(seq, id) {
             return; // a replayed copy of something already here
         }
         let last = !matches!(ev, ExecEvent::Output { .. });
@@ -803,6 +808,13 @@ async fn connect(
     if token.is_empty() || sandbox.is_empty() {
         return (StatusCode::UNAUTHORIZED, "a sandbox token is required\n").into_response();
     }
+    let sandbox: SandboxId = match sandbox.parse() {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(%peer, "refused a sandbox connection: {e}");
+            return (StatusCode::UNAUTHORIZED, "refused\n").into_response();
+        }
+    };
     let (kind, session) = match hub.authorize(token, &sandbox, peer.ip()).await {
         Ok(k) => k,
         Err(why) => {
@@ -817,10 +829,7 @@ async fn connect(
         tracing::warn!(%sandbox, %peer, "refused a second connection for a sandbox that is connected");
         return (StatusCode::CONFLICT, "this sandbox is connected already\n").into_response();
     }
-    match hub
-        .exchange(token, &kind, &sandbox, session.as_deref())
-        .await
-    {
+    match hub.exchange(token, &kind, &sandbox, session.as_ref()).await {
         Ok(new_token) => ws
             .max_message_size(64 << 20)
             .on_upgrade(move |socket| hub.serve(sandbox, socket, new_token)),

@@ -18,7 +18,7 @@ use super::{
     LABEL_SETUP, LABEL_SNAPSHOT,
 };
 use airlock_store::domain::ProfileSpec;
-use airlock_store::ids::now_ms;
+use airlock_store::ids::{now_ms, SandboxId, SessionId};
 use airlock_store::store::{
     settle, NewSandbox, NewSnapshot, Profile, ProfileVersion, Sandbox, Session, Snapshot, Store,
     TokenKind, BOOTSTRAP_TTL_MS,
@@ -74,9 +74,9 @@ pub enum Origin {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Reconciled {
     /// Sessions whose sandbox is alive (sandbox ids), to re-attach to.
-    pub alive: Vec<(String, String)>,
+    pub alive: Vec<(SessionId, SandboxId)>,
     /// Sessions whose sandbox vanished, with the reason.
-    pub vanished: Vec<(String, String)>,
+    pub vanished: Vec<(SessionId, String)>,
     /// Containers removed because nothing needs them.
     pub removed: Vec<String>,
 }
@@ -130,7 +130,7 @@ impl Sandboxes {
         &self,
         role: &'static str,
         pv: &ProfileVersion,
-        session: Option<&str>,
+        session: Option<&SessionId>,
         image: &str,
     ) -> Result<Sandbox> {
         let row = self
@@ -140,7 +140,7 @@ impl Sandboxes {
                 profile_id: pv.profile_id.clone(),
                 profile_version: pv.version,
                 image: image.to_string(),
-                session_id: session.map(str::to_string),
+                session_id: session.cloned(),
             })
             .await?;
         let boot = self
@@ -152,12 +152,12 @@ impl Sandboxes {
             labels.insert(LABEL_SESSION.into(), s.into());
         }
         let spec = ContainerSpec {
-            sandbox_id: row.id.clone(),
+            sandbox_id: row.id.to_string(),
             image: image.to_string(),
             labels,
             boot: Some(Boot {
                 endpoint: self.settings.endpoint.clone(),
-                sandbox: row.id.clone(),
+                sandbox: row.id.to_string(),
                 token: boot,
             }),
             args: vec![],
@@ -171,7 +171,7 @@ impl Sandboxes {
     fn labels(&self, sandbox: &str, pv: &ProfileVersion, role: &str) -> BTreeMap<String, String> {
         BTreeMap::from([
             (LABEL_SANDBOX.to_string(), sandbox.to_string()),
-            (LABEL_PROFILE.to_string(), pv.profile_id.clone()),
+            (LABEL_PROFILE.to_string(), pv.profile_id.to_string()),
             (LABEL_PROFILE_VERSION.to_string(), pv.version.to_string()),
             (LABEL_ROLE.to_string(), role.to_string()),
             (LABEL_SERVER.to_string(), self.settings.owner.clone()),
@@ -263,8 +263,8 @@ impl Sandboxes {
     /// The proxy URL a sandbox uses, with a new egress token in it; `None` without a gateway.
     async fn egress_proxy(
         &self,
-        sandbox: &str,
-        session: Option<&str>,
+        sandbox: &SandboxId,
+        session: Option<&SessionId>,
         ttl_ms: i64,
     ) -> Result<Option<String>> {
         let Some(gw) = &self.settings.gateway else {
@@ -290,8 +290,8 @@ impl Sandboxes {
         let repo = snapshot_repo(&profile.name);
         let labels = BTreeMap::from([
             (LABEL_SNAPSHOT.to_string(), "session".to_string()),
-            (LABEL_SESSION.to_string(), session.id.clone()),
-            (LABEL_PROFILE.to_string(), pv.profile_id.clone()),
+            (LABEL_SESSION.to_string(), session.id.to_string()),
+            (LABEL_PROFILE.to_string(), pv.profile_id.to_string()),
             (LABEL_PROFILE_VERSION.to_string(), pv.version.to_string()),
         ]);
         let _ = self.runtime.stop(&cid, Duration::from_secs(2)).await;
@@ -305,10 +305,10 @@ impl Sandboxes {
             .insert_snapshot(NewSnapshot {
                 image,
                 kind: "session",
-                profile_id: pv.profile_id.clone(),
+                profile_id: pv.profile_id.to_string(),
                 profile_version: pv.version,
                 setup_hash: self.setup_hash(&pv.spec),
-                session_id: Some(session.id.clone()),
+                session_id: Some(session.id.to_string()),
                 size_bytes: Some(img.size),
             })
             .await?)
@@ -354,7 +354,7 @@ impl Sandboxes {
             })
             .await?;
         let cspec = ContainerSpec {
-            sandbox_id: row.id.clone(),
+            sandbox_id: row.id.to_string(),
             image: base,
             labels: self.labels(&row.id, pv, "build"),
             boot: None,
@@ -417,7 +417,7 @@ impl Sandboxes {
         let hash = self.setup_hash(&pv.spec);
         let labels = BTreeMap::from([
             (LABEL_SNAPSHOT.to_string(), "profile".to_string()),
-            (LABEL_PROFILE.to_string(), pv.profile_id.clone()),
+            (LABEL_PROFILE.to_string(), pv.profile_id.to_string()),
             (LABEL_PROFILE_VERSION.to_string(), pv.version.to_string()),
             (LABEL_SETUP.to_string(), hash.clone()),
         ]);
@@ -436,7 +436,7 @@ impl Sandboxes {
                 .insert_snapshot(NewSnapshot {
                     image,
                     kind: "profile",
-                    profile_id: pv.profile_id.clone(),
+                    profile_id: pv.profile_id.to_string(),
                     profile_version: pv.version,
                     setup_hash: hash,
                     session_id: None,
@@ -502,7 +502,10 @@ impl Sandboxes {
 
     /// Compares what the runtime runs with what the database expects, after a (re)start.
     /// `sessions` are the live sessions this server must take back, with their sandbox ids.
-    pub async fn reconcile(&self, sessions: &[(String, Option<String>)]) -> Result<Reconciled> {
+    pub async fn reconcile(
+        &self,
+        sessions: &[(SessionId, Option<SandboxId>)],
+    ) -> Result<Reconciled> {
         let mut out = Reconciled::default();
         let instances = self.runtime.list().await?;
         let wanted: BTreeMap<&str, &str> = sessions
@@ -510,13 +513,15 @@ impl Sandboxes {
             .filter_map(|(s, sb)| sb.as_deref().map(|sb| (sb, s.as_str())))
             .collect();
         for inst in &instances {
-            let sandbox = inst.label(LABEL_SANDBOX).unwrap_or("");
+            // Labels are Airlock's own, set when the container was made.
+            let sandbox = SandboxId::from_stored(inst.label(LABEL_SANDBOX).unwrap_or(""));
+            let sandbox = &sandbox;
             // Another owner's sandbox (a snapshot build running from the CLI, say) is left
             // alone unless the database says it is over, or it is a build older than a day.
             if inst
                 .label(LABEL_SERVER)
                 .is_some_and(|o| o != self.settings.owner)
-                && !wanted.contains_key(sandbox)
+                && !wanted.contains_key(sandbox.as_str())
             {
                 let stale = match self.store.sandbox(sandbox).await {
                     Ok(row) => {
@@ -529,7 +534,7 @@ impl Sandboxes {
                     continue;
                 }
             }
-            let keep = inst.running && wanted.contains_key(sandbox);
+            let keep = inst.running && wanted.contains_key(sandbox.as_str());
             if !keep {
                 self.hub.forget(sandbox);
                 self.runtime.remove(&inst.id).await?;
@@ -612,7 +617,7 @@ impl Sandboxes {
             } else {
                 let current = self.store.profile_version(&s.profile_id, None).await;
                 let fresh = matches!(&current, Ok(pv) if self.setup_hash(&pv.spec) == s.setup_hash);
-                let n = kept.entry(s.profile_id.clone()).or_default();
+                let n = kept.entry(s.profile_id.to_string()).or_default();
                 if fresh && *n < keep {
                     *n += 1;
                     false

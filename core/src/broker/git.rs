@@ -228,7 +228,7 @@ impl Broker {
                             actor: format!("human:{}", plan.requester.id),
                             action: "session.pull_request".into(),
                             target: session.repo.clone(),
-                            session_id: Some(session.id.clone()),
+                            session_id: Some(session.id.to_string()),
                             detail: json!({"number": pr.number, "url": pr.html_url, "branch": git.branch}),
                         };
                         settle("the pull request's audit row", || {

@@ -29,6 +29,7 @@ use tokio::sync::Notify;
 
 use crate::domain::{EventKind, SessionState};
 use crate::github::GithubSource;
+use crate::ids::SessionId;
 use crate::plan::PlanSettings;
 use crate::store::{settle, Sandbox, Store};
 use airlock_sandbox::{ExecStream, Sandboxes};
@@ -74,7 +75,7 @@ pub struct Broker {
     pub owner: String,
     settings: BrokerSettings,
     wake: Notify,
-    running: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    running: Mutex<HashMap<SessionId, tokio::task::JoinHandle<()>>>,
 }
 
 /// How a run ended.
@@ -128,11 +129,11 @@ impl Broker {
         self.wake.notify_one();
     }
 
-    fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, tokio::task::JoinHandle<()>>> {
+    fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, tokio::task::JoinHandle<()>>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn spawn(self: &Arc<Self>, session: String, attach: Option<(Sandbox, ExecStream)>) {
+    fn spawn(self: &Arc<Self>, session: SessionId, attach: Option<(Sandbox, ExecStream)>) {
         let me = self.clone();
         let id = session.clone();
         let task = tokio::spawn(async move {
@@ -148,7 +149,7 @@ impl Broker {
         self.tasks().insert(session, task);
     }
 
-    async fn note(&self, session: &str, text: impl Into<String>) {
+    async fn note(&self, session: &SessionId, text: impl Into<String>) {
         note(&self.store, session, text.into()).await
     }
 
@@ -160,7 +161,7 @@ impl Broker {
     }
 }
 
-async fn note(store: &Store, session: &str, text: String) {
+async fn note(store: &Store, session: &SessionId, text: String) {
     let note = json!({ "text": text });
     settle("a note in the session's log", || {
         store.append_event(session, EventKind::Note, &note)

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::*;
 use crate::domain::EventKind;
+use crate::ids::{SandboxId, SessionId};
 use crate::store::Store;
 
 /// The end of a command's output kept for its summary.
@@ -17,8 +18,8 @@ const SUMMARY_TAIL: usize = 4000;
 /// stdout is read as one JSON event per line.
 pub(super) struct Output {
     store: Store,
-    session: String,
-    sandbox: String,
+    session: SessionId,
+    sandbox: SandboxId,
     exec: u64,
     mode: Mode,
     chunks: Vec<(Stream, Vec<u8>)>,
@@ -82,8 +83,8 @@ pub(super) fn turn_budget(limits: &crate::domain::Limits, stored: u64) -> (u64, 
 impl Output {
     pub(super) fn new(
         store: Store,
-        session: String,
-        sandbox: String,
+        session: SessionId,
+        sandbox: SandboxId,
         exec: u64,
         mode: Mode,
         (budget, why): (u64, String),

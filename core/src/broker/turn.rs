@@ -12,7 +12,7 @@ use serde_json::json;
 use super::output::{turn_budget, Output};
 use super::*;
 use crate::domain::{AgentSpec, EventKind, SessionState};
-use crate::ids::now_ms;
+use crate::ids::{now_ms, SessionId};
 use crate::plan::Plan;
 use crate::store::{settle, Profile, ProfileVersion, Sandbox, Session};
 use airlock_sandbox::{ExecEvent, ExecRequest, ExecStream, Origin, RuntimeError, SandboxError};
@@ -63,7 +63,7 @@ impl Broker {
     #[tracing::instrument(name = "turn", skip_all, fields(session = %id, attached = attach.is_some()))]
     pub(super) async fn drive(
         &self,
-        id: &str,
+        id: &SessionId,
         attach: Option<(Sandbox, ExecStream)>,
     ) -> anyhow::Result<()> {
         let session = self.store.session(id).await?;

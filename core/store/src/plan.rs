@@ -32,7 +32,7 @@ pub struct GitHosting {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Requester {
-    pub id: String,
+    pub id: crate::ids::HumanId,
     pub name: String,
     pub email: String,
 }
@@ -203,12 +203,12 @@ mod tests {
 
     fn session(prompt: &str, thread_ref: crate::domain::ThreadRef) -> Session {
         Session {
-            id: "ses_01ABC".into(),
-            requester_id: "hum_1".into(),
+            id: crate::ids::SessionId::from_stored("ses_01ABC"),
+            requester_id: crate::ids::HumanId::from_stored("hum_1"),
             surface: Surface::Cli,
             thread_ref,
             repo: "acme/web".into(),
-            profile_id: "prf_1".into(),
+            profile_id: crate::ids::ProfileId::from_stored("prf_1"),
             profile_version: 3,
             prompt: prompt.into(),
             state: SessionState::Starting,
@@ -229,7 +229,7 @@ mod tests {
 
     fn human() -> Human {
         Human {
-            id: "hum_1".into(),
+            id: crate::ids::HumanId::from_stored("hum_1"),
             display_name: "Ada Lovelace".into(),
             email: "ada@example.com".into(),
             role: Role::Member,

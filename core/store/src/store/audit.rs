@@ -12,7 +12,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{Result, Store, StoreError};
-use crate::ids::now_ms;
+use crate::ids::{now_ms, SessionId};
 
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -156,7 +156,11 @@ impl Store {
     }
 
     /// A session's entries (its egress among them), oldest first, at most `limit`.
-    pub async fn audit_for_session(&self, session_id: &str, limit: i64) -> Result<Vec<AuditEntry>> {
+    pub async fn audit_for_session(
+        &self,
+        session_id: &SessionId,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>> {
         let rows = sqlx::query(&format!(
             "SELECT {COLS} FROM audit_log WHERE session_id = $1 ORDER BY seq LIMIT $2"
         ))

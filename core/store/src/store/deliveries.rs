@@ -10,12 +10,12 @@ use sqlx::Row;
 
 use super::{parse_col, DatabaseKind, Result, Store, StoreError};
 use crate::domain::{DeliveryState, Surface};
-use crate::ids::now_ms;
+use crate::ids::{now_ms, SessionId};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Delivery {
     pub id: i64,
-    pub session_id: Option<String>,
+    pub session_id: Option<SessionId>,
     pub surface: Surface,
     pub target: serde_json::Value,
     pub payload: serde_json::Value,
@@ -184,7 +184,7 @@ impl Store {
     }
 
     /// Deliveries of a session, oldest first (for tests and the admin page).
-    pub async fn session_deliveries(&self, session_id: &str) -> Result<Vec<Delivery>> {
+    pub async fn session_deliveries(&self, session_id: &SessionId) -> Result<Vec<Delivery>> {
         let rows = sqlx::query(&format!(
             "SELECT {COLS} FROM deliveries WHERE session_id = $1 ORDER BY id"
         ))

@@ -6,6 +6,7 @@
 use super::sessions::{event, SessionEvent};
 use super::{Result, Store};
 use crate::domain::EventKind;
+use crate::ids::SessionId;
 
 /// The most events one read returns. Output events hold at most 32 KiB of text, so a page
 /// is at most a few megabytes.
@@ -17,7 +18,7 @@ impl Store {
     /// Events after `after_seq`, oldest first, at most `limit` (and [`EVENT_PAGE`]).
     pub async fn events(
         &self,
-        session_id: &str,
+        session_id: &SessionId,
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<SessionEvent>> {
@@ -37,7 +38,7 @@ impl Store {
     /// latest output first, then "load more".
     pub async fn events_before(
         &self,
-        session_id: &str,
+        session_id: &SessionId,
         before_seq: i64,
         limit: i64,
     ) -> Result<Vec<SessionEvent>> {
@@ -54,7 +55,7 @@ impl Store {
     }
 
     /// The number of the session's latest event (0 when it has none).
-    pub async fn last_event_seq(&self, session_id: &str) -> Result<i64> {
+    pub async fn last_event_seq(&self, session_id: &SessionId) -> Result<i64> {
         let row = sqlx::query(
             "SELECT seq FROM session_events WHERE session_id = $1 ORDER BY seq DESC LIMIT 1",
         )
@@ -70,7 +71,7 @@ impl Store {
     /// The session's latest event of `kind`, if any.
     pub async fn last_event_of(
         &self,
-        session_id: &str,
+        session_id: &SessionId,
         kind: EventKind,
     ) -> Result<Option<SessionEvent>> {
         let row = sqlx::query(&format!(
@@ -97,7 +98,11 @@ impl Store {
     /// The current turn's events from its `turn` event (or the session's start) on, without
     /// command output (the bulk of a session): what a status update is made of. At most
     /// `limit` of them, the latest.
-    pub async fn turn_events(&self, session_id: &str, limit: i64) -> Result<Vec<SessionEvent>> {
+    pub async fn turn_events(
+        &self,
+        session_id: &SessionId,
+        limit: i64,
+    ) -> Result<Vec<SessionEvent>> {
         let from = self
             .last_event_of(session_id, EventKind::Turn)
             .await?
@@ -119,7 +124,7 @@ impl Store {
     }
 
     /// How many bytes of output the session's turns have stored.
-    pub async fn session_output_bytes(&self, session_id: &str) -> Result<u64> {
+    pub async fn session_output_bytes(&self, session_id: &SessionId) -> Result<u64> {
         let n: i64 = sqlx::query_scalar("SELECT output_bytes FROM sessions WHERE id = $1")
             .bind(session_id)
             .fetch_optional(self.pool())
@@ -129,7 +134,7 @@ impl Store {
     }
 
     /// Counts `bytes` more output stored for the session (once per turn, at its end).
-    pub async fn add_session_output(&self, session_id: &str, bytes: u64) -> Result<()> {
+    pub async fn add_session_output(&self, session_id: &SessionId, bytes: u64) -> Result<()> {
         sqlx::query("UPDATE sessions SET output_bytes = output_bytes + $2 WHERE id = $1")
             .bind(session_id)
             .bind(bytes.min(i64::MAX as u64) as i64)

@@ -7,7 +7,7 @@ use sqlx::Row;
 
 use super::{parse_col, Result, Store};
 use crate::domain::CredentialKind;
-use crate::ids::now_ms;
+use crate::ids::{now_ms, HumanId, SessionId};
 use crate::secrets::SecretValue;
 
 /// The name the CA's private key is sealed under (associated data of the seal).
@@ -157,12 +157,12 @@ impl Store {
     }
 
     /// Tokens a session has used.
-    pub async fn session_usage(&self, session_id: &str) -> Result<UsageTotal> {
+    pub async fn session_usage(&self, session_id: &SessionId) -> Result<UsageTotal> {
         self.usage_where("session_id = $1", session_id, 0).await
     }
 
     /// Tokens a human's sessions have used since `since_ms`.
-    pub async fn human_usage_since(&self, human_id: &str, since_ms: i64) -> Result<UsageTotal> {
+    pub async fn human_usage_since(&self, human_id: &HumanId, since_ms: i64) -> Result<UsageTotal> {
         self.usage_where("human_id = $1 AND at >= $2", human_id, since_ms)
             .await
     }

@@ -3,9 +3,9 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{parse_col, Result, Store, StoreError};
+use super::{id_col, parse_col, Result, Store, StoreError};
 use crate::domain::{is_email, Human, Identity, Provider, Role};
-use crate::ids::{new_id, now_ms};
+use crate::ids::{now_ms, HumanId, IdentityId};
 
 const HUMAN_COLS: &str = "id, display_name, email, role, created_at";
 const IDENTITY_COLS: &str =
@@ -13,7 +13,7 @@ const IDENTITY_COLS: &str =
 
 fn human(row: &AnyRow) -> Result<Human> {
     Ok(Human {
-        id: row.try_get("id")?,
+        id: id_col(row, "id")?,
         display_name: row.try_get("display_name")?,
         email: row.try_get("email")?,
         role: parse_col(row.try_get("role")?)?,
@@ -23,8 +23,8 @@ fn human(row: &AnyRow) -> Result<Human> {
 
 fn identity(row: &AnyRow) -> Result<Identity> {
     Ok(Identity {
-        id: row.try_get("id")?,
-        human_id: row.try_get("human_id")?,
+        id: id_col(row, "id")?,
+        human_id: id_col(row, "human_id")?,
         provider: parse_col(row.try_get("provider")?)?,
         workspace: row.try_get("workspace")?,
         external_id: row.try_get("external_id")?,
@@ -64,7 +64,7 @@ impl Store {
         }
         let now = now_ms();
         let h = Human {
-            id: new_id("hum"),
+            id: HumanId::new(),
             display_name: display_name.to_string(),
             email: email.to_string(),
             role,
@@ -118,7 +118,7 @@ impl Store {
     /// Links an account to a human. An account belongs to at most one human.
     pub async fn link_identity(
         &self,
-        human_id: &str,
+        human: &str,
         account: AccountRef<'_>,
         handle: &str,
         verified: bool,
@@ -133,10 +133,10 @@ impl Store {
                 "workspace and handle are at most 200 characters".into(),
             ));
         }
-        let human = self.find_human(human_id).await?;
+        let human = self.find_human(human).await?;
         let now = now_ms();
         let ident = Identity {
-            id: new_id("idn"),
+            id: IdentityId::new(),
             human_id: human.id.clone(),
             provider: account.provider,
             workspace: account.workspace.to_string(),
@@ -170,7 +170,7 @@ impl Store {
     }
 
     /// Removes a link, by identity id. Returns the removed identity.
-    pub async fn unlink_identity(&self, identity_id: &str) -> Result<Identity> {
+    pub async fn unlink_identity(&self, identity_id: &IdentityId) -> Result<Identity> {
         let row = sqlx::query(&format!(
             "DELETE FROM identities WHERE id = $1 RETURNING {IDENTITY_COLS}"
         ))
@@ -185,7 +185,7 @@ impl Store {
         }
     }
 
-    pub async fn list_identities(&self, human_id: Option<&str>) -> Result<Vec<Identity>> {
+    pub async fn list_identities(&self, human_id: Option<&HumanId>) -> Result<Vec<Identity>> {
         let rows = match human_id {
             Some(h) => {
                 sqlx::query(&format!(

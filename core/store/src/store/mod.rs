@@ -280,6 +280,23 @@ fn first_line(s: &str) -> String {
 }
 
 /// Reads an enum stored as text; a bad value is reported, never defaulted.
+/// A typed id read from a column.
+pub(crate) fn id_col<T: crate::ids::TypedId>(row: &sqlx::any::AnyRow, col: &str) -> Result<T> {
+    use sqlx::Row;
+    Ok(T::from_stored_text(row.try_get::<String, _>(col)?))
+}
+
+/// A typed id read from a column that may be null.
+pub(crate) fn opt_id_col<T: crate::ids::TypedId>(
+    row: &sqlx::any::AnyRow,
+    col: &str,
+) -> Result<Option<T>> {
+    use sqlx::Row;
+    Ok(row
+        .try_get::<Option<String>, _>(col)?
+        .map(T::from_stored_text))
+}
+
 pub(crate) fn parse_col<T: std::str::FromStr<Err = String>>(value: String) -> Result<T> {
     value
         .parse()

@@ -8,13 +8,13 @@ use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{Result, Store, StoreError};
+use super::{id_col, Result, Store, StoreError};
 use crate::domain::ProfileSpec;
-use crate::ids::{new_id, now_ms};
+use crate::ids::{now_ms, ProfileId};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Profile {
-    pub id: String,
+    pub id: ProfileId,
     pub name: String,
     pub current_version: i64,
     pub created_at: i64,
@@ -23,7 +23,7 @@ pub struct Profile {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProfileVersion {
-    pub profile_id: String,
+    pub profile_id: ProfileId,
     pub version: i64,
     pub spec: ProfileSpec,
     pub spec_hash: String,
@@ -34,14 +34,14 @@ pub struct ProfileVersion {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "lowercase")]
 pub enum ApplyOutcome {
-    Created { profile_id: String, version: i64 },
-    Updated { profile_id: String, version: i64 },
-    Unchanged { profile_id: String, version: i64 },
+    Created { profile_id: ProfileId, version: i64 },
+    Updated { profile_id: ProfileId, version: i64 },
+    Unchanged { profile_id: ProfileId, version: i64 },
 }
 
 fn profile(row: &AnyRow) -> Result<Profile> {
     Ok(Profile {
-        id: row.try_get("id")?,
+        id: id_col(row, "id")?,
         name: row.try_get("name")?,
         current_version: row.try_get("current_version")?,
         created_at: row.try_get("created_at")?,
@@ -52,7 +52,7 @@ fn profile(row: &AnyRow) -> Result<Profile> {
 fn version_row(row: &AnyRow) -> Result<ProfileVersion> {
     let spec: String = row.try_get("spec")?;
     Ok(ProfileVersion {
-        profile_id: row.try_get("profile_id")?,
+        profile_id: id_col(row, "profile_id")?,
         version: row.try_get("version")?,
         spec: serde_json::from_str(&spec)
             .map_err(|e| StoreError::Invalid(format!("stored profile spec is invalid: {e}")))?,
@@ -91,7 +91,7 @@ impl Store {
         .await?;
         let (profile_id, next, created) = match current {
             None => {
-                let id = new_id("prf");
+                let id = ProfileId::new();
                 sqlx::query(
                     "INSERT INTO profiles (id, name, current_version, created_at, updated_at) \
                      VALUES ($1, $2, 1, $3, $3)",
@@ -112,7 +112,7 @@ impl Store {
                 (id, 1, true)
             }
             Some(row) => {
-                let id: String = row.try_get("id")?;
+                let id: ProfileId = row.try_get("id")?;
                 let cur: i64 = row.try_get("current_version")?;
                 let cur_hash: Option<String> = sqlx::query_scalar(
                     "SELECT spec_hash FROM profile_versions WHERE profile_id = $1 AND version = $2",
@@ -205,7 +205,7 @@ impl Store {
     /// A version of a profile; `None` means the current one.
     pub async fn profile_version(
         &self,
-        profile_id: &str,
+        profile_id: &ProfileId,
         version: Option<i64>,
     ) -> Result<ProfileVersion> {
         let row = match version {
@@ -239,7 +239,10 @@ impl Store {
         }
     }
 
-    pub async fn list_profile_versions(&self, profile_id: &str) -> Result<Vec<ProfileVersion>> {
+    pub async fn list_profile_versions(
+        &self,
+        profile_id: &ProfileId,
+    ) -> Result<Vec<ProfileVersion>> {
         let rows = sqlx::query(&format!(
             "SELECT {VERSION_COLS} FROM profile_versions WHERE profile_id = $1 ORDER BY version"
         ))

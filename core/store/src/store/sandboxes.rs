@@ -11,9 +11,9 @@ use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{Result, Store, StoreError};
+use super::{id_col, opt_id_col, Result, Store, StoreError};
 use crate::domain::SessionState;
-use crate::ids::{new_id, now_ms};
+use crate::ids::{new_id, now_ms, ProfileId, SandboxId, SessionId};
 
 /// How long a bootstrap token may wait to be exchanged.
 pub const BOOTSTRAP_TTL_MS: i64 = 2 * 60 * 1000;
@@ -58,20 +58,20 @@ fn new_token(kind: TokenKind) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenBinding {
     pub kind: String,
-    pub sandbox_id: String,
-    pub session_id: Option<String>,
+    pub sandbox_id: SandboxId,
+    pub session_id: Option<SessionId>,
     pub expires_at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Sandbox {
-    pub id: String,
+    pub id: SandboxId,
     pub container_id: Option<String>,
     pub role: String,
-    pub profile_id: String,
+    pub profile_id: ProfileId,
     pub profile_version: i64,
     pub image: String,
-    pub session_id: Option<String>,
+    pub session_id: Option<SessionId>,
     pub address: Option<String>,
     pub state: String,
     pub reason: Option<String>,
@@ -85,10 +85,10 @@ pub struct Sandbox {
 #[derive(Debug, Clone)]
 pub struct NewSandbox {
     pub role: &'static str,
-    pub profile_id: String,
+    pub profile_id: ProfileId,
     pub profile_version: i64,
     pub image: String,
-    pub session_id: Option<String>,
+    pub session_id: Option<SessionId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -96,10 +96,10 @@ pub struct Snapshot {
     pub id: String,
     pub image: String,
     pub kind: String,
-    pub profile_id: String,
+    pub profile_id: ProfileId,
     pub profile_version: i64,
     pub setup_hash: String,
-    pub session_id: Option<String>,
+    pub session_id: Option<SessionId>,
     pub size_bytes: Option<i64>,
     pub created_at: i64,
 }
@@ -122,13 +122,13 @@ const SNAPSHOT_COLS: &str =
 
 fn sandbox(row: &AnyRow) -> Result<Sandbox> {
     Ok(Sandbox {
-        id: row.try_get("id")?,
+        id: id_col(row, "id")?,
         container_id: row.try_get("container_id")?,
         role: row.try_get("role")?,
-        profile_id: row.try_get("profile_id")?,
+        profile_id: id_col(row, "profile_id")?,
         profile_version: row.try_get("profile_version")?,
         image: row.try_get("image")?,
-        session_id: row.try_get("session_id")?,
+        session_id: opt_id_col(row, "session_id")?,
         address: row.try_get("address")?,
         state: row.try_get("state")?,
         reason: row.try_get("reason")?,
@@ -176,7 +176,7 @@ impl Store {
     }
 
     pub async fn insert_sandbox(&self, new: NewSandbox) -> Result<Sandbox> {
-        let id = new_id("sbx");
+        let id = SandboxId::new();
         let now = now_ms();
         let state = if new.session_id.is_some() {
             "bound"
@@ -200,7 +200,7 @@ impl Store {
         self.sandbox(&id).await
     }
 
-    pub async fn sandbox(&self, id: &str) -> Result<Sandbox> {
+    pub async fn sandbox(&self, id: &SandboxId) -> Result<Sandbox> {
         sqlx::query(&format!(
             "SELECT {SANDBOX_COLS} FROM sandboxes WHERE id = $1"
         ))
@@ -224,7 +224,7 @@ impl Store {
 
     pub async fn set_sandbox_started(
         &self,
-        id: &str,
+        id: &SandboxId,
         container_id: &str,
         address: &str,
     ) -> Result<()> {
@@ -241,7 +241,7 @@ impl Store {
     }
 
     /// A warm sandbox whose sandboxd has connected is ready to be claimed.
-    pub async fn set_sandbox_ready(&self, id: &str) -> Result<()> {
+    pub async fn set_sandbox_ready(&self, id: &SandboxId) -> Result<()> {
         sqlx::query(
             "UPDATE sandboxes SET state = 'ready', updated_at = $2 WHERE id = $1 AND state = 'creating'",
         )
@@ -253,7 +253,7 @@ impl Store {
     }
 
     /// Records that a sandbox no longer exists, and revokes its tokens.
-    pub async fn set_sandbox_gone(&self, id: &str, reason: &str) -> Result<()> {
+    pub async fn set_sandbox_gone(&self, id: &SandboxId, reason: &str) -> Result<()> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
         sqlx::query(
@@ -277,9 +277,9 @@ impl Store {
     /// Safe under concurrent claims: a sandbox is claimed by exactly one session.
     pub async fn claim_warm_sandbox(
         &self,
-        profile_id: &str,
+        profile_id: &ProfileId,
         profile_version: i64,
-        session_id: &str,
+        session_id: &SessionId,
     ) -> Result<Option<Sandbox>> {
         // One statement picks and takes the oldest ready one, so claims made at once each
         // get their own (on PostgreSQL a row another claim holds is skipped, not waited for).
@@ -288,7 +288,7 @@ impl Store {
             crate::config::DatabaseKind::Sqlite => "",
         };
         for _ in 0..5 {
-            let taken: Option<String> = sqlx::query_scalar(&format!(
+            let taken: Option<SandboxId> = sqlx::query_scalar(&format!(
                 "UPDATE sandboxes SET role = 'session', state = 'bound', session_id = $3, \
                    updated_at = $4 \
                  WHERE id = (SELECT id FROM sandboxes WHERE role = 'warm' AND state = 'ready' \
@@ -322,7 +322,7 @@ impl Store {
         Ok(None)
     }
 
-    pub async fn set_sandbox_acked(&self, id: &str, seq: u64) -> Result<()> {
+    pub async fn set_sandbox_acked(&self, id: &SandboxId, seq: u64) -> Result<()> {
         sqlx::query("UPDATE sandboxes SET acked = $2 WHERE id = $1 AND acked < $2")
             .bind(id)
             .bind(seq as i64)
@@ -331,7 +331,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn set_sandbox_agent_exec(&self, id: &str, exec: Option<u64>) -> Result<()> {
+    pub async fn set_sandbox_agent_exec(&self, id: &SandboxId, exec: Option<u64>) -> Result<()> {
         sqlx::query("UPDATE sandboxes SET agent_exec = $2, updated_at = $3 WHERE id = $1")
             .bind(id)
             .bind(exec.map(|e| e as i64))
@@ -345,8 +345,8 @@ impl Store {
     pub async fn issue_token(
         &self,
         kind: TokenKind,
-        sandbox_id: &str,
-        session_id: Option<&str>,
+        sandbox_id: &SandboxId,
+        session_id: Option<&SessionId>,
         ttl_ms: i64,
     ) -> Result<String> {
         let token = new_token(kind);
@@ -388,7 +388,7 @@ impl Store {
     }
 
     /// Spends a bootstrap token presented for `sandbox_id`; true exactly once.
-    pub async fn spend_bootstrap(&self, token: &str, sandbox_id: &str) -> Result<bool> {
+    pub async fn spend_bootstrap(&self, token: &str, sandbox_id: &SandboxId) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE sandbox_tokens SET used_at = $3 WHERE hash = $1 AND kind = 'boot' \
                AND sandbox_id = $2 AND used_at IS NULL AND expires_at > $3",
@@ -404,7 +404,7 @@ impl Store {
     /// Ends every unspent token of `kind` of a sandbox except the ones given.
     pub async fn retire_tokens(
         &self,
-        sandbox_id: &str,
+        sandbox_id: &SandboxId,
         kind: TokenKind,
         keep: [&str; 2],
     ) -> Result<()> {
@@ -425,8 +425,8 @@ impl Store {
     /// Binds a sandbox's tokens to a session and sets their expiry.
     pub async fn bind_tokens(
         &self,
-        sandbox_id: &str,
-        session_id: &str,
+        sandbox_id: &SandboxId,
+        session_id: &SessionId,
         expires_at: i64,
     ) -> Result<()> {
         sqlx::query(
@@ -443,7 +443,12 @@ impl Store {
 
     /// Takes (or renews) the lease on a session for `owner`. False if another live owner
     /// holds it.
-    pub async fn lease_session(&self, session_id: &str, owner: &str, until: i64) -> Result<bool> {
+    pub async fn lease_session(
+        &self,
+        session_id: &SessionId,
+        owner: &str,
+        until: i64,
+    ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE sessions SET lease_owner = $2, lease_until = $3 WHERE id = $1 \
                AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < $4)",
@@ -457,7 +462,11 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    pub async fn set_session_sandbox(&self, session_id: &str, sandbox_id: &str) -> Result<()> {
+    pub async fn set_session_sandbox(
+        &self,
+        session_id: &SessionId,
+        sandbox_id: &SandboxId,
+    ) -> Result<()> {
         sqlx::query("UPDATE sessions SET sandbox_id = $2 WHERE id = $1")
             .bind(session_id)
             .bind(sandbox_id)
@@ -468,7 +477,10 @@ impl Store {
 
     /// Live sessions (starting, running, finishing) that `owner` held, or whose lease has run
     /// out: the ones a (re)started server must take back.
-    pub async fn orphaned_sessions(&self, owner: &str) -> Result<Vec<(String, Option<String>)>> {
+    pub async fn orphaned_sessions(
+        &self,
+        owner: &str,
+    ) -> Result<Vec<(SessionId, Option<SandboxId>)>> {
         let rows = sqlx::query(
             "SELECT id, sandbox_id FROM sessions WHERE state IN ($1, $2, $3) \
                AND (lease_owner IS NULL OR lease_owner = $4 OR lease_until < $5) ORDER BY created_at",
@@ -526,7 +538,7 @@ impl Store {
     /// The newest profile snapshot built from exactly this setup.
     pub async fn newest_snapshot(
         &self,
-        profile_id: &str,
+        profile_id: &ProfileId,
         setup_hash: &str,
     ) -> Result<Option<Snapshot>> {
         sqlx::query(&format!(
@@ -542,7 +554,7 @@ impl Store {
     }
 
     /// The newest snapshot kept of a session's files.
-    pub async fn session_snapshot(&self, session_id: &str) -> Result<Option<Snapshot>> {
+    pub async fn session_snapshot(&self, session_id: &SessionId) -> Result<Option<Snapshot>> {
         sqlx::query(&format!(
             "SELECT {SNAPSHOT_COLS} FROM snapshots WHERE session_id = $1 AND kind = 'session' \
                ORDER BY created_at DESC, id DESC LIMIT 1"
@@ -564,7 +576,7 @@ impl Store {
     }
 
     /// How many profile snapshots exist for a profile (numbers the next one).
-    pub async fn count_profile_snapshots(&self, profile_id: &str) -> Result<i64> {
+    pub async fn count_profile_snapshots(&self, profile_id: &ProfileId) -> Result<i64> {
         Ok(sqlx::query_scalar(
             "SELECT COUNT(*) FROM snapshots WHERE profile_id = $1 AND kind = 'profile'",
         )

@@ -8,9 +8,9 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::audit::append_audit;
-use super::{parse_col, NewAudit, Result, Store, StoreError};
+use super::{id_col, opt_id_col, parse_col, NewAudit, Result, Store, StoreError};
 use crate::domain::{is_repo, EventKind, SessionState, Surface, ThreadRef};
-use crate::ids::{new_id, now_ms};
+use crate::ids::{now_ms, HumanId, ProfileId, SessionId, TriggerId};
 
 /// The largest prompt accepted, in bytes.
 pub const MAX_PROMPT_BYTES: usize = 64 * 1024;
@@ -19,19 +19,19 @@ pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Session {
-    pub id: String,
-    pub requester_id: String,
+    pub id: SessionId,
+    pub requester_id: HumanId,
     pub surface: Surface,
     /// Where updates go: a Slack thread, a GitHub issue comment, a Discord thread…
     pub thread_ref: ThreadRef,
     pub repo: String,
-    pub profile_id: String,
+    pub profile_id: ProfileId,
     pub profile_version: i64,
     pub prompt: String,
     pub state: SessionState,
     /// Why the session ended (or was cancelled), in words a person can act on.
     pub reason: Option<String>,
-    pub trigger_id: Option<String>,
+    pub trigger_id: Option<TriggerId>,
     pub last_event_seq: i64,
     pub created_at: i64,
     pub updated_at: i64,
@@ -50,14 +50,14 @@ pub struct Session {
 
 #[derive(Debug, Clone)]
 pub struct NewSession {
-    pub requester_id: String,
+    pub requester_id: HumanId,
     pub surface: Surface,
     pub thread_ref: ThreadRef,
     pub repo: String,
-    pub profile_id: String,
+    pub profile_id: ProfileId,
     pub profile_version: i64,
     pub prompt: String,
-    pub trigger_id: Option<String>,
+    pub trigger_id: Option<TriggerId>,
     pub thread_key: Option<String>,
     pub notify: Option<Surface>,
 }
@@ -87,7 +87,7 @@ impl SessionAudit {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SessionEvent {
-    pub session_id: String,
+    pub session_id: SessionId,
     pub seq: i64,
     pub at: i64,
     pub kind: EventKind,
@@ -97,7 +97,7 @@ pub struct SessionEvent {
 #[derive(Debug, Clone, Default)]
 pub struct SessionFilter {
     pub state: Option<SessionState>,
-    pub requester_id: Option<String>,
+    pub requester_id: Option<HumanId>,
     pub surface: Option<Surface>,
     pub limit: Option<i64>,
     /// Only sessions listed after this one (its `created_at` and id): the next page.
@@ -138,17 +138,17 @@ fn session(row: &AnyRow) -> Result<Session> {
         .map(parse_col)
         .transpose()?;
     Ok(Session {
-        id: row.try_get("id")?,
-        requester_id: row.try_get("requester_id")?,
+        id: id_col(row, "id")?,
+        requester_id: id_col(row, "requester_id")?,
         surface,
         thread_ref: thread_col(row, surface, notify)?,
         repo: row.try_get("repo")?,
-        profile_id: row.try_get("profile_id")?,
+        profile_id: id_col(row, "profile_id")?,
         profile_version: row.try_get("profile_version")?,
         prompt: row.try_get("prompt")?,
         state: parse_col(row.try_get("state")?)?,
         reason: row.try_get("reason")?,
-        trigger_id: row.try_get("trigger_id")?,
+        trigger_id: opt_id_col(row, "trigger_id")?,
         last_event_seq: row.try_get("last_event_seq")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -215,7 +215,7 @@ impl Store {
                 new.prompt.len()
             )));
         }
-        let id = new_id("ses");
+        let id = SessionId::new();
         let now = now_ms();
         let thread_ref = new.thread_ref.to_json().to_string();
         let mut tx = self.pool().begin().await?;
@@ -253,7 +253,7 @@ impl Store {
         self.session(&id).await
     }
 
-    pub async fn session(&self, id: &str) -> Result<Session> {
+    pub async fn session(&self, id: &SessionId) -> Result<Session> {
         let row = sqlx::query(&format!(
             "SELECT {SESSION_COLS} FROM sessions WHERE id = $1"
         ))
@@ -275,7 +275,7 @@ impl Store {
             conds.push(format!("state = ${}", args.len()));
         }
         if let Some(h) = &filter.requester_id {
-            args.push(h.clone());
+            args.push(h.to_string());
             conds.push(format!("requester_id = ${}", args.len()));
         }
         if let Some(s) = filter.surface {
@@ -314,7 +314,7 @@ impl Store {
     /// Appends an event and returns it with its number.
     pub async fn append_event(
         &self,
-        session_id: &str,
+        session_id: &SessionId,
         kind: EventKind,
         payload: &serde_json::Value,
     ) -> Result<SessionEvent> {
@@ -331,7 +331,7 @@ impl Store {
         insert_event(&mut tx, session_id, seq, now, kind, &text).await?;
         tx.commit().await?;
         Ok(SessionEvent {
-            session_id: session_id.to_string(),
+            session_id: session_id.clone(),
             seq,
             at: now,
             kind,
@@ -342,7 +342,7 @@ impl Store {
     /// Moves a session to `to` if the state machine allows it, recording a `state` event.
     pub async fn transition(
         &self,
-        session_id: &str,
+        session_id: &SessionId,
         to: SessionState,
         reason: Option<&str>,
     ) -> Result<Session> {
@@ -353,7 +353,7 @@ impl Store {
     /// writes no row, and a row is never lost for a change that happened.
     pub async fn transition_audited(
         &self,
-        session_id: &str,
+        session_id: &SessionId,
         to: SessionState,
         reason: Option<&str>,
         audit: Option<&SessionAudit>,
@@ -399,7 +399,7 @@ impl Store {
 impl Store {
     /// Queues an ended session again with a follow-up prompt (a `turn` event), in one
     /// transaction, so the broker always sees the new prompt with the new state.
-    pub async fn follow_up(&self, session_id: &str, prompt: &str) -> Result<Session> {
+    pub async fn follow_up(&self, session_id: &SessionId, prompt: &str) -> Result<Session> {
         self.follow_up_audited(session_id, prompt, None, None).await
     }
 
@@ -407,7 +407,7 @@ impl Store {
     /// place the follow-up was asked), with its audit row, all in one transaction.
     pub async fn follow_up_audited(
         &self,
-        session_id: &str,
+        session_id: &SessionId,
         prompt: &str,
         thread_ref: Option<&ThreadRef>,
         audit: Option<&SessionAudit>,
@@ -577,7 +577,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(None);
         };
-        let id: String = row.try_get("id")?;
+        let id: SessionId = row.try_get("id")?;
         let seq: i64 = row.try_get("last_event_seq")?;
         let payload = serde_json::json!({ "from": SessionState::Queued, "to": SessionState::Starting, "reason": null })
             .to_string();
@@ -598,7 +598,7 @@ impl Store {
     /// Records the plan of the session's current turn and the branch it works on.
     pub async fn set_session_plan(
         &self,
-        id: &str,
+        id: &SessionId,
         plan: &serde_json::Value,
         branch: Option<&str>,
     ) -> Result<()> {
@@ -611,7 +611,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn set_session_pull_request(&self, id: &str, url: &str) -> Result<()> {
+    pub async fn set_session_pull_request(&self, id: &SessionId, url: &str) -> Result<()> {
         sqlx::query("UPDATE sessions SET pull_request_url = $2 WHERE id = $1")
             .bind(id)
             .bind(url)
@@ -636,7 +636,7 @@ impl Store {
 
     /// Moves a session to another conversation key (a Slack thread known once its first
     /// message is posted).
-    pub async fn set_thread_key(&self, id: &str, thread_key: &str) -> Result<()> {
+    pub async fn set_thread_key(&self, id: &SessionId, thread_key: &str) -> Result<()> {
         sqlx::query("UPDATE sessions SET thread_key = $2 WHERE id = $1")
             .bind(id)
             .bind(thread_key)
@@ -646,7 +646,7 @@ impl Store {
     }
 
     /// Replaces where the session's updates go (an adapter records the message it posted).
-    pub async fn set_thread_ref(&self, id: &str, thread_ref: &ThreadRef) -> Result<()> {
+    pub async fn set_thread_ref(&self, id: &SessionId, thread_ref: &ThreadRef) -> Result<()> {
         sqlx::query("UPDATE sessions SET thread_ref = $2 WHERE id = $1")
             .bind(id)
             .bind(thread_ref.to_json().to_string())

@@ -7,21 +7,21 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{parse_col, Result, Store, StoreError};
+use super::{id_col, parse_col, Result, Store, StoreError};
 use crate::domain::{is_credential_name, is_name, is_repo, TriggerKind};
-use crate::ids::{new_id, now_ms};
+use crate::ids::{new_id, now_ms, HumanId, ProfileId, TriggerId};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Trigger {
-    pub id: String,
+    pub id: TriggerId,
     pub name: String,
     pub kind: TriggerKind,
     /// Kind-specific settings: cron and time zone, event filters, prompt template.
     pub config: serde_json::Value,
-    pub profile_id: String,
+    pub profile_id: ProfileId,
     pub repo: String,
     pub reply: serde_json::Value,
-    pub owner_id: String,
+    pub owner_id: HumanId,
     /// Credential holding the webhook's HMAC secret.
     pub secret_credential: Option<String>,
     pub enabled: bool,
@@ -34,10 +34,10 @@ pub struct NewTrigger {
     pub name: String,
     pub kind: TriggerKind,
     pub config: serde_json::Value,
-    pub profile_id: String,
+    pub profile_id: ProfileId,
     pub repo: String,
     pub reply: serde_json::Value,
-    pub owner_id: String,
+    pub owner_id: HumanId,
     pub secret_credential: Option<String>,
 }
 
@@ -51,14 +51,14 @@ fn trigger(row: &AnyRow) -> Result<Trigger> {
             .map_err(|e| StoreError::Invalid(format!("stored trigger {col} is invalid: {e}")))
     };
     Ok(Trigger {
-        id: row.try_get("id")?,
+        id: id_col(row, "id")?,
         name: row.try_get("name")?,
         kind: parse_col(row.try_get("kind")?)?,
         config: json("config")?,
-        profile_id: row.try_get("profile_id")?,
+        profile_id: id_col(row, "profile_id")?,
         repo: row.try_get("repo")?,
         reply: json("reply")?,
-        owner_id: row.try_get("owner_id")?,
+        owner_id: id_col(row, "owner_id")?,
         secret_credential: row.try_get("secret_credential")?,
         enabled: row.try_get::<i64, _>("enabled")? != 0,
         last_fired_at: row.try_get("last_fired_at")?,
@@ -136,7 +136,7 @@ impl Store {
         rows.iter().map(trigger).collect()
     }
 
-    pub async fn set_trigger_enabled(&self, id: &str, enabled: bool) -> Result<()> {
+    pub async fn set_trigger_enabled(&self, id: &TriggerId, enabled: bool) -> Result<()> {
         let n = sqlx::query("UPDATE triggers SET enabled = $2, updated_at = $3 WHERE id = $1")
             .bind(id)
             .bind(i64::from(enabled))
@@ -152,7 +152,7 @@ impl Store {
 
     /// Records that the trigger fired for the slot `slot_ms`, if it had not fired for that
     /// slot (or a later one) already. Returns whether this call won the slot.
-    pub async fn claim_trigger_fire(&self, id: &str, slot_ms: i64) -> Result<bool> {
+    pub async fn claim_trigger_fire(&self, id: &TriggerId, slot_ms: i64) -> Result<bool> {
         let n = sqlx::query(
             "UPDATE triggers SET last_fired_at = $2, updated_at = $3 \
              WHERE id = $1 AND (last_fired_at IS NULL OR last_fired_at < $2)",
@@ -166,7 +166,7 @@ impl Store {
         Ok(n == 1)
     }
 
-    pub async fn delete_trigger(&self, id: &str) -> Result<()> {
+    pub async fn delete_trigger(&self, id: &TriggerId) -> Result<()> {
         let n = sqlx::query("DELETE FROM triggers WHERE id = $1")
             .bind(id)
             .execute(self.pool())

@@ -8,7 +8,7 @@ use sqlx::Row;
 
 use super::{sandboxes::token_hash, Result, Store, StoreError};
 use crate::domain::Human;
-use crate::ids::now_ms;
+use crate::ids::{now_ms, HumanId};
 
 /// How long a sign-in lasts.
 pub const WEB_SESSION_MS: i64 = 12 * 3600 * 1000;
@@ -29,7 +29,7 @@ fn random_token(prefix: &str) -> String {
 
 impl Store {
     /// Sets (or replaces) a human's password for the admin page.
-    pub async fn set_password(&self, human_id: &str, password: &str) -> Result<()> {
+    pub async fn set_password(&self, human_id: &HumanId, password: &str) -> Result<()> {
         if password.chars().count() < 12 {
             return Err(StoreError::Invalid(
                 "a password needs at least 12 characters".into(),
