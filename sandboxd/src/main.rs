@@ -9,7 +9,7 @@
 
 mod agent;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -17,6 +17,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use airlock_sandboxd::outbox::Outbox;
 use airlock_sandboxd::proto::{
     tool_env, Boot, FromSandbox, PtySize, Stream, ToSandbox, BOOT_FILE, CA_MOUNT, CONNECT_PATH,
     MAX_READ_BYTES, NODE_PROXY_PRELOAD, PROTOCOL_VERSION, SANDBOX_HEADER, SYSTEM_BUNDLE, WORKSPACE,
@@ -171,9 +172,7 @@ struct Bound {
 struct Daemon {
     sandbox: String,
     token: String,
-    next_seq: u64,
-    outbox: VecDeque<(u64, String)>,
-    outbox_bytes: usize,
+    outbox: Outbox,
     procs: HashMap<u64, Proc>,
     /// Processes whose output is kept until acknowledged.
     durable: std::collections::HashSet<u64>,
@@ -197,9 +196,7 @@ impl Daemon {
         Daemon {
             sandbox,
             token: bootstrap,
-            next_seq: 1,
-            outbox: VecDeque::new(),
-            outbox_bytes: 0,
+            outbox: Outbox::default(),
             procs: HashMap::new(),
             durable: std::collections::HashSet::new(),
             bound: None,
@@ -294,7 +291,7 @@ impl Daemon {
         let mut beat = tokio::time::interval(HEARTBEAT);
         beat.tick().await;
         loop {
-            let can_read_procs = self.outbox_bytes < OUTBOX_LIMIT;
+            let can_read_procs = self.outbox.bytes() < OUTBOX_LIMIT;
             tokio::select! {
                 msg = ws.next() => {
                     let msg = match msg {
@@ -312,9 +309,9 @@ impl Daemon {
                         Err(e) => { log(format!("ignoring a message I do not understand: {e}")); continue; }
                     };
                     if let ToSandbox::Resume { acked } = req {
-                        self.trim(acked);
-                        for (_, text) in &self.outbox {
-                            ws.send(Message::text(text.clone())).await.map_err(|e| e.to_string())?;
+                        self.outbox.acknowledge(acked);
+                        for text in self.outbox.pending() {
+                            ws.send(Message::text(text)).await.map_err(|e| e.to_string())?;
                         }
                         resumed = true;
                         continue;
@@ -348,16 +345,6 @@ impl Daemon {
         ids
     }
 
-    fn trim(&mut self, acked: u64) {
-        while let Some((seq, text)) = self.outbox.front() {
-            if *seq > acked {
-                break;
-            }
-            self.outbox_bytes -= text.len();
-            self.outbox.pop_front();
-        }
-    }
-
     /// Numbers a durable process's event and keeps it until acknowledged; returns the text
     /// to send (and whether it must wait for the server's `Resume`).
     fn record(&mut self, ev: ProcEvent) -> Option<(String, bool)> {
@@ -368,7 +355,11 @@ impl Daemon {
             | ProcEvent::Ended { id } => *id,
         };
         let durable = self.durable.contains(&id);
-        let seq = if durable { self.next_seq } else { 0 };
+        let seq = if durable {
+            self.outbox.next_number()
+        } else {
+            0
+        };
         let msg = match ev {
             ProcEvent::Ended { id } => {
                 self.procs.remove(&id);
@@ -411,9 +402,7 @@ impl Daemon {
         if !durable {
             return Some((text, false));
         }
-        self.next_seq += 1;
-        self.outbox_bytes += text.len();
-        self.outbox.push_back((seq, text.clone()));
+        self.outbox.keep(text.clone());
         Some((text, true))
     }
 
@@ -425,7 +414,7 @@ impl Daemon {
             }
             ToSandbox::Resume { .. } => None,
             ToSandbox::Ack { seq } => {
-                self.trim(seq);
+                self.outbox.acknowledge(seq);
                 None
             }
             ToSandbox::Bind {

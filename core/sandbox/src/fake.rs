@@ -9,7 +9,7 @@
 //! its connection, or make the network run out of addresses, and read back what the runtime
 //! was asked to do.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+use airlock_sandboxd::outbox::Outbox;
 use airlock_sandboxd::proto::{
     Boot, FromSandbox, Stream, ToSandbox, CONNECT_PATH, PROTOCOL_VERSION, SANDBOX_HEADER,
 };
@@ -449,8 +450,7 @@ struct Daemon {
     boot: Boot,
     token: String,
     runtime: Arc<Inner>,
-    next_seq: u64,
-    outbox: VecDeque<(u64, String)>,
+    outbox: Outbox,
     durable: std::collections::HashSet<u64>,
     procs: HashMap<u64, tokio::task::JoinHandle<()>>,
     bound_env: Option<BTreeMap<String, String>>,
@@ -469,8 +469,7 @@ impl Daemon {
             token: boot.token.clone(),
             boot,
             runtime,
-            next_seq: 1,
-            outbox: VecDeque::new(),
+            outbox: Outbox::default(),
             durable: Default::default(),
             procs: HashMap::new(),
             bound_env: None,
@@ -551,9 +550,9 @@ impl Daemon {
                         continue;
                     };
                     if let ToSandbox::Resume { acked } = req {
-                        self.trim(acked);
-                        for (_, text) in &self.outbox {
-                            ws.send(Message::text(text.clone())).await.map_err(|e| e.to_string())?;
+                        self.outbox.acknowledge(acked);
+                        for text in self.outbox.pending() {
+                            ws.send(Message::text(text)).await.map_err(|e| e.to_string())?;
                         }
                         resumed = true;
                         continue;
@@ -582,19 +581,17 @@ impl Daemon {
         }
     }
 
-    fn trim(&mut self, acked: u64) {
-        while self.outbox.front().is_some_and(|(seq, _)| *seq <= acked) {
-            self.outbox.pop_front();
-        }
-    }
-
     /// Numbers a durable process's event and keeps it until acknowledged.
     fn record(&mut self, ev: ProcEvent) -> (String, bool) {
         let id = match &ev {
             ProcEvent::Output { id, .. } | ProcEvent::Exit { id, .. } => *id,
         };
         let durable = self.durable.contains(&id);
-        let seq = if durable { self.next_seq } else { 0 };
+        let seq = if durable {
+            self.outbox.next_number()
+        } else {
+            0
+        };
         let msg = match ev {
             ProcEvent::Output { id, stream, data } => FromSandbox::Output {
                 seq,
@@ -617,8 +614,7 @@ impl Daemon {
         };
         let text = serde_json::to_string(&msg).expect("a message serializes");
         if durable {
-            self.next_seq += 1;
-            self.outbox.push_back((seq, text.clone()));
+            self.outbox.keep(text.clone());
         }
         (text, durable)
     }
@@ -631,7 +627,7 @@ impl Daemon {
             }
             ToSandbox::Resume { .. } => None,
             ToSandbox::Ack { seq } => {
-                self.trim(seq);
+                self.outbox.acknowledge(seq);
                 None
             }
             ToSandbox::Bind { env, .. } => {

@@ -1,0 +1,23 @@
+//! Airlock's end-to-end tests, one module per capability, in one test binary: each module
+//! used to be its own binary, and linking eighteen copies of the whole product (and compiling
+//! the test helpers' generic code eighteen times) was a large part of the suite's build.
+//! Run one module with `cargo test -p airlock-tests --test e2e -- slack::`.
+
+mod admin;
+mod broker;
+mod capacity;
+mod cli;
+mod discord;
+mod gateway;
+mod gateway_backlog;
+mod gateway_push_bytes;
+mod github;
+mod output;
+mod sandboxd;
+mod sandboxes;
+mod service;
+mod sessions;
+mod sessions_cli;
+mod slack;
+mod triggers;
+mod wall;
