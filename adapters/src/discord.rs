@@ -247,28 +247,18 @@ impl DiscordAdapter {
     }
 
     /// `/airlock prompt:…`: the answer to give now; the session's thread comes after.
-    async fn command(self: &Arc<Self>, i: &Value) -> Value {
-        let guild = i["guild_id"].as_str().unwrap_or("").to_string();
-        let channel: u64 = i["channel_id"]
-            .as_str()
+    async fn command(self: &Arc<Self>, i: &Interaction) -> Value {
+        let guild = i.guild_id.clone().unwrap_or_default();
+        let channel: u64 = i
+            .channel_id
+            .as_deref()
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
-        let user = &i["member"]["user"];
-        let user_id = user["id"].as_str().unwrap_or("").to_string();
-        let name = user["username"].as_str().unwrap_or("").to_string();
-        let text: String = i["data"]["options"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|o| {
-                let v = o["value"].as_str()?;
-                Some(match o["name"].as_str()? {
-                    "prompt" => v.to_string(),
-                    key => format!("{key}={v}"),
-                })
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
+        let (user_id, name) = match &i.member {
+            Some(m) => (m.user.id.clone(), m.user.username.clone()),
+            None => (String::new(), String::new()),
+        };
+        let text = i.data.as_ref().map(CommandData::text).unwrap_or_default();
         if guild.is_empty() || channel == 0 {
             return ephemeral("Use /airlock in a server channel.");
         }
@@ -361,13 +351,88 @@ async fn interactions(
         tracing::warn!("refused a Discord interaction with a bad signature");
         return (StatusCode::UNAUTHORIZED, "invalid request signature\n").into_response();
     }
-    let Ok(i) = serde_json::from_slice::<Value>(&body) else {
-        return (StatusCode::BAD_REQUEST, "not JSON\n").into_response();
+    let i = match serde_path_to_error::deserialize::<_, Interaction>(
+        &mut serde_json::Deserializer::from_slice(&body),
+    ) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!("refused a Discord interaction Airlock cannot read: {e}");
+            let why = format!("not an interaction Airlock can read: {}\n", e.path());
+            return (StatusCode::BAD_REQUEST, why).into_response();
+        }
     };
-    match i["type"].as_u64() {
-        Some(1) => Json(json!({"type": 1})).into_response(),
-        Some(2) if i["data"]["name"] == "airlock" => Json(a.command(&i).await).into_response(),
+    match i.kind {
+        PING => Json(json!({"type": 1})).into_response(),
+        APPLICATION_COMMAND if i.data.as_ref().is_some_and(|d| d.name == "airlock") => {
+            Json(a.command(&i).await).into_response()
+        }
         _ => Json(ephemeral("Airlock doesn't know that command.")).into_response(),
+    }
+}
+
+/// Interaction types Airlock answers (Discord's numbering).
+const PING: u8 = 1;
+const APPLICATION_COMMAND: u8 = 2;
+
+/// What Airlock reads of a Discord interaction (`POST /discord/interactions`), parsed at the
+/// boundary like GitHub's deliveries (decision 0013): only these fields, so a payload that
+/// lacks one of them, or has it with another type, is refused naming the field.
+#[derive(Debug, serde::Deserialize)]
+struct Interaction {
+    #[serde(rename = "type")]
+    kind: u8,
+    #[serde(default)]
+    guild_id: Option<String>,
+    #[serde(default)]
+    channel_id: Option<String>,
+    /// Present in a server (guild); a direct message has `user` instead, which Airlock does
+    /// not serve.
+    #[serde(default)]
+    member: Option<Member>,
+    #[serde(default)]
+    data: Option<CommandData>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Member {
+    user: User,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct User {
+    id: String,
+    username: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct CommandData {
+    name: String,
+    #[serde(default)]
+    options: Vec<CommandOption>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct CommandOption {
+    name: String,
+    /// A string, number or boolean, by the option's type; Airlock's options are strings.
+    #[serde(default)]
+    value: Value,
+}
+
+impl CommandData {
+    /// The command's options as one line: the prompt as it is, the others as `key=value`.
+    fn text(&self) -> String {
+        self.options
+            .iter()
+            .filter_map(|o| {
+                let v = o.value.as_str()?;
+                Some(match o.name.as_str() {
+                    "prompt" => v.to_string(),
+                    key => format!("{key}={v}"),
+                })
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -458,5 +523,67 @@ impl StatusSink for DiscordSink {
             }
         }
         Sent::Done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An application-command interaction as Discord documents and sends it (fields Airlock
+    /// does not read included).
+    const COMMAND: &str = r#"{
+        "id": "1318254937254645770", "application_id": "1318254232011116545", "type": 2,
+        "token": "aW50ZXJhY3Rpb24", "version": 1, "locale": "en-US", "app_permissions": "2248473465835073",
+        "guild_id": "290926798626357999", "channel_id": "645027906669510667",
+        "guild_locale": "en-US", "entitlements": [], "authorizing_integration_owners": {"0": "290926798626357999"},
+        "context": 0,
+        "member": {
+            "user": {"id": "53908232506183680", "username": "ada", "avatar": null,
+                     "discriminator": "0", "global_name": "Ada", "public_flags": 0},
+            "roles": ["539082325061836999"], "premium_since": null, "permissions": "2248473465835073",
+            "pending": false, "nick": null, "mute": false, "joined_at": "2017-03-13T19:19:14.040000+00:00",
+            "deaf": false, "flags": 0
+        },
+        "data": {
+            "id": "771825006014889984", "name": "airlock", "type": 1,
+            "options": [
+                {"name": "prompt", "type": 3, "value": "fix the flaky login test"},
+                {"name": "repo", "type": 3, "value": "acme/web"},
+                {"name": "verbose", "type": 5, "value": true}
+            ]
+        }
+    }"#;
+
+    fn parse(text: &str) -> Result<Interaction, String> {
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
+            .map_err(|e| e.path().to_string())
+    }
+
+    #[test]
+    fn a_slash_command_is_read_into_its_fields_and_its_prompt_line() {
+        let i = parse(COMMAND).unwrap();
+        assert_eq!(i.kind, APPLICATION_COMMAND);
+        assert_eq!(i.guild_id.as_deref(), Some("290926798626357999"));
+        assert_eq!(i.channel_id.as_deref(), Some("645027906669510667"));
+        let m = i.member.as_ref().unwrap();
+        assert_eq!(
+            (m.user.id.as_str(), m.user.username.as_str()),
+            ("53908232506183680", "ada")
+        );
+        let data = i.data.as_ref().unwrap();
+        assert_eq!(data.name, "airlock");
+        // A non-text option is left out; the prompt is as typed, the rest `key=value`.
+        assert_eq!(data.text(), "fix the flaky login test repo=acme/web");
+        assert_eq!(parse(r#"{"type": 1}"#).unwrap().kind, PING);
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_is_refused_by_its_path() {
+        let wrong = COMMAND.replace(r#""username": "ada""#, r#""username": 7"#);
+        assert_eq!(parse(&wrong).unwrap_err(), "member.user.username");
+        let wrong = COMMAND.replace(r#""name": "airlock""#, r#""name": ["airlock"]"#);
+        assert_eq!(parse(&wrong).unwrap_err(), "data.name");
+        assert_eq!(parse(r#"{"id": "1"}"#).unwrap_err(), ".");
     }
 }

@@ -117,6 +117,7 @@ on_both_engines!(
     session_lists_page_through_every_session_once,
     audit_search_reads_a_bounded_range_and_goes_on_from_it,
     warm_sandboxes_claimed_at_once_each_go_to_one_session,
+    an_inbound_delivery_is_handled_by_one_claimant_at_a_time,
 );
 
 async fn warm_sandboxes_claimed_at_once_each_go_to_one_session(db: Db) {
@@ -1098,4 +1099,55 @@ async fn migrations_apply_again_to_a_database_with_data(db: Db) {
             .len(),
         1
     );
+}
+
+/// The request that stored a delivery and the sweep of unhandled ones meet: of any number of
+/// concurrent claims, one wins; a claim that outlives its handler (a crash) ends with its
+/// lease, and a processed delivery is never claimed again.
+async fn an_inbound_delivery_is_handled_by_one_claimant_at_a_time(db: Db) {
+    let s = &db.store;
+    let inbound = s
+        .record_inbound("github", "d-1", "issues", "{}")
+        .await
+        .unwrap()
+        .unwrap();
+    let claims = join_all(
+        (0..8)
+            .map(|n| {
+                let (s, id) = (s.clone(), inbound.id.clone());
+                tokio::spawn(async move {
+                    s.claim_inbound(&id, &format!("p{n}"), 60_000)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect(),
+    )
+    .await;
+    assert_eq!(claims.iter().filter(|c| **c).count(), 1, "{claims:?}");
+    // Still unprocessed, so the sweep lists it, but cannot take it while the lease runs.
+    assert_eq!(s.unprocessed_inbound("github", 10).await.unwrap().len(), 1);
+    assert!(!s.claim_inbound(&inbound.id, "sweep", 60_000).await.unwrap());
+    // A lease that ran out (its handler died) can be taken over.
+    let other = s
+        .record_inbound("github", "d-2", "issues", "{}")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(s.claim_inbound(&other.id, "crashed", 1).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(s.claim_inbound(&other.id, "sweep", 60_000).await.unwrap());
+    // Done is done.
+    s.finish_inbound(&inbound.id, None).await.unwrap();
+    assert!(!s.claim_inbound(&inbound.id, "sweep", 1).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!s.claim_inbound(&inbound.id, "sweep", 1).await.unwrap());
+}
+
+async fn join_all(tasks: Vec<tokio::task::JoinHandle<bool>>) -> Vec<bool> {
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
 }

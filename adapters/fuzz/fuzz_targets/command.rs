@@ -2,7 +2,7 @@
 //! never counts; what parses as a run has a prompt.
 #![no_main]
 
-use airlock_adapters::command::{from_comment, parse, Command};
+use airlock_command::{from_comment, parse, Command};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

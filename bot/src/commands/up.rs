@@ -163,7 +163,7 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
                 source: source.clone(),
             }),
         );
-        background.push(tokio::spawn(async move { adapter.resume().await }));
+        background.push(tokio::spawn(adapter.resume(stopped())));
     }
     if let Some(slack_cfg) = &cfg.slack {
         let api = Arc::new(

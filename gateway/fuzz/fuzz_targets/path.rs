@@ -4,8 +4,8 @@
 #![no_main]
 
 use airlock_domain::RouteSpec;
-use airlock_gateway::path::normalise;
-use airlock_gateway::routes::RouteTable;
+use airlock_egress_checks::path::normalise;
+use airlock_egress_checks::routes::RouteTable;
 use libfuzzer_sys::fuzz_target;
 
 fn route(host: &str, prefix: &str, methods: &[&str]) -> RouteSpec {

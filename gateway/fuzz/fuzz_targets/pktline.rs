@@ -2,7 +2,7 @@
 //! names only well-formed updates; a refusal answer parses back as pkt-lines.
 #![no_main]
 
-use airlock_gateway::git::{parse_push, pkt_line, refused_answer, refusal};
+use airlock_egress_checks::git::{parse_push, pkt_line, refused_answer, refusal};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use airlock_gateway::canon::levels;
-use airlock_gateway::scan::{forms, Needles, Scanned, StreamScan};
+use airlock_egress_checks::canon::levels;
+use airlock_egress_checks::scan::{forms, Needles, Scanned, StreamScan};
 use base64::Engine as _;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;

@@ -6,7 +6,7 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
-use airlock_gateway::scan::{Needles, StreamScan};
+use airlock_egress_checks::scan::{Needles, StreamScan};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};

@@ -92,6 +92,26 @@ impl Store {
             .collect()
     }
 
+    /// Takes a stored delivery to handle it: `true` for exactly one caller while the delivery
+    /// is unprocessed and nobody holds an unexpired claim on it. The request that stored a
+    /// delivery and the sweep of unhandled ones both claim first, so a delivery is handled
+    /// once even when they meet; one whose handler died (a crash) is claimable again when
+    /// the lease ends. `owner` names the claimant (a server process) for the record.
+    pub async fn claim_inbound(&self, id: &str, owner: &str, lease_ms: i64) -> Result<bool> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE inbound SET claimed_by = $2, claim_until = $3 \
+             WHERE id = $1 AND processed_at IS NULL AND (claim_until IS NULL OR claim_until < $4)",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(now + lease_ms)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Marks a delivery processed (with the error, if handling it failed), and drops its
     /// payload after a week.
     pub async fn finish_inbound(&self, id: &str, error: Option<&str>) -> Result<()> {

@@ -4,7 +4,7 @@
 //!
 //! Pure: no I/O, no credential values (a route names its credential, nothing more).
 
-use airlock_store::domain::{Inject, RouteSpec};
+use airlock_domain::{Inject, RouteSpec};
 
 use crate::path::{normalise, NormalPath, PathError};
 

@@ -6,7 +6,7 @@
 
 use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
 
-use airlock_core::domain::{is_name, is_repo};
+use airlock_domain::{is_name, is_repo};
 
 /// A request to Airlock.
 #[derive(Debug, Clone, PartialEq, Eq)]
