@@ -32,13 +32,19 @@ async fn a_stalled_audit_log_refuses_egress_instead_of_growing_and_loses_nothing
         .proxy(reqwest::Proxy::all(&gw.proxy).unwrap())
         .build()
         .unwrap();
+    // A refusal comes as the answer to a request in a tunnel, or, when the client opens a new
+    // tunnel (its pooled one was closed), as the answer to the CONNECT, which reqwest does not
+    // show: then the proxy's answer is read with a CONNECT of our own.
+    let proxy = gw.proxy.clone();
     let get = || async {
-        let r = client
-            .get("https://api.bench.test/small")
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
+        match client.get("https://api.bench.test/small").send().await {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap()),
+            Err(e) if e.is_connect() => match connect_answer(&proxy, "api.bench.test:443").await {
+                (200, _) => panic!("the tunnel opens, yet the request failed: {e:?}"),
+                refused => refused,
+            },
+            Err(e) => panic!("{e:?}"),
+        }
     };
     assert_eq!(get().await.0, 200, "the gateway works");
 
@@ -104,4 +110,60 @@ async fn a_stalled_audit_log_refuses_egress_instead_of_growing_and_loses_nothing
         1 + served + 2
     );
     assert!(gw.store.verify_audit().await.unwrap().is_intact());
+}
+
+/// The proxy's answer to `CONNECT target` with the credentials in `proxy`
+/// (`http://USER:TOKEN@HOST:PORT`): its status and body.
+async fn connect_answer(proxy: &str, target: &str) -> (u16, String) {
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = proxy.strip_prefix("http://").unwrap();
+    let (auth, addr) = rest.split_once('@').unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let basic = base64::engine::general_purpose::STANDARD.encode(auth);
+    tcp.write_all(
+        format!(
+            "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {basic}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tcp.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&answer);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if body.len() >= length {
+                    break;
+                }
+            }
+        }
+    });
+    read.await.expect("the proxy answered the CONNECT");
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
