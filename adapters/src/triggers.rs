@@ -11,7 +11,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::github::payload::Event;
+use crate::github::payload::{Delivery, Event};
 use airlock_core::domain::thread::{GithubThread, PullRequestRef};
 use airlock_core::domain::{Surface, ThreadRef, TriggerKind};
 use airlock_core::service::{Actor, Firing, Sessions};
@@ -265,8 +265,8 @@ impl Triggers {
 
 #[async_trait::async_trait]
 impl crate::github::EventHook for Triggers {
-    async fn github_event(&self, event: &Event, payload: &Value) {
-        self.github(event, payload).await
+    async fn github_event(&self, delivery: &Delivery) {
+        self.github(&delivery.event, &delivery.json).await
     }
 }
 

@@ -22,13 +22,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::command::{self, Command};
 use crate::identity::{self, Account};
 use crate::requests::{self, Ask, Asked};
 use crate::status::StatusView;
-use payload::{CommentEvent, Event, InstallationEvent};
+use payload::{CommentEvent, Delivery, Event, InstallationEvent};
 
 /// GitHub refuses to send larger payloads; Airlock refuses to read them.
 pub const MAX_BODY: usize = 25 * 1024 * 1024;
@@ -39,11 +39,11 @@ const CLAIM_LEASE_MS: i64 = 10 * 60 * 1000;
 const SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Something a GitHub event can start besides a comment: the trigger adapter (issue and pull
-/// request events) plugs in here, with the parsed event and its JSON (the context of a
+/// request events) plugs in here, with the delivery (its typed event, and its JSON for a
 /// trigger's prompt template).
 #[async_trait::async_trait]
 pub trait EventHook: Send + Sync {
-    async fn github_event(&self, event: &Event, payload: &Value);
+    async fn github_event(&self, delivery: &Delivery);
 }
 
 pub struct GithubAdapter {
@@ -143,12 +143,9 @@ impl GithubAdapter {
                 return;
             }
         }
-        let result = match serde_json::from_str::<Value>(&inbound.payload) {
-            Ok(payload) => match Event::parse(&inbound.event, &payload) {
-                Ok(event) => self.dispatch(event, &payload).await,
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(format!("the payload is not JSON: {e}")),
+        let result = match Delivery::parse(&inbound.event, &inbound.payload) {
+            Ok(delivery) => self.dispatch(&delivery).await,
+            Err(e) => Err(e),
         };
         if let Err(e) = &result {
             tracing::warn!(delivery = %inbound.delivery_id, event = %inbound.event, "GitHub delivery: {e}");
@@ -160,9 +157,9 @@ impl GithubAdapter {
         .await;
     }
 
-    /// Acts on a parsed delivery; `raw` is its JSON, the context of trigger prompts.
-    async fn dispatch(&self, event: Event, raw: &Value) -> Result<(), String> {
-        match &event {
+    /// Acts on a parsed delivery.
+    async fn dispatch(&self, delivery: &Delivery) -> Result<(), String> {
+        match &delivery.event {
             Event::Comment { event, review } => {
                 let (number, is_pr) = event.thread().ok_or("no issue or pull request number")?;
                 self.comment(event, number, is_pr, *review).await
@@ -175,7 +172,7 @@ impl GithubAdapter {
             Event::Installation(i) => self.installation(i).await,
             Event::Issues(_) | Event::PullRequest(_) => {
                 if let Some(h) = &self.hook {
-                    h.github_event(&event, raw).await;
+                    h.github_event(delivery).await;
                 }
                 Ok(())
             }

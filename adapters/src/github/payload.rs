@@ -154,6 +154,26 @@ struct Action {
     action: Option<String>,
 }
 
+/// A delivery as handlers get it: the typed event, and its JSON as it came (the context a
+/// trigger's prompt template may show; nothing else reads it).
+#[derive(Debug)]
+pub struct Delivery {
+    pub event: Event,
+    pub json: Value,
+}
+
+impl Delivery {
+    /// Parses a delivery of `event` (the `X-GitHub-Event` header) from its body.
+    pub fn parse(event: &str, body: &str) -> Result<Delivery, String> {
+        let json: Value =
+            serde_json::from_str(body).map_err(|e| format!("the payload is not JSON: {e}"))?;
+        Ok(Delivery {
+            event: Event::parse(event, &json)?,
+            json,
+        })
+    }
+}
+
 impl Event {
     /// Parses a delivery of `event` (the `X-GitHub-Event` header).
     pub fn parse(event: &str, payload: &Value) -> Result<Event, String> {
