@@ -190,10 +190,7 @@ async fn run(
             session: s.id,
             continued: true,
         },
-        Ok(Asked::Busy(s)) => Reply::Private(format!(
-            "Session `{}` is still working on the previous request in this thread; ask again when it's done, or say stop.",
-            s.id
-        )),
+        Ok(Asked::Busy(s)) => Reply::Private(airlock_core::messages::busy(&s.id, "stop")),
         Err(e) => Reply::Private(e.0),
     }
 }

@@ -11,6 +11,16 @@ pub const NO_REQUESTER: &str =
 pub const TRIGGERS_FIRE: &str =
     "a trigger starts sessions by firing, and only a trigger fires: this is a bug in Airlock";
 
+/// The answer to a request in a conversation whose session is still working; `stop` is what
+/// to say there to stop it (`stop`, `@airlock stop`). The same words on every surface.
+pub fn busy(session: &str, stop: &str) -> String {
+    format!(
+        "Session `{}` is still working on the previous request here; ask again when it's done, \
+         or say `{stop}`.",
+        clip(session)
+    )
+}
+
 /// The sentence for a refusal (no trailing full stop: surfaces add their own framing).
 pub fn refusal(r: &Refusal) -> String {
     match r {

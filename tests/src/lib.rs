@@ -3,6 +3,7 @@
 //! set), as a person at a terminal would. Fakes of the external services join this crate as
 //! the integrations land.
 
+pub mod chats;
 pub mod discord;
 pub mod git;
 pub mod github;

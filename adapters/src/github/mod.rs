@@ -15,7 +15,7 @@ use airlock_core::domain::thread::{GithubThread, PullRequestRef};
 use airlock_core::domain::{Human, Provider, Surface, ThreadRef};
 use airlock_core::github::{Github, GithubSource};
 use airlock_core::store::{settle, Inbound, NewAudit};
-use airlock_core::Store;
+use airlock_core::{messages, Store};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -465,13 +465,8 @@ impl GithubAdapter {
         match asked {
             Ok(Asked::Started(_)) | Ok(Asked::Continued(_)) => {}
             Ok(Asked::Busy(s)) => {
-                reply(format!(
-                    "@{login}, I'm still working on the previous request here (session `{}`). \
-                     Ask again once it is done, or say `@{} stop`.",
-                    s.id,
-                    self.mention()
-                ))
-                .await
+                let stop = format!("@{} stop", self.mention());
+                reply(format!("@{login}, {}", messages::busy(&s.id, &stop))).await
             }
             Err(e) => reply(format!("@{login}, {e}.")).await,
         }

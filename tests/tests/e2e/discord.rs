@@ -4,75 +4,47 @@
 //!
 //! Needs root, a running Docker engine and the base image (scripts/test provides all three).
 
-use airlock_tests::discord::{FakeDiscord, APP, BOT, GUILD};
+use airlock_tests::chats::{DiscordSide, DISCORD_CHANNEL};
+use airlock_tests::discord::{APP, BOT, GUILD};
 use airlock_tests::model::Step;
 use airlock_tests::stack::Stack;
 use airlock_tests::Engine;
 use serde_json::json;
 
-const CHANNEL: u64 = 41771983423143937;
+const CHANNEL: u64 = DISCORD_CHANNEL;
 const USER: u64 = 53908232506183680;
 const REPO: &str = "acme/web";
 const CALC: &str = "def add(a, b):\n    return a - b\n";
 
 struct Chat {
     stack: Stack,
-    discord: FakeDiscord,
+    side: DiscordSide,
 }
 
 impl Chat {
     async fn new(script: Vec<Step>) -> Chat {
-        let discord = FakeDiscord::start("discord-bot-token").await;
-        discord.add_channel(CHANNEL, "dev");
-        let (api, key) = (discord.api_url.clone(), discord.public_key.clone());
+        let side = DiscordSide::start().await;
         let mut stack = Stack::new(
             Engine::Sqlite,
             script,
             REPO,
             &[("calc.py", CALC)],
-            move |install| {
-                install
-                    .env("AIRLOCK_DISCORD_API_URL", &api)
-                    .env("AIRLOCK_DISCORD_BOT_TOKEN_CREDENTIAL", "discord-bot")
-                    .env("AIRLOCK_DISCORD_PUBLIC_KEY", &key)
-                    .env("AIRLOCK_DISCORD_APPLICATION_ID", &APP.to_string());
-            },
+            |install| side.configure(install),
         )
         .await;
-        let out = stack.install.run_with_stdin(
-            &["credential", "set", "discord-bot", "--kind", "generic"],
-            b"discord-bot-token",
-        );
-        assert!(out.status.success());
-        stack.install.ok(&[
-            "identity",
-            "link",
-            "--human",
-            "ada@example.com",
-            "--provider",
-            "discord",
-            "--workspace",
-            &GUILD.to_string(),
-            "--external-id",
-            &USER.to_string(),
-            "--handle",
-            "ada",
-        ]);
+        DiscordSide::credentials(&stack.install);
+        DiscordSide::link(&stack.install, "ada@example.com", USER, "ada");
         stack.builtin_profile();
         stack.start();
-        let chat = Chat { stack, discord };
-        chat.wait("the bot to connect to the gateway", 30, || {
-            chat.discord.is_ready().then_some(())
-        })
-        .await;
-        chat
+        side.connected().await;
+        Chat { stack, side }
     }
 
     async fn wait<T>(&self, what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
         airlock_tests::poll(what, secs, f, || {
             format!(
                 "problems {:?}\n{}",
-                self.discord.problems(),
+                self.side.discord.problems(),
                 self.stack.server.as_ref().unwrap().log()
             )
         })
@@ -80,29 +52,9 @@ impl Chat {
     }
 
     async fn interaction(&self, body: &serde_json::Value, good_signature: bool) -> (u16, String) {
-        let body = serde_json::to_vec(body).unwrap();
-        let ts = format!(
-            "{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs()
-        );
-        let sig = if good_signature {
-            self.discord.sign(&ts, &body)
-        } else {
-            self.discord.sign(&ts, b"something else")
-        };
-        let r = reqwest::Client::new()
-            .post(format!("{}/discord/interactions", self.stack.url()))
-            .header("Content-Type", "application/json")
-            .header("X-Signature-Ed25519", sig)
-            .header("X-Signature-Timestamp", ts)
-            .body(body)
-            .send()
+        self.side
+            .interaction(&self.stack.url(), body, good_signature)
             .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
     }
 }
 
@@ -122,10 +74,12 @@ async fn a_mention_starts_a_session_in_a_thread_with_a_live_status_and_a_final_m
             json!({"command": "sleep 10; python3 -c 'from calc import add; assert add(2, 3) == 5'"}),
         )]),
         Step::Answer(Box::leak(long_answer.into_boxed_str())),
+        // The follow-up's turn.
+        Step::Answer("Glad it helps."),
     ];
     let chat = Chat::new(script).await;
-    chat.discord.limit_next_edit(1);
-    let asked = chat.discord.say(
+    chat.side.discord.limit_next_edit(1);
+    let asked = chat.side.discord.say(
         CHANNEL,
         USER,
         "ada",
@@ -134,7 +88,7 @@ async fn a_mention_starts_a_session_in_a_thread_with_a_live_status_and_a_final_m
     // A thread from the message.
     let thread = chat
         .wait("a thread", 30, || {
-            chat.discord.threads(CHANNEL).into_iter().next()
+            chat.side.discord.threads(CHANNEL).into_iter().next()
         })
         .await;
     assert_eq!(thread.from_message, Some(asked));
@@ -142,7 +96,7 @@ async fn a_mention_starts_a_session_in_a_thread_with_a_live_status_and_a_final_m
     // The status message edited in place, then the final message split under 2,000.
     let messages = chat
         .wait("the final message", 120, || {
-            let m = chat.discord.messages(thread.id);
+            let m = chat.side.discord.messages(thread.id);
             (m.len() >= 3 && m[0].content.starts_with("✅ **Done**")).then_some(m)
         })
         .await;
@@ -164,27 +118,39 @@ async fn a_mention_starts_a_session_in_a_thread_with_a_live_status_and_a_final_m
         "{last}"
     );
     assert!(last.contains("360 model tokens (300 in, 60 out)"), "{last}");
-    assert_eq!(chat.discord.rate_limited(), 1, "one edit was rate-limited");
+    assert_eq!(
+        chat.side.discord.rate_limited(),
+        1,
+        "one edit was rate-limited"
+    );
     assert!(
-        chat.discord.problems().is_empty(),
+        chat.side.discord.problems().is_empty(),
         "{:?}",
-        chat.discord.problems()
+        chat.side.discord.problems()
     );
 
     // A reply in the thread is a follow-up of the same session (no new thread).
     let session = &chat.stack.json(&["session", "list"]).await[0];
     assert_eq!(session["surface"], "discord");
-    chat.discord
+    chat.side
+        .discord
         .say(thread.id, USER, "ada", "thanks, that's all");
     chat.wait("the follow-up's status", 60, || {
-        let m = chat.discord.messages(thread.id);
+        let m = chat.side.discord.messages(thread.id);
         m.iter()
             .skip(3)
             .find(|x| x.author == BOT && x.content.contains("thanks, that's all"))
             .cloned()
     })
     .await;
-    assert_eq!(chat.discord.threads(CHANNEL).len(), 1);
+    chat.wait("the follow-up's answer", 60, || {
+        let m = chat.side.discord.messages(thread.id);
+        m.iter()
+            .find(|x| x.author == BOT && x.content.contains("Glad it helps."))
+            .cloned()
+    })
+    .await;
+    assert_eq!(chat.side.discord.threads(CHANNEL).len(), 1);
     assert_eq!(
         chat.stack
             .json(&["session", "list"])
@@ -200,7 +166,7 @@ async fn a_mention_starts_a_session_in_a_thread_with_a_live_status_and_a_final_m
 async fn slash_command_interactions_are_verified_and_start_a_thread() {
     let chat = Chat::new(vec![Step::Answer("Checked; all fine.")]).await;
     assert_eq!(
-        chat.discord.commands(),
+        chat.side.discord.commands(),
         ["airlock"],
         "/airlock was registered"
     );
@@ -229,12 +195,13 @@ async fn slash_command_interactions_are_verified_and_start_a_thread() {
     );
     let thread = chat
         .wait("the thread", 30, || {
-            chat.discord.threads(CHANNEL).into_iter().next()
+            chat.side.discord.threads(CHANNEL).into_iter().next()
         })
         .await;
     assert_eq!(thread.name, "check the build repo=acme/web");
     chat.wait("the final message", 60, || {
-        chat.discord
+        chat.side
+            .discord
             .messages(thread.id)
             .iter()
             .find(|m| m.content.contains("Checked; all fine."))
@@ -267,8 +234,8 @@ async fn slash_command_interactions_are_verified_and_start_a_thread() {
         1
     );
     assert!(
-        chat.discord.problems().is_empty(),
+        chat.side.discord.problems().is_empty(),
         "{:?}",
-        chat.discord.problems()
+        chat.side.discord.problems()
     );
 }

@@ -19,5 +19,6 @@ mod service;
 mod sessions;
 mod sessions_cli;
 mod slack;
+mod surfaces;
 mod triggers;
 mod wall;

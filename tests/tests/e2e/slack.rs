@@ -7,16 +7,16 @@
 
 use std::time::{Duration, Instant};
 
+use airlock_tests::chats::{self, now, SlackSide, SLACK_CHANNEL, SLACK_TEAM};
 use airlock_tests::model::Step;
-use airlock_tests::slack::{sign, FakeSlack, Message};
+use airlock_tests::slack::Message;
 use airlock_tests::stack::Stack;
 use airlock_tests::Engine;
 use serde_json::json;
 
-const TEAM: &str = "T1DC2JH3J";
-const CHANNEL: &str = "C0DEV";
+const TEAM: &str = SLACK_TEAM;
+const CHANNEL: &str = SLACK_CHANNEL;
 const USER: &str = "U2CERLKJA";
-const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 const REPO: &str = "acme/web";
 
 const CALC: &str = "def add(a, b):\n    return a - b\n";
@@ -25,65 +25,34 @@ class T(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(a
 
 struct Chat {
     stack: Stack,
-    slack: FakeSlack,
-    http: reqwest::Client,
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    side: SlackSide,
 }
 
 impl Chat {
     async fn new(script: Vec<Step>, link: bool) -> Chat {
-        let slack = FakeSlack::start("xoxb-test-token").await;
-        slack.add_channel(CHANNEL);
-        let api = slack.api_url.clone();
+        let side = SlackSide::start().await;
         let mut stack = Stack::new(
             Engine::Sqlite,
             script,
             REPO,
             &[("calc.py", CALC), ("test_calc.py", TEST)],
-            move |install| {
-                install
-                    .env("AIRLOCK_SLACK_API_URL", &api)
-                    .env("AIRLOCK_SLACK_BOT_TOKEN_CREDENTIAL", "slack-bot")
-                    .env("AIRLOCK_SLACK_SIGNING_SECRET_CREDENTIAL", "slack-signing");
-            },
+            |install| side.configure(install),
         )
         .await;
-        for (name, value) in [("slack-bot", "xoxb-test-token"), ("slack-signing", SECRET)] {
-            let out = stack.install.run_with_stdin(
-                &["credential", "set", name, "--kind", "generic"],
-                value.as_bytes(),
-            );
-            assert!(out.status.success());
-        }
+        SlackSide::credentials(&stack.install);
         if link {
-            stack.install.ok(&[
-                "identity",
-                "link",
-                "--human",
+            chats::link(
+                &stack.install,
                 "ada@example.com",
-                "--provider",
                 "slack",
-                "--workspace",
                 TEAM,
-                "--external-id",
                 USER,
-                "--handle",
                 "ada",
-            ]);
+            );
         }
         stack.builtin_profile();
         stack.start();
-        Chat {
-            stack,
-            slack,
-            http: reqwest::Client::new(),
-        }
+        Chat { stack, side }
     }
 
     async fn post(
@@ -95,99 +64,33 @@ impl Chat {
         sig: Option<&str>,
         retry: Option<u32>,
     ) -> (u16, String) {
-        let ts = ts.to_string();
-        let sig = sig
-            .map(str::to_string)
-            .unwrap_or_else(|| sign(SECRET, &ts, body));
-        let mut r = self
-            .http
-            .post(format!("{}{path}", self.stack.url()))
-            .header("Content-Type", content_type)
-            .header("X-Slack-Request-Timestamp", &ts)
-            .header("X-Slack-Signature", sig)
-            .header("User-Agent", "Slackbot 1.0 (+https://api.slack.com/robots)");
-        if let Some(n) = retry {
-            r = r
-                .header("X-Slack-Retry-Num", n.to_string())
-                .header("X-Slack-Retry-Reason", "http_timeout");
-        }
-        let r = r.body(body.to_vec()).send().await.unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
+        self.side
+            .post(&self.stack.url(), path, content_type, body, ts, sig, retry)
+            .await
     }
 
     /// A button click (a `block_actions` payload), signed now; returns the status.
     async fn click(&self, payload: &str) -> u16 {
-        let body = serde_urlencoded::to_string([("payload", payload)]).unwrap();
-        let (status, _) = self
-            .post(
-                "/slack/interactions",
-                "application/x-www-form-urlencoded",
-                body.as_bytes(),
-                now(),
-                None,
-                None,
-            )
-            .await;
-        status
+        self.side.click(&self.stack.url(), payload).await
     }
 
-    /// A slash command as Slack sends it (the fields of its documented example).
     fn command(user: &str, text: &str) -> Vec<u8> {
-        serde_urlencoded::to_string([
-            ("token", "xyzz0WbapA4vBCDEFasx0q6G"),
-            ("team_id", TEAM),
-            ("team_domain", "testteamnow"),
-            ("channel_id", CHANNEL),
-            ("channel_name", "dev"),
-            ("user_id", user),
-            ("user_name", "roadrunner"),
-            ("command", "/airlock"),
-            ("text", text),
-            (
-                "response_url",
-                "https://hooks.slack.com/commands/T1DC2JH3J/397700885554/96rGlfmibIGlgcZRskXaIFfN",
-            ),
-            (
-                "trigger_id",
-                &format!(
-                    "{}.47445629121.803a0bc887a14d10d2c447fce8b6703c",
-                    ulid::Ulid::new().random() % 1_000_000_000
-                ),
-            ),
-        ])
-        .unwrap()
-        .into_bytes()
+        SlackSide::command(user, text)
     }
 
     async fn slash(&self, user: &str, text: &str) -> serde_json::Value {
-        let (status, body) = self
-            .post(
-                "/slack/commands",
-                "application/x-www-form-urlencoded",
-                &Self::command(user, text),
-                now(),
-                None,
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
+        self.side.slash(&self.stack.url(), user, text).await
     }
 
     fn event(event_id: &str, event: serde_json::Value) -> Vec<u8> {
-        serde_json::to_vec(&json!({
-            "token": "XXYYZZ", "team_id": TEAM, "api_app_id": "AAIRLOCK", "event": event,
-            "type": "event_callback", "event_id": event_id, "event_time": now(),
-            "authorizations": [{"team_id": TEAM, "user_id": airlock_tests::slack::BOT_USER, "is_bot": true}],
-        }))
-        .unwrap()
+        SlackSide::event(event_id, event)
     }
 
     async fn wait<T>(&self, what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
         airlock_tests::poll(what, secs, f, || {
             format!(
                 "Slack has {:#?}\n{}",
-                self.slack.messages(CHANNEL),
+                self.side.slack.messages(CHANNEL),
                 self.stack.server.as_ref().unwrap().log()
             )
         })
@@ -197,11 +100,13 @@ impl Chat {
     /// The thread of the bot's first top-level message in the channel.
     fn first_thread(&self) -> Option<(Message, Vec<Message>)> {
         let root = self
+            .side
             .slack
             .messages(CHANNEL)
             .into_iter()
             .find(|m| m.user == airlock_tests::slack::BOT_USER && m.thread_ts.is_none())?;
         let replies = self
+            .side
             .slack
             .messages(CHANNEL)
             .into_iter()
@@ -227,7 +132,7 @@ async fn a_slash_command_runs_a_session_that_streams_into_its_thread() {
     ];
     let chat = Chat::new(script, true).await;
     // Slack rate-limits every third edit: the status waits as told and still ends right.
-    chat.slack.rate_limit_updates(3, 1);
+    chat.side.slack.rate_limit_updates(3, 1);
     let started = Instant::now();
     let answer = chat
         .slash(USER, &format!("fix the add function repo={REPO}"))
@@ -283,25 +188,26 @@ async fn a_slash_command_runs_a_session_that_streams_into_its_thread() {
     assert!(last.contains("360 model tokens (300 in, 60 out)"), "{last}");
     // The 429 was honoured.
     assert!(
-        chat.slack.rate_limited() >= 1,
+        chat.side.slack.rate_limited() >= 1,
         "the fake rate-limited at least once"
     );
     assert_eq!(
-        chat.slack.impatient_calls(),
+        chat.side.slack.impatient_calls(),
         0,
         "no call came during Retry-After"
     );
     assert!(
-        chat.slack.problems().is_empty(),
+        chat.side.slack.problems().is_empty(),
         "{:?}",
-        chat.slack.problems()
+        chat.side.slack.problems()
     );
 
     // A reply in the thread is a follow-up of the same session.
     let session = &chat.stack.json(&["session", "list"]).await[0];
     assert_eq!(session["surface"], "slack");
     let root_ts = root.ts.clone();
-    chat.slack
+    chat.side
+        .slack
         .say(CHANNEL, USER, "also add a docstring", Some(&root_ts));
     let ev = Chat::event(
         "Ev0FOLLOW",
@@ -395,7 +301,7 @@ async fn bad_signatures_stale_requests_and_retries_start_nothing_twice() {
     );
 
     // A mention, then Slack's retries of the same event: one session.
-    let mention_ts = chat.slack.say(
+    let mention_ts = chat.side.slack.say(
         CHANNEL,
         USER,
         "<@UAIRLOCK> check the build repo=acme/web",
@@ -426,7 +332,7 @@ async fn bad_signatures_stale_requests_and_retries_start_nothing_twice() {
         assert_eq!(status, 200);
     }
     chat.wait("the session to end", 60, || {
-        let thread = chat.slack.thread(CHANNEL, &mention_ts);
+        let thread = chat.side.slack.thread(CHANNEL, &mention_ts);
         thread
             .iter()
             .any(|m| m.shown().contains("Looked; nothing to change."))
@@ -444,14 +350,15 @@ async fn bad_signatures_stale_requests_and_retries_start_nothing_twice() {
     );
     // The status went into the mention's thread.
     assert!(chat
+        .side
         .slack
         .thread(CHANNEL, &mention_ts)
         .iter()
         .all(|m| m.thread_ts.as_deref() == Some(mention_ts.as_str())));
     assert!(
-        chat.slack.problems().is_empty(),
+        chat.side.slack.problems().is_empty(),
         "{:?}",
-        chat.slack.problems()
+        chat.side.slack.problems()
     );
 }
 
@@ -591,16 +498,8 @@ async fn admins_bind_a_channel_and_the_stop_button_stops() {
         .as_str()
         .unwrap()
         .to_string();
-    let payload = json!({
-        "type": "block_actions", "team": {"id": TEAM, "domain": "testteamnow"},
-        "user": {"id": USER, "username": "ada", "team_id": TEAM}, "api_app_id": "AAIRLOCK", "token": "x",
-        "container": {"type": "message", "message_ts": root.ts, "channel_id": CHANNEL, "is_ephemeral": false},
-        "trigger_id": "12466734323.1395872398", "channel": {"id": CHANNEL, "name": "dev"},
-        "response_url": "https://hooks.slack.com/actions/T1/1/x",
-        "actions": [{"type": "button", "action_id": "airlock_stop", "block_id": "b1",
-                     "text": {"type": "plain_text", "text": "Stop"}, "value": session, "action_ts": "1700000002.000001"}],
-    });
-    assert_eq!(chat.click(&payload.to_string()).await, 200);
+    let payload = SlackSide::button(USER, &root.ts, "airlock_stop", &session);
+    assert_eq!(chat.click(&payload).await, 200);
     let (root, _) = chat
         .wait("the stopped status", 30, || {
             let (root, r) = chat.first_thread()?;
@@ -635,10 +534,7 @@ async fn admins_bind_a_channel_and_the_stop_button_stops() {
         "{audit:#}"
     );
     // Retry queues the same prompt again, audited too.
-    let retry = payload
-        .to_string()
-        .replace("airlock_stop", "airlock_retry")
-        .replace("\"Stop\"", "\"Retry\"");
+    let retry = SlackSide::button(USER, &root.ts, "airlock_retry", &session);
     assert_eq!(chat.click(&retry).await, 200);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -655,9 +551,9 @@ async fn admins_bind_a_channel_and_the_stop_button_stops() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        chat.slack.problems().is_empty(),
+        chat.side.slack.problems().is_empty(),
         "{:?}",
-        chat.slack.problems()
+        chat.side.slack.problems()
     );
 }
 
@@ -691,13 +587,13 @@ async fn a_server_killed_mid_session_still_finishes_the_thread() {
     assert!(root.shown().contains("✅ *Done*"), "{}", root.shown());
     assert!(replies[0].shown().contains("Finished despite the restart."));
     assert_eq!(
-        chat.slack.thread(CHANNEL, &root.ts).len(),
+        chat.side.slack.thread(CHANNEL, &root.ts).len(),
         2,
         "one status message and one final message"
     );
     assert!(
-        chat.slack.problems().is_empty(),
+        chat.side.slack.problems().is_empty(),
         "{:?}",
-        chat.slack.problems()
+        chat.side.slack.problems()
     );
 }
