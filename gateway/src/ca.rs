@@ -35,6 +35,8 @@ pub struct Authority {
     leaf_key: KeyPair,
     provider: Arc<rustls::crypto::CryptoProvider>,
     cache: Mutex<HashMap<String, (Instant, Arc<ServerConfig>)>>,
+    /// Whether sandboxed clients are offered HTTP/2 (ALPN `h2`); see [`Authority::offering_http2`].
+    http2: bool,
 }
 
 /// The CA's name is derived from its key, so the same key always gives the same issuer name
@@ -91,7 +93,17 @@ impl Authority {
             leaf_key: KeyPair::generate().map_err(GatewayError::ca)?,
             provider: Arc::new(crypto()),
             cache: Mutex::new(HashMap::new()),
+            http2: false,
         })
+    }
+
+    /// Offers sandboxed clients HTTP/2 as well as HTTP/1.1 (off by default: decision 0014).
+    /// libcurl before 8.2 (Debian 12's 7.88, so git and curl in most images of these years)
+    /// sends a 64 KiB piece of an upload twice when an HTTP/2 write would block, which
+    /// corrupts pushes and uploads whenever the gateway reads slower than the client writes.
+    pub fn offering_http2(mut self, yes: bool) -> Self {
+        self.http2 = yes;
+        self
     }
 
     /// The CA certificate sandboxes trust.
@@ -141,7 +153,11 @@ impl Authority {
             .with_no_client_auth()
             .with_single_cert(vec![leaf.der().clone(), self.ca_der.clone()], key)
             .map_err(GatewayError::ca)?;
-        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        cfg.alpn_protocols = if self.http2 {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
         // The gateway's order of cipher suites, not the sandbox's (see [`crypto`]).
         cfg.ignore_client_order = true;
         Ok(cfg)

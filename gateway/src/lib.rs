@@ -83,6 +83,8 @@ pub struct GatewaySettings {
     /// (back-pressure instead of unbounded memory when the database is slow or away);
     /// 0 for the default, [`AUDIT_BACKLOG`].
     pub audit_backlog: usize,
+    /// Offer HTTP/2 to sandboxed clients (ALPN); HTTP/1.1 only by default (decision 0014).
+    pub client_http2: bool,
 }
 
 /// Audit records that may wait to be written, by default (a few hundred bytes each).
@@ -156,7 +158,8 @@ impl Gateway {
         let ca = store
             .gateway_ca(|| Authority::generate().expect("generating a CA key cannot fail"))
             .await?;
-        let authority = Authority::load(&ca.cert_pem, &ca.key_pem)?;
+        let authority =
+            Authority::load(&ca.cert_pem, &ca.key_pem)?.offering_http2(settings.client_http2);
         let tls = upstream_tls(settings.extra_ca_file.as_deref())?;
         let clients = Clients {
             any: upstream_client(HttpConnector::new(), tls.clone(), true),

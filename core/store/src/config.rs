@@ -123,6 +123,11 @@ const KEYS: &[(&str, Kind, &str)] = &[
         "audit records that may wait to be written before egress is refused with 503, 0 for the default (50000)",
     ),
     (
+        "gateway.client_http2",
+        Kind::Bool,
+        "true to offer HTTP/2 to sandboxed clients; off by default because libcurl before 8.2 (git, curl) can send upload data twice over HTTP/2",
+    ),
+    (
         "broker.max_sessions",
         Kind::Int,
         "how many sessions may run at once on this deployment, 1 to 10000",
@@ -444,6 +449,7 @@ pub struct GatewayConfig {
     pub session_token_budget: u64,
     pub human_daily_token_budget: u64,
     pub audit_backlog: u64,
+    pub client_http2: bool,
 }
 
 impl Default for GatewayConfig {
@@ -454,6 +460,7 @@ impl Default for GatewayConfig {
             session_token_budget: 0,
             human_daily_token_budget: 0,
             audit_backlog: 0,
+            client_http2: false,
         }
     }
 }

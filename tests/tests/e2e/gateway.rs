@@ -168,8 +168,8 @@ upstream = "{up}"
     assert_eq!(line(&text, "node: "), "node: 200 Bearer [REDACTED]");
     assert_eq!(
         line(&text, "http2="),
-        "http2=2 200",
-        "HTTP/2 towards the client (ALPN)"
+        "http2=1.1 200",
+        "HTTP/1.1 towards the client even when it asks for HTTP/2 (decision 0014)"
     );
     assert_eq!(line(&text, "git: "), "git: pushed");
     // The session's own branch (the only one it may push) has the commit.

@@ -68,7 +68,11 @@ async fn large_pushes_reach_the_upstream_byte_for_byte_however_they_are_framed()
             &upstream.url(),
             &upstream.ca_file,
             key,
-            airlock_gateway::GatewaySettings::default(),
+            // HTTP/2 offered too (off by default, decision 0014): its framing is checked here.
+            airlock_gateway::GatewaySettings {
+                client_http2: true,
+                ..Default::default()
+            },
         )
         .await
         .unwrap(),

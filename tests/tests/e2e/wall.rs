@@ -252,6 +252,8 @@ upstream = "{up}"
                 hostile.ca_file.to_str().unwrap(),
             ),
             ("AIRLOCK_GATEWAY_HUMAN_DAILY_TOKEN_BUDGET", "50"),
+            // HTTP/2 to the sandbox too, for its trailers (off by default, decision 0014).
+            ("AIRLOCK_GATEWAY_CLIENT_HTTP2", "true"),
         ],
         &[("hostile-key", &key), ("leaked", &leaked)],
         &toml,
