@@ -178,6 +178,7 @@ async fn run(
             repo,
             profile,
             prompt,
+            delivery: None,
         },
     )
     .await;

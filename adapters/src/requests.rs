@@ -19,6 +19,9 @@ pub struct Ask {
     pub repo: String,
     pub profile: Option<String>,
     pub prompt: String,
+    /// The stored delivery that carried the request, marked handled with the session's
+    /// change (GitHub's; chat requests are answered while Slack or Discord waits).
+    pub delivery: Option<String>,
 }
 
 pub type Asked = Requested;
@@ -59,6 +62,7 @@ pub async fn ask(
             key: ask.thread_key,
             reference: ask.thread_ref,
             notify: true,
+            delivery: ask.delivery,
         }),
         reference: ThreadRef::default(),
     };

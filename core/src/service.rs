@@ -86,6 +86,7 @@ impl Actor {
             actor: self.audit_actor(),
             action: action.into(),
             detail,
+            delivery: None,
         }
     }
 }
@@ -99,6 +100,9 @@ pub struct Thread {
     pub reference: ThreadRef,
     /// Whether the surface keeps a status message in the thread up to date.
     pub notify: bool,
+    /// The stored delivery (`inbound.id`) that carried the request: marked handled in the
+    /// transaction that starts or continues the session, so it is never acted on twice.
+    pub delivery: Option<String>,
 }
 
 /// A request for work.
@@ -222,16 +226,29 @@ impl Sessions {
                 if !s.state.is_terminal() {
                     return Ok(Requested::Busy(s));
                 }
-                let s = self
-                    .follow_up(actor, &s.id, &req.prompt, Some(&thread.reference))
-                    .await?;
-                return Ok(Requested::Continued(s));
+                let continued = self
+                    .follow_up_for(
+                        actor,
+                        &s.id,
+                        &req.prompt,
+                        Some(&thread.reference),
+                        thread.delivery.clone(),
+                    )
+                    .await;
+                return match continued {
+                    Ok(s) => Ok(Requested::Continued(s)),
+                    // Another request in the thread continued it first.
+                    Err(e) => match self.store.session_in_thread(&thread.key).await? {
+                        Some(now) if !now.state.is_terminal() => Ok(Requested::Busy(now)),
+                        _ => Err(e),
+                    },
+                };
             }
         }
         let (profile, pv) = self.choose_profile(req.profile.as_deref()).await?;
         self.allowed(actor, &profile, &pv, &req.repo)?;
         let thread = req.thread.as_ref();
-        let audit = actor.audit(
+        let mut audit = actor.audit(
             "session.create",
             serde_json::json!({
                 "repo": req.repo,
@@ -239,12 +256,13 @@ impl Sessions {
                 "thread": thread.map(|t| t.key.clone()),
             }),
         );
+        audit.delivery = thread.and_then(|t| t.delivery.clone());
         let requester = match &actor.who {
             Who::Human(h) => h.id.clone(),
             Who::Trigger { .. } => return Err(Refusal::Invalid(messages::TRIGGERS_FIRE.into())),
             Who::Operator(_) => return Err(Refusal::Invalid(messages::NO_REQUESTER.into())),
         };
-        let s = self
+        let created = self
             .store
             .create_session_audited(
                 NewSession {
@@ -263,7 +281,19 @@ impl Sessions {
                 },
                 Some(&audit),
             )
-            .await?;
+            .await;
+        let s = match created {
+            Ok(s) => s,
+            // Another request in the same thread made its session first: this one is that
+            // session's follow-up-while-busy (one session per conversation).
+            Err(StoreError::ThreadTaken(key)) => {
+                return match self.store.session_in_thread(&key).await? {
+                    Some(s) => Ok(Requested::Busy(s)),
+                    None => Err(Refusal::Internal),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
         tracing::info!(session = %s.id, "session requested");
         Ok(Requested::Started(s))
     }
@@ -318,12 +348,26 @@ impl Sessions {
         prompt: &str,
         thread_ref: Option<&ThreadRef>,
     ) -> Result<Session, Refusal> {
+        self.follow_up_for(actor, session_id, prompt, thread_ref, None)
+            .await
+    }
+
+    /// [`Sessions::follow_up`] answering the stored delivery `delivery`.
+    async fn follow_up_for(
+        &self,
+        actor: &Actor,
+        session_id: &SessionId,
+        prompt: &str,
+        thread_ref: Option<&ThreadRef>,
+        delivery: Option<String>,
+    ) -> Result<Session, Refusal> {
         let s = self.store.session(session_id).await?;
         self.may_continue(actor, &s).await?;
         if !s.state.is_terminal() {
             return Err(Refusal::StillRunning(s.id.to_string()));
         }
-        let audit = actor.audit("session.follow_up", serde_json::json!({ "repo": s.repo }));
+        let mut audit = actor.audit("session.follow_up", serde_json::json!({ "repo": s.repo }));
+        audit.delivery = delivery;
         Ok(self
             .store
             .follow_up_audited(&s.id, prompt, thread_ref, Some(&audit))

@@ -435,6 +435,17 @@ pub fn fixture(name: &str) -> Value {
     serde_json::from_str(&text).expect("fixtures are JSON")
 }
 
+/// A comment event's fixture as GitHub would send it now: the comment written a moment ago
+/// (Airlock ignores comments more than a week old as replays).
+pub fn comment_fixture(name: &str) -> Value {
+    let mut p = fixture(name);
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    p["comment"]["created_at"] = Value::from(now);
+    p
+}
+
 /// `sha256=<hex>` over `body` with `secret`: the `X-Hub-Signature-256` GitHub sends.
 pub fn sign_webhook(secret: &str, body: &[u8]) -> String {
     use hmac::Mac;

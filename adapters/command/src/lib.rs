@@ -156,9 +156,14 @@ pub fn mention_end(body: &str, bot: &str) -> Option<usize> {
                     let at = from + i;
                     let end = at + needle.len();
                     let before = lower[..at].chars().next_back();
-                    let after = lower[end..].chars().next();
+                    let mut rest = lower[end..].chars();
+                    let after = rest.next();
+                    // The mention must be the whole word: not `@airlock/reviewers` (a team),
+                    // `@airlock-bot`, `bob@airlock.dev` or `@airlock.example` (an address).
                     let word = |c: char| c.is_alphanumeric() || "-_@/".contains(c);
-                    if !before.is_some_and(word) && !after.is_some_and(|c| word(c) && c != '/') {
+                    let dotted =
+                        after == Some('.') && rest.next().is_some_and(char::is_alphanumeric);
+                    if !before.is_some_and(word) && !after.is_some_and(word) && !dotted {
                         return Some(range.start + end);
                     }
                     from = end;
@@ -311,6 +316,17 @@ mod tests {
             // Not for us.
             ("thanks @airlock-bot", None),
             ("mail me at me@airlock.dev", None),
+            // A team (`@org/team`) whose name starts like the bot is not the bot.
+            ("@airlock/reviewers please look", None),
+            ("cc @airlock/core-team", None),
+            ("see @airlock.example.com", None),
+            ("@airlockbot fix it", None),
+            ("@airlock_ci fix it", None),
+            ("x@airlock fix it", None),
+            // Punctuation after the mention ends it.
+            ("@airlock, fix it", Some(Ok(run("fix it")))),
+            ("@airlock: fix it", Some(Ok(run("fix it")))),
+            ("Hey @AIRLOCK fix it.", Some(Ok(run("fix it.")))),
             ("no mention here", None),
             ("> @airlock fix the test\n\nI agree", None),
             ("```\n@airlock fix the test\n```", None),

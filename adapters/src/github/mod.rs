@@ -144,7 +144,7 @@ impl GithubAdapter {
             }
         }
         let result = match Delivery::parse(&inbound.event, &inbound.payload) {
-            Ok(delivery) => self.dispatch(&delivery).await,
+            Ok(delivery) => self.dispatch(&inbound.id, &delivery).await,
             Err(e) => Err(e),
         };
         if let Err(e) = &result {
@@ -158,11 +158,11 @@ impl GithubAdapter {
     }
 
     /// Acts on a parsed delivery.
-    async fn dispatch(&self, delivery: &Delivery) -> Result<(), String> {
+    async fn dispatch(&self, inbound: &str, delivery: &Delivery) -> Result<(), String> {
         match &delivery.event {
             Event::Comment { event, review } => {
                 let (number, is_pr) = event.thread().ok_or("no issue or pull request number")?;
-                self.comment(event, number, is_pr, *review).await
+                self.comment(inbound, event, number, is_pr, *review).await
             }
             Event::InstallationDeleted(i) => self
                 .store
@@ -235,6 +235,7 @@ impl GithubAdapter {
     /// An issue or pull-request comment.
     async fn comment(
         &self,
+        inbound: &str,
         p: &CommentEvent,
         number: u64,
         is_pr: bool,
@@ -371,7 +372,7 @@ impl GithubAdapter {
                 _ => reply(format!("@{login}, there is no Airlock session here yet.")).await,
             },
             Command::Run { prompt, options } => {
-                self.run(&gh, p, &repo, number, is_pr, review, comment_id, &human, &login, thread_key, prompt, options)
+                self.run(&gh, p, &repo, number, is_pr, review, comment_id, &human, &login, thread_key, prompt, options, inbound)
                     .await?
             }
         }
@@ -397,6 +398,7 @@ impl GithubAdapter {
         thread_key: String,
         prompt: String,
         options: command::RunOptions,
+        inbound: &str,
     ) -> Result<(), String> {
         let reply = |text: String| async move {
             if let Err(e) = gh.comment(repo, number, &text).await {
@@ -459,6 +461,7 @@ impl GithubAdapter {
                 repo: repo.to_string(),
                 profile: options.profile,
                 prompt,
+                delivery: Some(inbound.to_string()),
             },
         )
         .await;
@@ -516,12 +519,28 @@ async fn webhook(State(a): State<Arc<GithubAdapter>>, headers: HeaderMap, body: 
     let Ok(payload) = std::str::from_utf8(&body) else {
         return text(StatusCode::BAD_REQUEST, "the body is not UTF-8\n");
     };
-    if serde_json::from_str::<serde::de::IgnoredAny>(payload).is_err() {
-        return text(StatusCode::BAD_REQUEST, "the body is not JSON\n");
+    // Parsed before it is acknowledged: a payload Airlock cannot read (not JSON, nested
+    // deeper than serde_json's 128 levels, a field of the wrong type) is refused now, not
+    // stored to fail later.
+    let parsed = match Delivery::parse(&event, payload) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(%delivery, %event, "refused a GitHub delivery: {e}");
+            return text(StatusCode::BAD_REQUEST, format!("{e}\n"));
+        }
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if parsed.stale_comment(now) {
+        tracing::warn!(%delivery, "ignored a comment written more than a week ago (a replay)");
+        return Json(json!({"ok": true, "ignored": "the comment is more than a week old"}))
+            .into_response();
     }
+    // Stored under what it is about, so the same intent is handled once however often it
+    // is delivered.
+    let intent = parsed.intent(&event, &delivery);
     match a
         .store
-        .record_inbound("github", &delivery, &event, payload)
+        .record_inbound("github", &intent, &event, payload)
         .await
     {
         Ok(Some(inbound)) => {

@@ -11,7 +11,10 @@ use serde_json::Value;
 #[derive(Debug)]
 pub enum Event {
     /// `issue_comment.created` (`review: false`) or `pull_request_review_comment.created`.
-    Comment { event: CommentEvent, review: bool },
+    Comment {
+        event: Box<CommentEvent>,
+        review: bool,
+    },
     /// `installation.deleted`.
     InstallationDeleted(Installation),
     /// Any other `installation` or `installation_repositories` action.
@@ -47,11 +50,17 @@ pub struct Comment {
     pub user: User,
     #[serde(default)]
     pub html_url: Option<String>,
+    /// RFC 3339; a comment older than [`MAX_COMMENT_AGE_S`] is not acted on.
+    #[serde(default)]
+    pub created_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Issue {
     pub number: u64,
+    /// When it last changed (a label added changes it): part of an event's identity.
+    #[serde(default)]
+    pub updated_at: Option<String>,
     /// Present (not null) when the issue is a pull request.
     #[serde(default)]
     pub pull_request: Option<IgnoredAny>,
@@ -61,6 +70,8 @@ pub struct Issue {
 pub struct BranchRef {
     #[serde(rename = "ref")]
     pub name: String,
+    #[serde(default)]
+    pub sha: Option<String>,
     /// The repository the branch is in (null when a fork was deleted).
     #[serde(default)]
     pub repo: Option<Repository>,
@@ -69,6 +80,8 @@ pub struct BranchRef {
 #[derive(Debug, Clone, Deserialize)]
 pub struct PullRequest {
     pub number: u64,
+    #[serde(default)]
+    pub updated_at: Option<String>,
     #[serde(default)]
     pub draft: bool,
     #[serde(default)]
@@ -162,7 +175,58 @@ pub struct Delivery {
     pub json: Value,
 }
 
+/// GitHub keeps a delivery for redelivery three days; a comment older than this (a week) is
+/// a replay, not a request.
+pub const MAX_COMMENT_AGE_S: i64 = 7 * 24 * 3600;
+
 impl Delivery {
+    /// What this delivery is about, as one key: the same intent delivered twice (GitHub's
+    /// redelivery, or a captured body re-sent with another `X-GitHub-Delivery`, which GitHub
+    /// does not sign) has the same key. `delivery` (the header) names deliveries of events
+    /// Airlock only records.
+    pub fn intent(&self, event: &str, delivery: &str) -> String {
+        let or = |v: &Option<String>| v.clone().unwrap_or_default();
+        match &self.event {
+            Event::Comment { event: c, .. } => {
+                format!("{event}:{}:{}", c.comment.id, c.action)
+            }
+            Event::Issues(e) => format!(
+                "issues:{}#{}:{}:{}:{}",
+                e.repository.full_name,
+                e.issue.number,
+                e.action,
+                e.label.as_ref().map(|l| l.name.as_str()).unwrap_or(""),
+                or(&e.issue.updated_at)
+            ),
+            Event::PullRequest(e) => format!(
+                "pull_request:{}#{}:{}:{}:{}",
+                e.repository.full_name,
+                e.pull_request.number,
+                e.action,
+                or(&e.pull_request.head.sha),
+                or(&e.pull_request.updated_at)
+            ),
+            Event::Installation(_) | Event::InstallationDeleted(_) | Event::Other => {
+                format!("delivery:{delivery}")
+            }
+        }
+    }
+
+    /// For a comment: whether it was written more than [`MAX_COMMENT_AGE_S`] before `now`
+    /// (seconds since the epoch), or says nothing of when.
+    pub fn stale_comment(&self, now: i64) -> bool {
+        let Event::Comment { event, .. } = &self.event else {
+            return false;
+        };
+        let Some(at) = event.comment.created_at.as_deref() else {
+            return true;
+        };
+        match time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339) {
+            Ok(t) => now - t.unix_timestamp() > MAX_COMMENT_AGE_S,
+            Err(_) => true,
+        }
+    }
+
     /// Parses a delivery of `event` (the `X-GitHub-Event` header) from its body.
     pub fn parse(event: &str, body: &str) -> Result<Delivery, String> {
         let json: Value =
@@ -196,11 +260,11 @@ impl Event {
         }
         Ok(match (event, action.as_str()) {
             ("issue_comment", "created") => Event::Comment {
-                event: typed(event, &action, payload)?,
+                event: Box::new(typed(event, &action, payload)?),
                 review: false,
             },
             ("pull_request_review_comment", "created") => Event::Comment {
-                event: typed(event, &action, payload)?,
+                event: Box::new(typed(event, &action, payload)?),
                 review: true,
             },
             ("installation", "deleted") => {

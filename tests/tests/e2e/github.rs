@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use airlock_tests::github::{fixture, Comment};
+use airlock_tests::github::{comment_fixture, fixture, Comment};
 use airlock_tests::model::Step;
 use airlock_tests::stack::Stack;
 use airlock_tests::{stdout, Engine};
@@ -30,7 +30,7 @@ fn delivery() -> String {
 
 /// The fixture comment with another body (and id), as GitHub would send it.
 fn comment_payload(body: &str, id: u64) -> Vec<u8> {
-    let mut p = fixture("issue_comment.created");
+    let mut p = comment_fixture("issue_comment.created");
     p["comment"]["body"] = json!(body);
     p["comment"]["id"] = json!(id);
     serde_json::to_vec_pretty(&p).unwrap()
@@ -318,6 +318,35 @@ async fn forged_replayed_oversized_and_unauthorised_requests_start_nothing() {
         .github_webhook("issue_comment", &id, &body, None)
         .await;
     assert_eq!((status, text.contains("duplicate")), (200, true), "{text}");
+    // The same signed body with another X-GitHub-Delivery (which GitHub does not sign): the
+    // same comment, so the same intent, recognised too.
+    let (status, text) = stack
+        .github_webhook("issue_comment", &delivery(), &body, None)
+        .await;
+    assert_eq!((status, text.contains("duplicate")), (200, true), "{text}");
+    // A comment written more than a week ago is a replay of an old request: ignored.
+    let mut old = comment_fixture("issue_comment.created");
+    old["comment"]["id"] = json!(COMMENT + 10);
+    old["comment"]["created_at"] = json!("2019-05-15T15:20:33Z");
+    let (status, text) = stack
+        .github_webhook(
+            "issue_comment",
+            &delivery(),
+            &serde_json::to_vec(&old).unwrap(),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, text.contains("more than a week old")),
+        (200, true),
+        "{text}"
+    );
+    // JSON nested deeper than Airlock reads: refused now, not stored to fail later.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (status, text) = stack
+        .github_webhook("issue_comment", &delivery(), deep.as_bytes(), None)
+        .await;
+    assert_eq!(status, 400, "{text}");
     all_handled(&db).await;
     assert_eq!(
         bot_comments(&stack, ISSUE).len(),
@@ -328,8 +357,12 @@ async fn forged_replayed_oversized_and_unauthorised_requests_start_nothing() {
 
     // With permission but no Airlock identity: told how to link, no session.
     stack.github.grant(REPO, "mona", "write");
-    let mut p = fixture("issue_comment.created");
+    stack
+        .github
+        .put_comment(REPO, ISSUE, COMMENT + 1, "mona", "@airlock fix it");
+    let mut p = comment_fixture("issue_comment.created");
     p["comment"]["body"] = json!("@airlock fix it");
+    p["comment"]["id"] = json!(COMMENT + 1);
     p["sender"]["login"] = json!("mona");
     p["sender"]["id"] = json!(777);
     let (status, _) = stack
@@ -355,11 +388,12 @@ async fn forged_replayed_oversized_and_unauthorised_requests_start_nothing() {
     assert_eq!(count(&stack).await, 0);
 
     // The bot's own comments and quoted mentions never trigger anything.
-    let mut own = fixture("issue_comment.created");
+    let mut own = comment_fixture("issue_comment.created");
     own["comment"]["body"] = json!("@airlock fix it");
+    own["comment"]["id"] = json!(COMMENT + 2);
     own["sender"]["login"] = json!("airlock[bot]");
     own["sender"]["type"] = json!("Bot");
-    let quoted = comment_payload("> @airlock fix it\n\nlike this?", COMMENT);
+    let quoted = comment_payload("> @airlock fix it\n\nlike this?", COMMENT + 3);
     for b in [serde_json::to_vec(&own).unwrap(), quoted] {
         let (status, _) = stack
             .github_webhook("issue_comment", &delivery(), &b, None)
@@ -402,7 +436,7 @@ async fn a_review_comment_on_a_pull_request_pushes_to_its_branch() {
         "Update the README with new information.",
         Some(("changes", "main")),
     );
-    let mut p = fixture("pull_request_review_comment.created");
+    let mut p = comment_fixture("pull_request_review_comment.created");
     p["comment"]["body"] = json!("@airlock fix the add function while you're here");
     let comment_id = p["comment"]["id"].as_u64().unwrap();
     stack

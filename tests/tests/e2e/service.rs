@@ -11,7 +11,10 @@ use airlock_core::store::{AuditEntry, Session};
 use airlock_core::Store;
 use airlock_tests::{stderr, Engine, Install};
 
-airlock_tests::on_both_engines!(every_surface_gets_the_same_policy_and_one_audit_row_per_change);
+airlock_tests::on_both_engines!(
+    every_surface_gets_the_same_policy_and_one_audit_row_per_change,
+    requests_at_once_in_one_thread_make_one_session_and_handle_their_delivery_once
+);
 
 const OPEN: &str =
     "name = \"open\"\nrepos = [\"acme/*\"]\n[agent]\nkind = \"command\"\ncommand = \"true\"\n";
@@ -88,6 +91,7 @@ fn request(surface: Surface, profile: &str, repo: &str, n: usize) -> Request {
         key: format!("{surface}:thread:{n}"),
         reference: thread_of(n, "1.0"),
         notify: false,
+        delivery: None,
     });
     Request {
         repo: repo.into(),
@@ -627,4 +631,71 @@ async fn a_sessions_story_is_in_the_json_log_under_its_id() {
         stderr(&out),
         "error: AIRLOCK_LOG_FORMAT is \"yaml\"; expected `text` or `json`\n"
     );
+}
+
+/// Eight requests at once in one conversation used to be able to make two sessions (each
+/// found none, each created one); now one is started (or continued) and the others are told
+/// it is busy. The delivery that carried the request is handled in the same transaction.
+async fn requests_at_once_in_one_thread_make_one_session_and_handle_their_delivery_once(
+    engine: Engine,
+) {
+    let (_install, w) = world(engine).await;
+    let ask = |n: usize, delivery: Option<String>| {
+        let mut r = request(Surface::Github, "open", "acme/web", 7);
+        r.prompt = format!("fix bug {n}");
+        if let Some(t) = r.thread.as_mut() {
+            t.delivery = delivery;
+        }
+        r
+    };
+    let bob = actor(&w.bob, Surface::Github);
+    for round in ["start", "continue"] {
+        let mut deliveries = Vec::new();
+        for n in 0..8 {
+            let d = w
+                .store
+                .record_inbound("github", &format!("{round}-{n}"), "issue_comment", "{}")
+                .await
+                .unwrap()
+                .unwrap();
+            deliveries.push(d.id);
+        }
+        let answers = futures_util::future::join_all(
+            deliveries
+                .iter()
+                .enumerate()
+                .map(|(n, d)| w.service.request(&bob, ask(n, Some(d.clone())))),
+        )
+        .await;
+        let (mut made, mut busy) = (Vec::new(), 0);
+        for a in answers {
+            match a.unwrap() {
+                Requested::Started(s) | Requested::Continued(s) => made.push(s),
+                Requested::Busy(_) => busy += 1,
+            }
+        }
+        assert_eq!((made.len(), busy), (1, 7), "{round}: {made:#?}");
+        let s = &made[0];
+        let in_thread: Vec<Session> = w
+            .store
+            .list_sessions(&Default::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|x| x.thread_key.as_deref() == Some("github:thread:7"))
+            .collect();
+        assert_eq!(in_thread.len(), 1, "{round}: {in_thread:#?}");
+        // The winning request's delivery is handled with the change: nobody may claim it.
+        let mut claimable = 0;
+        for d in &deliveries {
+            if w.store.claim_inbound(d, "test", 60_000).await.unwrap() {
+                claimable += 1;
+            }
+        }
+        assert_eq!(
+            claimable, 7,
+            "{round}: only the busy requests' deliveries are open"
+        );
+        w.service.stop(&bob, &s.id, None).await.unwrap();
+    }
 }

@@ -404,7 +404,7 @@ async fn an_unlinked_user_is_told_how_to_link_and_then_acts_as_their_github_self
     // She proves her GitHub account by commenting the code.
     chat.stack.github.grant(REPO, "Codertocat", "write");
     chat.stack.github.open_issue(REPO, 5, "anything", None);
-    let mut p = airlock_tests::github::fixture("issue_comment.created");
+    let mut p = airlock_tests::github::comment_fixture("issue_comment.created");
     p["repository"]["full_name"] = json!(REPO);
     p["issue"]["number"] = json!(5);
     p["comment"]["body"] = json!(format!("@airlock link {code}"));

@@ -11,7 +11,7 @@ use airlock_tests::chats::{
     self, DiscordSide, SlackSide, DISCORD_CHANNEL, SLACK_CHANNEL, SLACK_TEAM,
 };
 use airlock_tests::discord::BOT;
-use airlock_tests::github::{fixture, sign_webhook};
+use airlock_tests::github::{comment_fixture, sign_webhook};
 use airlock_tests::slack::BOT_USER;
 use airlock_tests::stack::Stack;
 use airlock_tests::{stderr, stdout, Engine};
@@ -349,7 +349,7 @@ impl World {
                 self.stack
                     .github
                     .put_comment(REPO, ISSUE, id, BOB_GITHUB.1, &body);
-                let mut p = fixture("issue_comment.created");
+                let mut p = comment_fixture("issue_comment.created");
                 p["comment"]["body"] = json!(body);
                 p["comment"]["id"] = json!(id);
                 let (status, _) = self

@@ -72,6 +72,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A person's session exists in this thread already (another request made it first).
+    #[error("the conversation `{0}` has a session already")]
+    ThreadTaken(String),
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]

@@ -71,6 +71,9 @@ pub struct SessionAudit {
     /// `session.create`, `session.follow_up`, `session.cancel`, `session.retry`.
     pub action: String,
     pub detail: serde_json::Value,
+    /// The stored inbound delivery (`inbound.id`) the change answers: marked handled in the
+    /// same transaction, so a server killed after the change never handles it again.
+    pub delivery: Option<String>,
 }
 
 impl SessionAudit {
@@ -241,12 +244,16 @@ impl Store {
             sqlx::Error::Database(d) if d.is_foreign_key_violation() => StoreError::Invalid(
                 "the requester, profile version or trigger of the session does not exist".into(),
             ),
+            sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::ThreadTaken(
+                new.thread_key.clone().unwrap_or_default(),
+            ),
             _ => StoreError::Db(e),
         })?;
         let payload = serde_json::json!({ "from": null, "to": "queued" }).to_string();
         insert_event(&mut tx, &id, 1, now, EventKind::State, &payload).await?;
         if let Some(a) = audit {
             append_audit(&mut tx, &[a.entry(&id)]).await?;
+            mark_delivery(&mut tx, a, now).await?;
         }
         tx.commit().await?;
         self.signal_queue().await;
@@ -386,6 +393,7 @@ impl Store {
         insert_event(&mut tx, session_id, seq, now, EventKind::State, &payload).await?;
         if let Some(a) = audit {
             append_audit(&mut tx, &[a.entry(session_id)]).await?;
+            mark_delivery(&mut tx, a, now).await?;
         }
         tx.commit().await?;
         if to == SessionState::Queued || to.is_terminal() {
@@ -451,11 +459,28 @@ impl Store {
         insert_event(&mut tx, session_id, seq, now, EventKind::State, &state).await?;
         if let Some(a) = audit {
             append_audit(&mut tx, &[a.entry(session_id)]).await?;
+            mark_delivery(&mut tx, a, now).await?;
         }
         tx.commit().await?;
         self.signal_queue().await;
         self.session(session_id).await
     }
+}
+
+/// Marks the delivery `audit` answers as handled, inside the change's transaction.
+async fn mark_delivery(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    audit: &SessionAudit,
+    now: i64,
+) -> Result<()> {
+    if let Some(d) = &audit.delivery {
+        sqlx::query("UPDATE inbound SET processed_at = $2 WHERE id = $1 AND processed_at IS NULL")
+            .bind(d)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Takes the session's next event number. The statement writes, so it is the transaction's
