@@ -15,7 +15,7 @@ use airlock_core::config::DiscordConfig;
 use airlock_core::domain::thread::DiscordThread;
 use airlock_core::domain::{Provider, Surface, ThreadRef};
 use airlock_core::render;
-use airlock_core::store::Session;
+use airlock_core::store::{settle, Session};
 use airlock_core::Store;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -151,6 +151,18 @@ impl DiscordAdapter {
         if let Err(e) = self.http.create_global_command(&command).await {
             tracing::warn!("cannot register the /airlock command with Discord: {e}");
         }
+        // The gateway's address comes from the configured API, or Airlock does not connect:
+        // serenity, when `GET /gateway` fails, falls back to Discord's public gateway, which
+        // is not where a deployment pointed at another API wants its bot token to go.
+        let ws_url = match http.get_gateway().await {
+            Ok(g) => g.url,
+            Err(e) => {
+                tracing::error!(
+                    "not connecting to Discord: the configured API cannot tell the gateway's address (GET /gateway: {e})"
+                );
+                return;
+            }
+        };
         let intents = GatewayIntents::GUILD_MESSAGES | GatewayIntents::MESSAGE_CONTENT;
         let mut client = match serenity::client::ClientBuilder::new_with_http(http, intents)
             .event_handler_arc(self.clone())
@@ -162,6 +174,8 @@ impl DiscordAdapter {
                 return;
             }
         };
+        // Whatever serenity found (or fell back to), the shards use the address checked above.
+        *client.ws_url.lock().await = ws_url;
         let shards = client.shard_manager.clone();
         tokio::select! {
             r = client.start() => if let Err(e) = r { tracing::warn!("the Discord gateway stopped: {e}") },
@@ -189,6 +203,7 @@ impl DiscordAdapter {
         let Some(me) = self.me.get().copied() else {
             return;
         };
+
         let mentioned = msg.mentions.iter().any(|u| u.id.get() == me);
         let in_session = self
             .store
@@ -199,6 +214,29 @@ impl DiscordAdapter {
             .is_some();
         if !mentioned && !in_session {
             return;
+        }
+        // A message the gateway delivers again (after a resume) is the same request.
+        match self
+            .store
+            .record_inbound(
+                "discord",
+                &format!("message:{}", msg.id.get()),
+                "message",
+                "",
+            )
+            .await
+        {
+            Ok(Some(inbound)) => {
+                settle("a Discord message recorded", || {
+                    self.store.finish_inbound(&inbound.id, None)
+                })
+                .await;
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!("cannot record a Discord message: {e}");
+                return;
+            }
         }
         let text = msg
             .content
@@ -341,6 +379,20 @@ async fn interactions(
     body: Bytes,
 ) -> Response {
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+    // Discord signs the timestamp with the body: a request signed long ago (or ahead of
+    // time) is a replay, whatever its signature.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    match header("x-signature-timestamp").parse::<i64>() {
+        Ok(ts) if (now - ts).abs() <= WINDOW_S => {}
+        _ => {
+            tracing::warn!("refused a Discord interaction signed outside the five-minute window");
+            return (
+                StatusCode::UNAUTHORIZED,
+                "the request's timestamp is not within five minutes of now\n",
+            )
+                .into_response();
+        }
+    }
     let signature = hex::decode(header("x-signature-ed25519"))
         .ok()
         .and_then(|s| ed25519_dalek::Signature::from_slice(&s).ok());
@@ -364,11 +416,34 @@ async fn interactions(
     match i.kind {
         PING => Json(json!({"type": 1})).into_response(),
         APPLICATION_COMMAND if i.data.as_ref().is_some_and(|d| d.name == "airlock") => {
-            Json(a.command(&i).await).into_response()
+            // One interaction, one answer: a replay within the window (same id) does nothing.
+            let key = format!("interaction:{}", i.id);
+            match a
+                .store
+                .record_inbound("discord", &key, "interaction", "")
+                .await
+            {
+                Ok(Some(inbound)) => {
+                    let answer = a.command(&i).await;
+                    settle("a Discord interaction handled", || {
+                        a.store.finish_inbound(&inbound.id, None)
+                    })
+                    .await;
+                    Json(answer).into_response()
+                }
+                Ok(None) => Json(ephemeral("Airlock has this request already.")).into_response(),
+                Err(e) => {
+                    tracing::warn!("cannot record a Discord interaction: {e}");
+                    (StatusCode::SERVICE_UNAVAILABLE, "try again\n").into_response()
+                }
+            }
         }
         _ => Json(ephemeral("Airlock doesn't know that command.")).into_response(),
     }
 }
+
+/// How far a request's signed timestamp may be from now, either way.
+const WINDOW_S: i64 = 5 * 60;
 
 /// Interaction types Airlock answers (Discord's numbering).
 const PING: u8 = 1;
@@ -379,6 +454,8 @@ const APPLICATION_COMMAND: u8 = 2;
 /// lacks one of them, or has it with another type, is refused naming the field.
 #[derive(Debug, serde::Deserialize)]
 struct Interaction {
+    /// Discord's snowflake: one per interaction, the key of its de-duplication.
+    id: String,
     #[serde(rename = "type")]
     kind: u8,
     #[serde(default)]

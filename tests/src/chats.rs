@@ -300,8 +300,19 @@ impl DiscordSide {
         body: &Value,
         good_signature: bool,
     ) -> (u16, String) {
+        self.interaction_at(base, body, now(), good_signature).await
+    }
+
+    /// [`DiscordSide::interaction`] signed for the time `ts` (seconds since the epoch).
+    pub async fn interaction_at(
+        &self,
+        base: &str,
+        body: &Value,
+        ts: i64,
+        good_signature: bool,
+    ) -> (u16, String) {
         let body = serde_json::to_vec(body).unwrap();
-        let ts = now().to_string();
+        let ts = ts.to_string();
         let sig = if good_signature {
             self.discord.sign(&ts, &body)
         } else {

@@ -212,8 +212,31 @@ async fn slash_command_interactions_are_verified_and_start_a_thread() {
     let humans = chat.stack.json(&["human", "list"]).await;
     assert_eq!(session["requester_id"], humans[0]["id"]);
 
+    // The same interaction again, freshly signed (a replay): recognised, nothing starts.
+    let (status, body) = chat.interaction(&command, true).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Airlock has this request already."), "{body}");
+    // Signed an hour ago, an hour ahead, or years ago: refused whatever the signature.
+    let mut other = command.clone();
+    other["id"] = json!("1180000000000000009");
+    let now = airlock_tests::chats::now();
+    for ts in [now - 3600, now + 3600, now - 10 * 365 * 86400] {
+        let (status, body) = chat
+            .side
+            .interaction_at(&chat.stack.url(), &other, ts, true)
+            .await;
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("five minutes"), "{body}");
+    }
+    assert_eq!(
+        chat.side.discord.threads(CHANNEL).len(),
+        1,
+        "no second thread"
+    );
+
     // Someone Airlock doesn't know is told how to link, and nothing starts.
     let mut stranger = command.clone();
+    stranger["id"] = json!("1180000000000000003");
     stranger["member"]["user"]["id"] = json!("999");
     let (_, body) = chat.interaction(&stranger, true).await;
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -238,4 +261,44 @@ async fn slash_command_interactions_are_verified_and_start_a_thread() {
         "{:?}",
         chat.side.discord.problems()
     );
+}
+
+/// A configured Discord API that cannot say where the gateway is: Airlock does not connect,
+/// and says so, instead of serenity's fallback to Discord's public gateway host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discord_api_that_fails_is_an_error_not_a_fallback_to_the_public_gateway() {
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = format!("http://{}/api/v10", closed.local_addr().unwrap());
+    drop(closed);
+    let side = DiscordSide::start().await;
+    let mut stack = Stack::new(
+        Engine::Sqlite,
+        vec![],
+        REPO,
+        &[("calc.py", CALC)],
+        |install| {
+            side.configure(install);
+            install.env("AIRLOCK_DISCORD_API_URL", &api);
+        },
+    )
+    .await;
+    DiscordSide::credentials(&stack.install);
+    stack.start();
+    let log = airlock_tests::poll(
+        "the server to give up on Discord",
+        30,
+        || {
+            let log = stack.server.as_ref().unwrap().log();
+            log.contains("not connecting to Discord").then_some(log)
+        },
+        String::new,
+    )
+    .await;
+    assert!(
+        log.contains("the configured API cannot tell the gateway's address"),
+        "{log}"
+    );
+    assert!(!log.contains("gateway.discord.gg"), "{log}");
+    assert!(!side.discord.is_ready(), "nothing connected anywhere");
 }
