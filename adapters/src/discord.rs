@@ -652,7 +652,9 @@ mod tests {
         assert_eq!(data.name, "airlock");
         // A non-text option is left out; the prompt is as typed, the rest `key=value`.
         assert_eq!(data.text(), "fix the flaky login test repo=acme/web");
-        assert_eq!(parse(r#"{"type": 1}"#).unwrap().kind, PING);
+        assert_eq!(parse(r#"{"id": "1", "type": 1}"#).unwrap().kind, PING);
+        // Every interaction has its id (the key of its de-duplication).
+        assert_eq!(parse(r#"{"type": 1}"#).unwrap_err(), ".");
     }
 
     #[test]
