@@ -240,6 +240,39 @@ impl SlackAdapter {
     }
 
     /// The signature and the 5-minute window; `Err` is the answer to give.
+    /// A verified command or button click, once: Slack signs its timestamp with the body,
+    /// so the same signed request replayed within the window has the same digest, and is
+    /// answered `duplicate` (`Err`) instead of acted on again.
+    async fn once(&self, kind: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
+        use sha2::Digest as _;
+        let ts = headers
+            .get("x-slack-request-timestamp")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mut h = sha2::Sha256::new();
+        h.update(ts.as_bytes());
+        h.update(b":");
+        h.update(body);
+        let key = format!("{kind}:{}", hex::encode(h.finalize()));
+        match self.store.record_inbound("slack", &key, kind, "").await {
+            Ok(Some(inbound)) => {
+                settle("a Slack request recorded", || {
+                    self.store.finish_inbound(&inbound.id, None)
+                })
+                .await;
+                Ok(())
+            }
+            Ok(None) => {
+                tracing::warn!(kind, "a Slack request seen before (a replay); ignored");
+                Err(Json(json!({"response_type": "ephemeral", "text": "Airlock has this request already."})).into_response())
+            }
+            Err(e) => {
+                tracing::warn!("cannot record a Slack request: {e}");
+                Err(text(StatusCode::SERVICE_UNAVAILABLE, "try again\n"))
+            }
+        }
+    }
+
     async fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
         let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
         let ts = header("x-slack-request-timestamp");
@@ -466,6 +499,9 @@ async fn commands(State(a): State<Arc<SlackAdapter>>, headers: HeaderMap, body: 
     if let Err(r) = a.verify(&headers, &body).await {
         return r;
     }
+    if let Err(r) = a.once("command", &headers, &body).await {
+        return r;
+    }
     let cmd: SlackCommandEvent = match serde_urlencoded::from_bytes(&body) {
         Ok(c) => c,
         Err(e) => {
@@ -565,6 +601,9 @@ async fn interactions(
     body: Bytes,
 ) -> Response {
     if let Err(r) = a.verify(&headers, &body).await {
+        return r;
+    }
+    if let Err(r) = a.once("interaction", &headers, &body).await {
         return r;
     }
     #[derive(serde::Deserialize)]

@@ -235,7 +235,14 @@ async fn a_slash_command_runs_a_session_that_streams_into_its_thread() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_signatures_stale_requests_and_retries_start_nothing_twice() {
-    let chat = Chat::new(vec![Step::Answer("Looked; nothing to change.")], true).await;
+    let chat = Chat::new(
+        vec![
+            Step::Answer("Nothing to fix."),
+            Step::Answer("Looked; nothing to change."),
+        ],
+        true,
+    )
+    .await;
     let body = Chat::command(USER, "fix it repo=acme/web");
     let (status, _) = chat
         .post(
@@ -281,6 +288,45 @@ async fn bad_signatures_stale_requests_and_retries_start_nothing_twice() {
             .len(),
         0
     );
+    // A signed command, then the very same request again within the window (a replay):
+    // one session; the replay is told so. (The session is re-keyed to its thread once the
+    // status message is posted, so finding it by the command's key was not enough.)
+    let ts = now();
+    let (status, first) = chat
+        .post(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &body,
+            ts,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{first}");
+    assert!(first.contains("Starting session"), "{first}");
+    chat.wait("the thread", 30, || chat.first_thread()).await;
+    let (status, replay) = chat
+        .post(
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &body,
+            ts,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{replay}");
+    assert!(
+        replay.contains("Airlock has this request already."),
+        "{replay}"
+    );
+    let sessions = chat
+        .stack
+        .wait_sessions(60, "the command's session to end", |l| {
+            l.iter().all(|s| s["state"] == "succeeded")
+        })
+        .await;
+    assert_eq!(sessions.len(), 1, "{sessions:#?}");
 
     // URL verification.
     let challenge = serde_json::to_vec(&json!({"token": "x", "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P", "type": "url_verification"})).unwrap();
@@ -346,7 +392,8 @@ async fn bad_signatures_stale_requests_and_retries_start_nothing_twice() {
             .as_array()
             .unwrap()
             .len(),
-        1
+        2,
+        "the command's session and the mention's"
     );
     // The status went into the mention's thread.
     assert!(chat
