@@ -72,6 +72,14 @@ pub struct Triggers {
     store: Store,
 }
 
+/// How far a webhook's signed timestamp may be from now, either way.
+const HOOK_WINDOW_S: i64 = 5 * 60;
+
+/// What a webhook sender must send, said when it did not.
+pub const HOOK_HOW: &str = "sign the request: X-Airlock-Timestamp: <unix seconds, within 5 minutes>, \
+X-Airlock-Signature-256: sha256=<hex HMAC-SHA256 of \"<timestamp>.<body>\" with the trigger's secret>, \
+X-Airlock-Delivery: <an id of this delivery>";
+
 fn err(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
@@ -296,13 +304,25 @@ async fn hook(
             )
         }
     };
-    let signature = match header("x-airlock-signature-256") {
-        "" => header("x-hub-signature-256"),
-        s => s,
-    };
-    if !crate::verify::hmac_sha256(secret.expose(), &body, signature) {
+    // The timestamp is signed with the body: a captured request is refused once it is more
+    // than five minutes old (or early).
+    let ts = header("x-airlock-timestamp");
+    let now = airlock_core::ids::now_ms() / 1000;
+    match ts.parse::<i64>() {
+        Ok(at) if (now - at).abs() <= HOOK_WINDOW_S => {}
+        _ => {
+            tracing::warn!(trigger = %trigger.name, "refused a webhook without a current X-Airlock-Timestamp");
+            return err(StatusCode::UNAUTHORIZED, HOOK_HOW);
+        }
+    }
+    if !crate::verify::airlock_v1(
+        secret.expose(),
+        ts,
+        &body,
+        header("x-airlock-signature-256"),
+    ) {
         tracing::warn!(trigger = %trigger.name, "refused a webhook with a bad signature");
-        return err(StatusCode::UNAUTHORIZED, "bad signature: sign the body with HMAC-SHA256 and send X-Airlock-Signature-256: sha256=<hex>");
+        return err(StatusCode::UNAUTHORIZED, HOOK_HOW);
     }
     drop(secret);
     let context: Value = match serde_json::from_slice(&body) {
@@ -314,17 +334,22 @@ async fn hook(
             )
         }
     };
+    // Every post names its delivery, so a sender's retry of the same one starts nothing.
     let delivery = header("x-airlock-delivery");
-    if !delivery.is_empty() {
-        match tr
-            .store
-            .record_inbound(&format!("hook:{}", trigger.id), delivery, "webhook", "")
-            .await
-        {
-            Ok(Some(_)) => {}
-            Ok(None) => return Json(json!({"duplicate": true})).into_response(),
-            Err(e) => return err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        }
+    if delivery.is_empty() || delivery.len() > 200 {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "send X-Airlock-Delivery: an id of this delivery (at most 200 characters), the same when you retry it",
+        );
+    }
+    match tr
+        .store
+        .record_inbound(&format!("hook:{}", trigger.id), delivery, "webhook", "")
+        .await
+    {
+        Ok(Some(_)) => {}
+        Ok(None) => return Json(json!({"duplicate": true})).into_response(),
+        Err(e) => return err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
     match tr.fire(&trigger, &context, None).await {
         Ok(s) => (StatusCode::ACCEPTED, Json(json!({"session": s.id}))).into_response(),

@@ -272,6 +272,30 @@ pub async fn poll<T>(
     }
 }
 
+/// The headers a webhook trigger's sender signs with: `X-Airlock-Timestamp` (`ts`) and
+/// `X-Airlock-Signature-256` over `<ts>.<body>` with `secret`.
+pub fn sign_hook(secret: &str, ts: i64, body: &[u8]) -> [(&'static str, String); 2] {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{ts}.").as_bytes());
+    mac.update(body);
+    [
+        ("X-Airlock-Timestamp", ts.to_string()),
+        (
+            "X-Airlock-Signature-256",
+            format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+        ),
+    ]
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
 /// A value no other test run has: `prefix` and a fresh ULID.
 pub fn random(prefix: &str) -> String {
     format!("{prefix}{}", ulid::Ulid::new().to_string().to_lowercase())

@@ -166,9 +166,10 @@ pub async fn trigger(ctx: &Ctx, cmd: TriggerCmd) -> anyhow::Result<ExitCode> {
                 );
                 if t.kind == TriggerKind::Webhook {
                     println!(
-                        "POST {}/hooks/{} with X-Airlock-Signature-256: sha256=<HMAC-SHA256 of the body>.",
+                        "POST {}/hooks/{} and {}.",
                         ctx.config.public_url(),
-                        t.id
+                        t.id,
+                        airlock_adapters::triggers::HOOK_HOW
                     );
                 }
             }

@@ -11,7 +11,7 @@ use airlock_tests::chats::{
     self, DiscordSide, SlackSide, DISCORD_CHANNEL, SLACK_CHANNEL, SLACK_TEAM,
 };
 use airlock_tests::discord::BOT;
-use airlock_tests::github::{comment_fixture, sign_webhook};
+use airlock_tests::github::comment_fixture;
 use airlock_tests::slack::BOT_USER;
 use airlock_tests::stack::Stack;
 use airlock_tests::{stderr, stdout, Engine};
@@ -237,12 +237,18 @@ impl World {
     }
 
     async fn wait_state_in(&self, session: &str, want: &[&str]) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while !want.contains(&self.state(session).await.as_str()) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{session} never became {want:?}"
-            );
+            if std::time::Instant::now() >= deadline {
+                let shown = self.stack.json(&["session", "show", session]).await;
+                panic!(
+                    "{session} never became {want:?}: {:#}\nSlack {:#?}\nGitHub {:#?}\n{}",
+                    shown["session"],
+                    self.said(Way::Slack),
+                    self.said(Way::Github),
+                    self.stack.server.as_ref().unwrap().log()
+                );
+            }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
@@ -677,18 +683,15 @@ async fn webhook_trigger(w: &World) {
     };
     let post = |id: String| async move {
         let body = b"{}".to_vec();
-        let r = reqwest::Client::new()
+        let mut r = reqwest::Client::new()
             .post(format!("{}/hooks/{id}", w.url()))
             .header("Content-Type", "application/json")
-            .header(
-                "X-Airlock-Signature-256",
-                sign_webhook("s3cret-hook-key", &body),
-            )
-            .header("X-Airlock-Delivery", ulid::Ulid::new().to_string())
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+            .header("X-Airlock-Delivery", ulid::Ulid::new().to_string());
+        let now = airlock_tests::unix_now();
+        for (k, v) in airlock_tests::sign_hook("s3cret-hook-key", now, &body) {
+            r = r.header(k, v);
+        }
+        let r = r.body(body).send().await.unwrap();
         (r.status().as_u16(), r.json::<Value>().await.unwrap())
     };
     let refused = add("for-admins", "admins");

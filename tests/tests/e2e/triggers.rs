@@ -78,17 +78,21 @@ async fn stack(script: Vec<Step>) -> Stack {
     stack
 }
 
+/// Posts `body` to the trigger `id`, signed with `secret` for the time `ts`.
 async fn post_hook(
     stack: &Stack,
     id: &str,
     body: &[u8],
-    sig: &str,
+    secret: &str,
+    ts: i64,
     delivery: Option<&str>,
 ) -> (u16, serde_json::Value) {
     let mut r = reqwest::Client::new()
         .post(format!("{}/hooks/{id}", stack.url()))
-        .header("Content-Type", "application/json")
-        .header("X-Airlock-Signature-256", sig);
+        .header("Content-Type", "application/json");
+    for (k, v) in airlock_tests::sign_hook(secret, ts, body) {
+        r = r.header(k, v);
+    }
     if let Some(d) = delivery {
         r = r.header("X-Airlock-Delivery", d);
     }
@@ -125,9 +129,27 @@ async fn a_signed_webhook_starts_exactly_one_session_with_the_rendered_prompt() 
     let body =
         serde_json::to_vec(&json!({"alert": {"name": "disk full", "host": "db-1"}})).unwrap();
     // A bad signature: 401 and nothing.
-    let (status, answer) = post_hook(&stack, id, &body, "sha256=00", None).await;
+    let now = airlock_tests::unix_now();
+    let d = Some("delivery-0");
+    let (status, answer) = post_hook(&stack, id, &body, "wrong", now, d).await;
     assert_eq!(status, 401, "{answer}");
-    let (status, _) = post_hook(&stack, id, &body, &sign_webhook("wrong", &body), None).await;
+    // Signed as before (the body alone), with no timestamp: refused, saying how to sign.
+    let r = reqwest::Client::new()
+        .post(format!("{}/hooks/{id}", stack.url()))
+        .header(
+            "X-Airlock-Signature-256",
+            sign_webhook("s3cret-hook-key", &body),
+        )
+        .header("X-Airlock-Delivery", "delivery-0")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let how = r.text().await.unwrap();
+    assert!(how.contains("X-Airlock-Timestamp"), "{how}");
+    // Rightly signed, but ten minutes ago (a captured request replayed): refused.
+    let (status, _) = post_hook(&stack, id, &body, "s3cret-hook-key", now - 600, d).await;
     assert_eq!(status, 401);
     assert_eq!(
         stack
@@ -140,12 +162,35 @@ async fn a_signed_webhook_starts_exactly_one_session_with_the_rendered_prompt() 
     );
 
     // Signed: one session, with the prompt filled in, attributed to the trigger's owner.
-    let sig = sign_webhook("s3cret-hook-key", &body);
-    let (status, answer) = post_hook(&stack, id, &body, &sig, Some("delivery-1")).await;
+    // Signed, but naming no delivery: refused (three such posts used to start three
+    // sessions).
+    let (status, answer) = post_hook(&stack, id, &body, "s3cret-hook-key", now, None).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"]
+        .as_str()
+        .unwrap()
+        .contains("X-Airlock-Delivery"));
+    let (status, answer) = post_hook(
+        &stack,
+        id,
+        &body,
+        "s3cret-hook-key",
+        now,
+        Some("delivery-1"),
+    )
+    .await;
     assert_eq!(status, 202, "{answer}");
     let session = answer["session"].as_str().unwrap().to_string();
     // The same delivery again: recognised.
-    let (status, answer) = post_hook(&stack, id, &body, &sig, Some("delivery-1")).await;
+    let (status, answer) = post_hook(
+        &stack,
+        id,
+        &body,
+        "s3cret-hook-key",
+        now,
+        Some("delivery-1"),
+    )
+    .await;
     assert_eq!((status, answer["duplicate"].as_bool()), (200, Some(true)));
     let list = stack
         .wait_sessions(60, "the session to end", |l| {
@@ -177,8 +222,9 @@ async fn a_signed_webhook_starts_exactly_one_session_with_the_rendered_prompt() 
         &stack,
         id,
         &other,
-        &sign_webhook("s3cret-hook-key", &other),
-        None,
+        "s3cret-hook-key",
+        airlock_tests::unix_now(),
+        Some("delivery-2"),
     )
     .await;
     assert_eq!(status, 422);
