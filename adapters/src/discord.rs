@@ -423,13 +423,14 @@ async fn interactions(
                 .record_inbound("discord", &key, "interaction", "")
                 .await
             {
+                // Answered while Discord waits: nothing to resume, so recorded as handled at
+                // once (the record is what recognises a replay).
                 Ok(Some(inbound)) => {
-                    let answer = a.command(&i).await;
-                    settle("a Discord interaction handled", || {
+                    settle("a Discord interaction recorded", || {
                         a.store.finish_inbound(&inbound.id, None)
                     })
                     .await;
-                    Json(answer).into_response()
+                    Json(a.command(&i).await).into_response()
                 }
                 Ok(None) => Json(ephemeral("Airlock has this request already.")).into_response(),
                 Err(e) => {

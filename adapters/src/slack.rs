@@ -200,7 +200,14 @@ pub struct SlackAdapter {
     cfg: SlackConfig,
     api: Arc<SlackApi>,
     default_profile: Option<String>,
+    /// Who this process is when it claims a stored event ([`Store::claim_inbound`]).
+    claimant: String,
 }
+
+/// How long a claimed event is the claimant's (as GitHub's deliveries).
+const CLAIM_LEASE_MS: i64 = 10 * 60 * 1000;
+/// How often stored events nobody handled are looked for.
+const SWEEP: Duration = Duration::from_secs(60);
 
 fn text(status: StatusCode, body: &str) -> Response {
     (status, body.to_string()).into_response()
@@ -223,6 +230,7 @@ impl SlackAdapter {
         default_profile: Option<String>,
     ) -> Arc<SlackAdapter> {
         Arc::new(SlackAdapter {
+            claimant: format!("slack:{}", ulid::Ulid::new().to_string().to_lowercase()),
             store,
             cfg,
             api,
@@ -240,6 +248,56 @@ impl SlackAdapter {
     }
 
     /// The signature and the 5-minute window; `Err` is the answer to give.
+    /// Handles events stored but not handled: at start (those of before a restart), then
+    /// every [`SWEEP`] (those whose handler died with another server), until `shutdown`.
+    /// Each is claimed first, so each is handled once.
+    pub async fn resume(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(SWEEP);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tick.tick() => {}
+            }
+            match self.store.unprocessed_inbound("slack", 1000).await {
+                Ok(list) => {
+                    for inbound in list {
+                        self.handle_stored(inbound).await;
+                    }
+                }
+                Err(e) => tracing::warn!("cannot read unhandled Slack events: {e}"),
+            }
+        }
+    }
+
+    /// A stored event, claimed, handled and marked handled (whoever stored it).
+    async fn handle_stored(&self, inbound: airlock_core::store::Inbound) {
+        match self
+            .store
+            .claim_inbound(&inbound.id, &self.claimant, CLAIM_LEASE_MS)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!("cannot claim a Slack event (the sweep tries again): {e}");
+                return;
+            }
+        }
+        let error = match serde_json::from_str::<SlackPushEvent>(&inbound.payload) {
+            Ok(SlackPushEvent::EventCallback(cb)) => {
+                self.event(cb).await;
+                None
+            }
+            Ok(_) => None,
+            Err(e) => Some(format!("the stored Slack event cannot be read: {e}")),
+        };
+        settle("a Slack event handled", || {
+            self.store.finish_inbound(&inbound.id, error.as_deref())
+        })
+        .await;
+    }
+
     /// A verified command or button click, once: Slack signs its timestamp with the body,
     /// so the same signed request replayed within the window has the same digest, and is
     /// answered `duplicate` (`Err`) instead of acted on again.
@@ -255,6 +313,8 @@ impl SlackAdapter {
         h.update(body);
         let key = format!("{kind}:{}", hex::encode(h.finalize()));
         match self.store.record_inbound("slack", &key, kind, "").await {
+            // Answered while Slack waits, so there is nothing to resume: recorded as handled
+            // at once (the record is what recognises a replay).
             Ok(Some(inbound)) => {
                 settle("a Slack request recorded", || {
                     self.store.finish_inbound(&inbound.id, None)
@@ -569,13 +629,7 @@ async fn events(State(a): State<Arc<SlackAdapter>>, headers: HeaderMap, body: By
             {
                 Ok(Some(inbound)) => {
                     let a = a.clone();
-                    tokio::spawn(async move {
-                        a.event(cb).await;
-                        settle("a Slack event handled", || {
-                            a.store.finish_inbound(&inbound.id, None)
-                        })
-                        .await;
-                    });
+                    tokio::spawn(async move { a.handle_stored(inbound).await });
                 }
                 Ok(None) => {
                     let retry = headers

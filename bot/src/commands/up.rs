@@ -181,6 +181,7 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
             Surface::Slack,
             Arc::new(airlock_adapters::slack::SlackSink { api }),
         );
+        background.push(tokio::spawn(adapter.clone().resume(stopped())));
     }
     if let Some(discord_cfg) = &cfg.discord {
         let token = store

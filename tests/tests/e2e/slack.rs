@@ -644,3 +644,53 @@ async fn a_server_killed_mid_session_still_finishes_the_thread() {
         chat.side.slack.problems()
     );
 }
+
+/// An event stored but not handled (its server died first) is handled once the server is
+/// back: Slack's events are resumed like GitHub's deliveries (decision 0009).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_event_is_handled_after_a_restart() {
+    let mut chat = Chat::new(vec![Step::Answer("Picked up after the restart.")], true).await;
+    // The server is gone; the event it had stored is still there.
+    chat.stack.server.take().unwrap().kill_hard();
+    let ts = chat.side.slack.say(
+        CHANNEL,
+        USER,
+        "<@UAIRLOCK> check the build repo=acme/web",
+        None,
+    );
+    let ev = Chat::event(
+        "Ev0STORED",
+        json!({
+            "type": "app_mention", "user": USER, "text": "<@UAIRLOCK> check the build repo=acme/web",
+            "ts": ts, "channel": CHANNEL, "event_ts": ts,
+        }),
+    );
+    let store = chat.stack.install.store().await;
+    store
+        .record_inbound(
+            "slack",
+            "Ev0STORED",
+            "event_callback",
+            std::str::from_utf8(&ev).unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    chat.stack.start();
+    chat.wait("the stored event's session to answer", 60, || {
+        chat.side
+            .slack
+            .thread(CHANNEL, &ts)
+            .iter()
+            .any(|m| m.shown().contains("Picked up after the restart."))
+            .then_some(())
+    })
+    .await;
+    let sessions = chat.stack.json(&["session", "list"]).await;
+    assert_eq!(sessions.as_array().unwrap().len(), 1, "{sessions:#}");
+    assert!(
+        chat.side.slack.problems().is_empty(),
+        "{:?}",
+        chat.side.slack.problems()
+    );
+}
