@@ -141,6 +141,7 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
         store: store.clone(),
         logs_dir: cfg.data_dir.join("logs"),
         secure: cfg.public_url().starts_with("https://"),
+        throttle: Default::default(),
     }));
     // Triggers, the outbox sender and the adapters.
     let triggers = airlock_adapters::triggers::Triggers::new(store.clone());
@@ -211,10 +212,13 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
     }
     background.push(tokio::spawn(Arc::new(notifier).run(stopped())));
     tracing::info!(address = %local, public_url = %cfg.public_url(), database = %airlock_core::store::redact_url(&cfg.database_url()), "Airlock is up");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("the HTTP server failed")?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("the HTTP server failed")?;
     // Sandboxes keep running: the next start re-attaches to them.
     let _ = stop_tx.send(true);
     for task in background {

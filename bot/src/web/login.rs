@@ -38,6 +38,7 @@ pub(super) async fn login_page(State(st): State<AdminState>) -> Response {
 
 pub(super) async fn login(
     State(st): State<AdminState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
@@ -49,8 +50,29 @@ pub(super) async fn login(
     }
     let email = f.get("email").map(String::as_str).unwrap_or("");
     let password = f.get("password").map(String::as_str).unwrap_or("");
+    let address = peer.ip();
+    // Locked out: refused before any password is hashed.
+    if let Some(wait) = st.throttle.wait(email, address, std::time::Instant::now()) {
+        tracing::warn!(%address, "refused a sign-in during a lock-out");
+        return locked_out(&st, wait);
+    }
+    // At most a few hashes at once, whoever asks.
+    let Ok(Ok(_permit)) = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        st.throttle.hashes.acquire(),
+    )
+    .await
+    else {
+        let mut r = login_form(
+            &st,
+            Some("Airlock is busy checking other sign-ins; try again in a moment.".into()),
+        );
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        return r;
+    };
     match st.store.sign_in(email, password).await {
         Ok(Some((token, s))) => {
+            st.throttle.succeeded(email);
             let entry = NewAudit {
                 actor: format!("human:{}", s.human.id),
                 action: "web.sign_in".into(),
@@ -67,12 +89,41 @@ pub(super) async fn login(
             r
         }
         Ok(None) => {
+            let now = std::time::Instant::now();
+            st.throttle.failed(email, address, now);
+            let entry = NewAudit {
+                actor: format!("web:{address}"),
+                action: "web.sign_in_failed".into(),
+                target: email.chars().take(120).collect(),
+                session_id: None,
+                detail: json!({"address": address.to_string()}),
+            };
+            settle("an audit row", || st.store.audit(entry.clone())).await;
+            if let Some(wait) = st.throttle.wait(email, address, now) {
+                return locked_out(&st, wait);
+            }
             let mut r = login_form(&st, Some("The email or the password is wrong.".into()));
             *r.status_mut() = StatusCode::UNAUTHORIZED;
             r
         }
         Err(e) => internal(e),
     }
+}
+
+/// Too many wrong passwords for this account or from this address.
+fn locked_out(st: &AdminState, wait: std::time::Duration) -> Response {
+    let mut r = login_form(
+        st,
+        Some(format!(
+            "Too many wrong passwords for this account or from this address; try again in {}.",
+            throttle::in_words(wait)
+        )),
+    );
+    *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
 }
 
 pub(super) async fn logout(

@@ -36,6 +36,7 @@ mod login;
 mod profiles;
 mod session;
 mod sessions;
+pub mod throttle;
 mod triggers;
 
 use audit::*;
@@ -54,6 +55,8 @@ pub struct AdminState {
     pub logs_dir: std::path::PathBuf,
     /// Cookies get `Secure` when people reach the page over https.
     pub secure: bool,
+    /// Failed sign-ins, by account and address.
+    pub throttle: std::sync::Arc<throttle::Throttle>,
 }
 
 const COOKIE: &str = "airlock_session";

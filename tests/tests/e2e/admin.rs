@@ -381,3 +381,89 @@ fn install_env(install: &airlock_tests::Install, key: &str) -> String {
         .map(|(_, v)| v)
         .unwrap()
 }
+
+/// Ten wrong passwords used to be answered at 0.05 s each and then the right one accepted.
+/// Now an account is locked after five, with a doubling wait, refused before any password is
+/// hashed (the right one too, until the wait ends), and each wrong one is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passwords_lock_the_account_for_a_while_and_are_audited() {
+    const PASSWORD: &str = "a long test password";
+    let mut install = airlock_tests::Install::new(Engine::Sqlite).await;
+    Server::configure(&mut install);
+    install.ok(&["migrate"]);
+    install.add_admin();
+    let out = install.run_with_stdin(
+        &["human", "password", "ada@example.com"],
+        format!("{PASSWORD}\n").as_bytes(),
+    );
+    assert!(out.status.success(), "{}", airlock_tests::stderr(&out));
+    let server = Server::start(&install);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // The login form's CSRF token and its cookie.
+    let form = http.get(format!("{base}/login")).send().await.unwrap();
+    let cookie = form
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("airlock_login="))
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_string();
+    let csrf = cookie.trim_start_matches("airlock_login=").to_string();
+    let try_password = |password: &'static str| {
+        let (http, base, cookie, csrf) = (http.clone(), base.clone(), cookie.clone(), csrf.clone());
+        async move {
+            let r = http
+                .post(format!("{base}/login"))
+                .header("Cookie", cookie)
+                .form(&[
+                    ("csrf", csrf.as_str()),
+                    ("email", "ada@example.com"),
+                    ("password", password),
+                ])
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            (status, retry, r.text().await.unwrap())
+        }
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let (status, _, _) = try_password("guess").await;
+        statuses.push(status);
+    }
+    assert_eq!(&statuses[..4], [401, 401, 401, 401], "{statuses:?}");
+    assert!(statuses[4..].iter().all(|s| *s == 429), "{statuses:?}");
+    // The right password during the lock-out: refused too, with how long to wait.
+    let (status, retry, page) = try_password(PASSWORD).await;
+    assert_eq!(status, 429, "{page}");
+    assert!(page.contains("Too many wrong passwords"), "{page}");
+    let wait: u64 = retry.unwrap().parse().unwrap();
+    assert!((1..=2).contains(&wait), "{wait}");
+    // Once the wait is over, the right password signs in.
+    tokio::time::sleep(Duration::from_secs(wait + 1)).await;
+    let (status, _, page) = try_password(PASSWORD).await;
+    assert_eq!(status, 303, "{page}");
+    // The five wrong passwords that were checked are in the audit log, with the address.
+    let audit = install.ok(&["audit", "export"]);
+    let failed: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["action"] == "web.sign_in_failed")
+        .collect();
+    assert_eq!(failed.len(), 5, "{audit}");
+    assert!(failed
+        .iter()
+        .all(|r| r["target"] == "ada@example.com" && r["detail"]["address"] == "127.0.0.1"));
+    drop(server);
+}
