@@ -8,6 +8,7 @@ mod app;
 mod cli;
 mod commands;
 mod output;
+mod serve;
 mod web;
 
 use std::process::ExitCode;

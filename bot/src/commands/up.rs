@@ -212,13 +212,9 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
     }
     background.push(tokio::spawn(Arc::new(notifier).run(stopped())));
     tracing::info!(address = %local, public_url = %cfg.public_url(), database = %airlock_core::store::redact_url(&cfg.database_url()), "Airlock is up");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("the HTTP server failed")?;
+    crate::serve::serve(listener, app, shutdown_signal())
+        .await
+        .context("the HTTP server failed")?;
     // Sandboxes keep running: the next start re-attaches to them.
     let _ = stop_tx.send(true);
     for task in background {

@@ -3,6 +3,7 @@
 //! the test helpers' generic code eighteen times) was a large part of the suite's build.
 //! Run one module with `cargo test -p airlock-tests --test e2e -- slack::`.
 
+mod abuse;
 mod admin;
 mod broker;
 mod capacity;
