@@ -6,6 +6,12 @@ use sha2::Sha256;
 /// Whether `signature` (`sha256=<hex>`, as GitHub's `X-Hub-Signature-256` and Airlock's
 /// webhook triggers send it) is the HMAC-SHA256 of `body` under `secret`.
 pub fn hmac_sha256(secret: &[u8], body: &[u8], signature: &str) -> bool {
+    hmac_sha256_parts(secret, &[body], signature)
+}
+
+/// [`hmac_sha256`] over a body held in pieces (as it arrived), so a body nobody has proved
+/// anything about is never copied into one large buffer.
+pub fn hmac_sha256_parts(secret: &[u8], parts: &[&[u8]], signature: &str) -> bool {
     let Some(hex_sig) = signature.trim().strip_prefix("sha256=") else {
         return false;
     };
@@ -13,7 +19,9 @@ pub fn hmac_sha256(secret: &[u8], body: &[u8], signature: &str) -> bool {
         return false;
     };
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(body);
+    for p in parts {
+        mac.update(p);
+    }
     mac.verify_slice(&expected).is_ok()
 }
 

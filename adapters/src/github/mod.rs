@@ -16,7 +16,6 @@ use airlock_core::domain::{Human, Provider, Surface, ThreadRef};
 use airlock_core::github::{Github, GithubSource};
 use airlock_core::store::{settle, Inbound, NewAudit};
 use airlock_core::{messages, Store};
-use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -57,7 +56,18 @@ pub struct GithubAdapter {
     hook: Option<Arc<dyn EventHook>>,
     /// Who this process is when it claims a delivery ([`Store::claim_inbound`]).
     claimant: String,
+    /// Bytes of unverified bodies being read at once, in [`BODY_UNIT`]s: what callers who
+    /// have not proved anything yet can make the server hold is bounded.
+    unverified: Arc<tokio::sync::Semaphore>,
 }
+
+/// Unverified bodies in memory at once, at most (in bytes): room for one delivery of the
+/// largest size GitHub sends, or many of the usual few kilobytes.
+const UNVERIFIED_BYTES: usize = 32 * 1024 * 1024;
+/// The unit of [`GithubAdapter::unverified`].
+const BODY_UNIT: usize = 64 * 1024;
+/// How long a delivery waits for room to be read before it is answered 503.
+const ROOM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
     (status, body.into()).into_response()
@@ -96,6 +106,7 @@ impl GithubAdapter {
             public_url,
             hook,
             claimant: Self::claimant(),
+            unverified: Arc::new(tokio::sync::Semaphore::new(UNVERIFIED_BYTES / BODY_UNIT)),
         })
     }
 
@@ -477,7 +488,57 @@ impl GithubAdapter {
     }
 }
 
-async fn webhook(State(a): State<Arc<GithubAdapter>>, headers: HeaderMap, body: Bytes) -> Response {
+/// Reads a body of at most `limit` bytes, kept in the pieces it arrived in: an unverified
+/// body is never copied into one large buffer (which the allocator would keep afterwards).
+async fn read_pieces(
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<Vec<axum::body::Bytes>, &'static str> {
+    use http_body_util::BodyExt as _;
+    let mut body = body;
+    let (mut pieces, mut len) = (Vec::new(), 0usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| "the body could not be read")?;
+        if let Ok(data) = frame.into_data() {
+            len += data.len();
+            if len > limit {
+                return Err("the body is longer than its Content-Length, or than 25 MB");
+            }
+            pieces.push(data);
+        }
+    }
+    Ok(pieces)
+}
+
+async fn webhook(
+    State(a): State<Arc<GithubAdapter>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    // Room for the body before it is read: its declared length (GitHub always sends one),
+    // or the most a delivery may be.
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(MAX_BODY);
+    if declared > MAX_BODY {
+        return text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the body is larger than 25 MB\n",
+        );
+    }
+    let units = declared.div_ceil(BODY_UNIT).max(1) as u32;
+    let Ok(Ok(_room)) =
+        tokio::time::timeout(ROOM_WAIT, a.unverified.clone().acquire_many_owned(units)).await
+    else {
+        tracing::warn!("a GitHub delivery waited too long for room to be read");
+        return text(StatusCode::SERVICE_UNAVAILABLE, "busy; try again\n");
+    };
+    let pieces = match read_pieces(body, declared).await {
+        Ok(b) => b,
+        Err(why) => return text(StatusCode::BAD_REQUEST, format!("{why}\n")),
+    };
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
     // The signature first: nothing reads an unverified body.
     let secret = match a
@@ -497,7 +558,8 @@ async fn webhook(State(a): State<Arc<GithubAdapter>>, headers: HeaderMap, body: 
             );
         }
     };
-    if !crate::verify::hmac_sha256(secret.expose(), &body, header("x-hub-signature-256")) {
+    let parts: Vec<&[u8]> = pieces.iter().map(|p| p.as_ref()).collect();
+    if !crate::verify::hmac_sha256_parts(secret.expose(), &parts, header("x-hub-signature-256")) {
         tracing::warn!(
             delivery = header("x-github-delivery"),
             "refused a GitHub delivery with a bad signature"
@@ -505,6 +567,9 @@ async fn webhook(State(a): State<Arc<GithubAdapter>>, headers: HeaderMap, body: 
         return text(StatusCode::UNAUTHORIZED, "bad signature\n");
     }
     drop(secret);
+    // Verified: now it may be one buffer.
+    let body = pieces.concat();
+    drop(pieces);
     let event = header("x-github-event").to_string();
     let delivery = header("x-github-delivery").to_string();
     if event.is_empty() || delivery.is_empty() || delivery.len() > 200 {
