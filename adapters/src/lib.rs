@@ -13,6 +13,7 @@ pub use airlock_command as command;
 pub mod discord;
 pub mod github;
 pub mod identity;
+pub mod inbound;
 pub mod notify;
 pub mod requests;
 pub mod slack;

@@ -200,14 +200,9 @@ pub struct SlackAdapter {
     cfg: SlackConfig,
     api: Arc<SlackApi>,
     default_profile: Option<String>,
-    /// Who this process is when it claims a stored event ([`Store::claim_inbound`]).
+    /// Who this process is when it claims a stored event ([`crate::inbound::claim`]).
     claimant: String,
 }
-
-/// How long a claimed event is the claimant's (as GitHub's deliveries).
-const CLAIM_LEASE_MS: i64 = 10 * 60 * 1000;
-/// How often stored events nobody handled are looked for.
-const SWEEP: Duration = Duration::from_secs(60);
 
 fn text(status: StatusCode, body: &str) -> Response {
     (status, body.to_string()).into_response()
@@ -230,7 +225,7 @@ impl SlackAdapter {
         default_profile: Option<String>,
     ) -> Arc<SlackAdapter> {
         Arc::new(SlackAdapter {
-            claimant: format!("slack:{}", ulid::Ulid::new().to_string().to_lowercase()),
+            claimant: crate::inbound::claimant("slack"),
             store,
             cfg,
             api,
@@ -247,42 +242,18 @@ impl SlackAdapter {
             .with_state(self.clone())
     }
 
-    /// The signature and the 5-minute window; `Err` is the answer to give.
     /// Handles events stored but not handled: at start (those of before a restart), then
-    /// every [`SWEEP`] (those whose handler died with another server), until `shutdown`.
+    /// every [`crate::inbound::SWEEP`] (those whose handler died with another server), until `shutdown`.
     /// Each is claimed first, so each is handled once.
     pub async fn resume(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        let mut tick = tokio::time::interval(SWEEP);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = tick.tick() => {}
-            }
-            match self.store.unprocessed_inbound("slack", 1000).await {
-                Ok(list) => {
-                    for inbound in list {
-                        self.handle_stored(inbound).await;
-                    }
-                }
-                Err(e) => tracing::warn!("cannot read unhandled Slack events: {e}"),
-            }
-        }
+        let store = self.store.clone();
+        crate::inbound::sweep(&store, "slack", |i| self.handle_stored(i), shutdown).await
     }
 
     /// A stored event, claimed, handled and marked handled (whoever stored it).
     async fn handle_stored(&self, inbound: airlock_core::store::Inbound) {
-        match self
-            .store
-            .claim_inbound(&inbound.id, &self.claimant, CLAIM_LEASE_MS)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => {
-                tracing::warn!("cannot claim a Slack event (the sweep tries again): {e}");
-                return;
-            }
+        if !crate::inbound::claim(&self.store, &inbound, &self.claimant).await {
+            return;
         }
         let error = match serde_json::from_str::<SlackPushEvent>(&inbound.payload) {
             Ok(SlackPushEvent::EventCallback(cb)) => {
@@ -333,6 +304,7 @@ impl SlackAdapter {
         }
     }
 
+    /// The signature and the 5-minute window; `Err` is the answer to give.
     async fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
         let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
         let ts = header("x-slack-request-timestamp");

@@ -31,11 +31,6 @@ use payload::{CommentEvent, Delivery, Event, InstallationEvent};
 
 /// GitHub refuses to send larger payloads; Airlock refuses to read them.
 pub const MAX_BODY: usize = 25 * 1024 * 1024;
-/// How long a claimed delivery is the claimant's: far longer than handling one takes, so a
-/// delivery is never handled twice; a crashed server's are handled this long after.
-const CLAIM_LEASE_MS: i64 = 10 * 60 * 1000;
-/// How often deliveries nobody handled are looked for.
-const SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Something a GitHub event can start besides a comment: the trigger adapter (issue and pull
 /// request events) plugs in here, with the delivery (its typed event, and its JSON for a
@@ -83,12 +78,6 @@ fn permission_rank(p: &str) -> u8 {
 }
 
 impl GithubAdapter {
-    /// This process, as it claims deliveries: a new name per start, so a claim left by a
-    /// crashed process is not mistaken for a live one.
-    fn claimant() -> String {
-        format!("github:{}", ulid::Ulid::new().to_string().to_lowercase())
-    }
-
     pub fn new(
         store: Store,
         cfg: GithubConfig,
@@ -105,7 +94,7 @@ impl GithubAdapter {
             default_profile,
             public_url,
             hook,
-            claimant: Self::claimant(),
+            claimant: crate::inbound::claimant("github"),
             unverified: Arc::new(tokio::sync::Semaphore::new(UNVERIFIED_BYTES / BODY_UNIT)),
         })
     }
@@ -118,41 +107,18 @@ impl GithubAdapter {
     }
 
     /// Handles deliveries stored but not handled: at start (those of before a restart), then
-    /// every [`SWEEP`] (those whose handler died with another server), until `shutdown`.
+    /// every [`crate::inbound::SWEEP`] (those whose handler died with another server), until `shutdown`.
     /// Each is claimed first, so one the request that stored it is handling is left alone.
     pub async fn resume(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        let mut tick = tokio::time::interval(SWEEP);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = tick.tick() => {}
-            }
-            match self.store.unprocessed_inbound("github", 1000).await {
-                Ok(list) => {
-                    for inbound in list {
-                        self.handle(inbound).await;
-                    }
-                }
-                Err(e) => tracing::warn!("cannot read unhandled GitHub deliveries: {e}"),
-            }
-        }
+        let store = self.store.clone();
+        crate::inbound::sweep(&store, "github", |i| self.handle(i), shutdown).await
     }
 
     #[tracing::instrument(name = "github", skip_all, fields(delivery = %inbound.delivery_id, event = %inbound.event))]
     async fn handle(&self, inbound: Inbound) {
-        match self
-            .store
-            .claim_inbound(&inbound.id, &self.claimant, CLAIM_LEASE_MS)
-            .await
-        {
-            Ok(true) => {}
-            // Another handler has it (or it is done): the one delivery is handled once.
-            Ok(false) => return,
-            Err(e) => {
-                tracing::warn!("cannot claim a GitHub delivery (the sweep tries again): {e}");
-                return;
-            }
+        // Another handler has it (or it is done): the one delivery is handled once.
+        if !crate::inbound::claim(&self.store, &inbound, &self.claimant).await {
+            return;
         }
         let result = match Delivery::parse(&inbound.event, &inbound.payload) {
             Ok(delivery) => self.dispatch(&inbound.id, &delivery).await,
