@@ -54,7 +54,13 @@ pub struct GithubAdapter {
     /// Bytes of unverified bodies being read at once, in [`BODY_UNIT`]s: what callers who
     /// have not proved anything yet can make the server hold is bounded.
     unverified: Arc<tokio::sync::Semaphore>,
+    /// The webhook secret, read from the store at most every [`SECRET_TTL`] (one database
+    /// read less per delivery; a rotated secret is in use within that time).
+    secret: std::sync::Mutex<Option<(std::time::Instant, Arc<airlock_core::secrets::SecretValue>)>>,
 }
+
+/// How long the webhook secret is kept in memory before it is read again.
+const SECRET_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Unverified bodies in memory at once, at most (in bytes): room for one delivery of the
 /// largest size GitHub sends, or many of the usual few kilobytes.
@@ -96,7 +102,26 @@ impl GithubAdapter {
             hook,
             claimant: crate::inbound::claimant("github"),
             unverified: Arc::new(tokio::sync::Semaphore::new(UNVERIFIED_BYTES / BODY_UNIT)),
+            secret: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The webhook secret (see [`GithubAdapter::secret`]).
+    async fn webhook_secret(
+        &self,
+    ) -> Result<Arc<airlock_core::secrets::SecretValue>, airlock_core::StoreError> {
+        if let Some((at, s)) = self.secret.lock().expect("secret").as_ref() {
+            if at.elapsed() < SECRET_TTL {
+                return Ok(s.clone());
+            }
+        }
+        let s = Arc::new(
+            self.store
+                .reveal_credential(&self.cfg.webhook_secret_credential)
+                .await?,
+        );
+        *self.secret.lock().expect("secret") = Some((std::time::Instant::now(), s.clone()));
+        Ok(s)
     }
 
     pub fn router(self: &Arc<Self>) -> Router {
@@ -507,11 +532,7 @@ async fn webhook(
     };
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
     // The signature first: nothing reads an unverified body.
-    let secret = match a
-        .store
-        .reveal_credential(&a.cfg.webhook_secret_credential)
-        .await
-    {
+    let secret = match a.webhook_secret().await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(
