@@ -57,6 +57,9 @@ pub async fn sweep<F, Fut>(
             _ = &mut shutdown => return,
             _ = tick.tick() => {}
         }
+        if let Err(e) = store.prune_inbound().await {
+            tracing::warn!("cannot drop old delivery payloads: {e}");
+        }
         match store.unprocessed_inbound(provider, 1000).await {
             Ok(list) => {
                 for inbound in list {

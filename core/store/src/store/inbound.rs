@@ -6,6 +6,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::{parse_col, sandboxes::token_hash, Result, Store, StoreError};
+use crate::config::DatabaseKind;
 use crate::domain::Provider;
 use crate::ids::{new_id, now_ms};
 
@@ -28,6 +29,94 @@ pub struct PendingLink {
     pub handle: String,
 }
 
+/// Inserts one delivery unless its key was seen; whether it was stored.
+async fn insert_inbound(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    i: &Inbound,
+) -> std::result::Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO inbound (id, provider, delivery_id, event, payload, received_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (provider, delivery_id) DO NOTHING",
+    )
+    .bind(&i.id)
+    .bind(&i.provider)
+    .bind(&i.delivery_id)
+    .bind(&i.event)
+    .bind(&i.payload)
+    .bind(i.received_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+type Waiting = (
+    Inbound,
+    tokio::sync::oneshot::Sender<std::result::Result<bool, String>>,
+);
+
+/// One writer task for inbound records on SQLite: whatever is waiting when it is free goes
+/// into one transaction (SQLite's writers otherwise wait on each other in sleeps of up to
+/// 100 ms: 200 deliveries at once were acknowledged with a p99 of 116 ms).
+pub(crate) struct InboundBatch {
+    tx: tokio::sync::mpsc::Sender<Waiting>,
+}
+
+/// Records written in one transaction, at most.
+const BATCH_MAX: usize = 256;
+
+impl InboundBatch {
+    fn start(pool: sqlx::AnyPool) -> InboundBatch {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Waiting>(4 * BATCH_MAX);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < BATCH_MAX {
+                    match rx.try_recv() {
+                        Ok(w) => batch.push(w),
+                        Err(_) => break,
+                    }
+                }
+                let written = async {
+                    let mut tx = pool.begin().await?;
+                    let mut stored = Vec::with_capacity(batch.len());
+                    for (i, _) in &batch {
+                        stored.push(insert_inbound(&mut tx, i).await?);
+                    }
+                    tx.commit().await?;
+                    Ok::<_, sqlx::Error>(stored)
+                }
+                .await;
+                match written {
+                    Ok(stored) => {
+                        for ((_, reply), s) in batch.into_iter().zip(stored) {
+                            let _ = reply.send(Ok(s));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot record {} inbound deliveries: {e}", batch.len());
+                        for (_, reply) in batch {
+                            let _ = reply.send(Err(e.to_string()));
+                        }
+                    }
+                }
+            }
+        });
+        InboundBatch { tx }
+    }
+
+    async fn record(&self, i: Inbound) -> Result<bool> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send((i, reply))
+            .await
+            .map_err(|_| StoreError::Conflict("the inbound writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Conflict("the inbound writer has stopped".into()))?
+            .map_err(StoreError::Conflict)
+    }
+}
+
 /// How long a link code works.
 pub const LINK_CODE_TTL_MS: i64 = 15 * 60 * 1000;
 
@@ -41,31 +130,30 @@ impl Store {
         event: &str,
         payload: &str,
     ) -> Result<Option<Inbound>> {
-        let id = new_id("inb");
-        let now = now_ms();
-        let done = sqlx::query(
-            "INSERT INTO inbound (id, provider, delivery_id, event, payload, received_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (provider, delivery_id) DO NOTHING",
-        )
-        .bind(&id)
-        .bind(provider)
-        .bind(delivery_id)
-        .bind(event)
-        .bind(payload)
-        .bind(now)
-        .execute(self.pool())
-        .await?;
-        if done.rows_affected() == 0 {
-            return Ok(None);
-        }
-        Ok(Some(Inbound {
-            id,
+        let inbound = Inbound {
+            id: new_id("inb"),
             provider: provider.into(),
             delivery_id: delivery_id.into(),
             event: event.into(),
             payload: payload.into(),
-            received_at: now,
-        }))
+            received_at: now_ms(),
+        };
+        let stored = match self.kind {
+            // SQLite has one writer: deliveries arriving together are written together.
+            DatabaseKind::Sqlite => self.inbound_batch().record(inbound.clone()).await?,
+            DatabaseKind::Postgres => {
+                let mut tx = self.pool().begin().await?;
+                let stored = insert_inbound(&mut tx, &inbound).await?;
+                tx.commit().await?;
+                stored
+            }
+        };
+        Ok(stored.then_some(inbound))
+    }
+
+    fn inbound_batch(&self) -> &InboundBatch {
+        self.inbound_batch
+            .get_or_init(|| InboundBatch::start(self.pool().clone()))
     }
 
     /// Deliveries not processed yet (after a restart), oldest first.
@@ -112,21 +200,27 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Marks a delivery processed (with the error, if handling it failed), and drops its
-    /// payload after a week.
+    /// Marks a delivery processed (with the error, if handling it failed).
     pub async fn finish_inbound(&self, id: &str, error: Option<&str>) -> Result<()> {
-        let now = now_ms();
         sqlx::query("UPDATE inbound SET processed_at = $2, error = $3 WHERE id = $1")
             .bind(id)
-            .bind(now)
+            .bind(now_ms())
             .bind(error.map(|e| e.chars().take(2000).collect::<String>()))
             .execute(self.pool())
             .await?;
-        sqlx::query("UPDATE inbound SET payload = '' WHERE processed_at < $1 AND payload <> ''")
-            .bind(now - 7 * 24 * 3600 * 1000)
-            .execute(self.pool())
-            .await?;
         Ok(())
+    }
+
+    /// Drops the payloads of deliveries processed more than a week ago (their keys stay:
+    /// they are what recognises a replay). Run by the sweep, not per delivery.
+    pub async fn prune_inbound(&self) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE inbound SET payload = '' WHERE processed_at < $1 AND payload <> ''",
+        )
+        .bind(now_ms() - 7 * 24 * 3600 * 1000)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// A one-time code that links this chat account once its owner proves who they are.

@@ -104,6 +104,8 @@ pub struct Store {
     /// The URL as connected (for connections of their own: the queue watcher).
     url: Arc<str>,
     queue: Arc<queue::QueueSignal>,
+    /// SQLite's writer of inbound records, started on first use ([`inbound::InboundBatch`]).
+    inbound_batch: Arc<std::sync::OnceLock<inbound::InboundBatch>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -199,6 +201,7 @@ impl Store {
             key: Arc::new(key),
             url: url.into(),
             queue: Arc::default(),
+            inbound_batch: Arc::default(),
         })
     }
 
