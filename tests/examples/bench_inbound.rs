@@ -130,29 +130,7 @@ async fn main() {
     // Memory under unsigned large posts.
     let pid = stack.server.as_ref().unwrap().child.id();
     let idle = airlock_tests::rss_mb(pid);
-    let body = vec![b'x'; 24 * 1024 * 1024];
-    let posts: Vec<_> = (0..16)
-        .map(|_| {
-            let (url, body) = (url.clone(), body.clone());
-            tokio::spawn(async move {
-                let _ = reqwest::Client::new()
-                    .post(url)
-                    .header("X-GitHub-Event", "issue_comment")
-                    .header("X-GitHub-Delivery", "x")
-                    .header("X-Hub-Signature-256", "sha256=00")
-                    .body(body)
-                    .send()
-                    .await;
-            })
-        })
-        .collect();
-    let mut peak = idle;
-    for p in posts {
-        while !p.is_finished() {
-            peak = peak.max(airlock_tests::rss_mb(pid));
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+    let (peak, _) = airlock_tests::unsigned_flood(&url, pid, 16, 24 << 20).await;
     println!(
         "RSS: idle {idle} MB, peak under 16 unsigned 24 MB posts {peak} MB (goal: at most 100 MB)"
     );

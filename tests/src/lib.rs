@@ -582,6 +582,45 @@ impl Drop for LocalStack {
     }
 }
 
+/// `count` unsigned GitHub deliveries of `size` bytes posted to `url` at once, while the
+/// resident memory of `pid` (the server) is watched: its highest value (MB) and each post's
+/// status (an error when the server closed the connection while the body was being sent).
+pub async fn unsigned_flood(
+    url: &str,
+    pid: u32,
+    count: usize,
+    size: usize,
+) -> (u64, Vec<Result<u16, String>>) {
+    let body = vec![b'x'; size];
+    let posts: Vec<_> = (0..count)
+        .map(|_| {
+            let (url, body) = (url.to_string(), body.clone());
+            tokio::spawn(async move {
+                reqwest::Client::new()
+                    .post(url)
+                    .header("X-GitHub-Event", "issue_comment")
+                    .header("X-GitHub-Delivery", ulid::Ulid::new().to_string())
+                    .header("X-Hub-Signature-256", "sha256=00")
+                    .body(body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    let mut peak = rss_mb(pid);
+    let mut statuses = Vec::new();
+    for p in posts {
+        while !p.is_finished() {
+            peak = peak.max(rss_mb(pid));
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        statuses.push(p.await.unwrap());
+    }
+    (peak.max(rss_mb(pid)), statuses)
+}
+
 /// The resident memory of a process, in MB (0 once it has gone).
 pub fn rss_mb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
