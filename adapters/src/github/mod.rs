@@ -32,6 +32,14 @@ use payload::{CommentEvent, Delivery, Event, InstallationEvent};
 /// GitHub refuses to send larger payloads; Airlock refuses to read them.
 pub const MAX_BODY: usize = 25 * 1024 * 1024;
 
+/// What handling a delivery came to.
+enum Handled {
+    Acted,
+    /// Nothing for Airlock (an event it does not act on, a comment without a request): the
+    /// payload is dropped at once.
+    Ignored(&'static str),
+}
+
 /// Something a GitHub event can start besides a comment: the trigger adapter (issue and pull
 /// request events) plugs in here, with the delivery (its typed event, and its JSON for a
 /// trigger's prompt template).
@@ -149,18 +157,32 @@ impl GithubAdapter {
             Ok(delivery) => self.dispatch(&inbound.id, &delivery).await,
             Err(e) => Err(e),
         };
-        if let Err(e) = &result {
-            tracing::warn!(delivery = %inbound.delivery_id, event = %inbound.event, "GitHub delivery: {e}");
+        match result {
+            // Nothing to keep of it but its key (which recognises a replay) and why.
+            Ok(Handled::Ignored(why)) => {
+                settle("an ignored GitHub delivery", || {
+                    self.store.finish_inbound_ignored(&inbound.id, why)
+                })
+                .await;
+            }
+            Ok(Handled::Acted) => {
+                settle("a GitHub delivery handled", || {
+                    self.store.finish_inbound(&inbound.id, None)
+                })
+                .await;
+            }
+            Err(e) => {
+                tracing::warn!(delivery = %inbound.delivery_id, event = %inbound.event, "GitHub delivery: {e}");
+                settle("a GitHub delivery handled", || {
+                    self.store.finish_inbound(&inbound.id, Some(&e))
+                })
+                .await;
+            }
         }
-        let error = result.err();
-        settle("a GitHub delivery handled", || {
-            self.store.finish_inbound(&inbound.id, error.as_deref())
-        })
-        .await;
     }
 
     /// Acts on a parsed delivery.
-    async fn dispatch(&self, inbound: &str, delivery: &Delivery) -> Result<(), String> {
+    async fn dispatch(&self, inbound: &str, delivery: &Delivery) -> Result<Handled, String> {
         match &delivery.event {
             Event::Comment { event, review } => {
                 let (number, is_pr) = event.thread().ok_or("no issue or pull request number")?;
@@ -170,15 +192,16 @@ impl GithubAdapter {
                 .store
                 .delete_github_installation(i.id)
                 .await
+                .map(|_| Handled::Acted)
                 .map_err(|e| e.to_string()),
-            Event::Installation(i) => self.installation(i).await,
+            Event::Installation(i) => self.installation(i).await.map(|_| Handled::Acted),
             Event::Issues(_) | Event::PullRequest(_) => {
                 if let Some(h) = &self.hook {
                     h.github_event(delivery).await;
                 }
-                Ok(())
+                Ok(Handled::Acted)
             }
-            Event::Other => Ok(()),
+            Event::Other => Ok(Handled::Ignored("an event Airlock does not act on")),
         }
     }
 
@@ -242,15 +265,15 @@ impl GithubAdapter {
         number: u64,
         is_pr: bool,
         review: bool,
-    ) -> Result<(), String> {
+    ) -> Result<Handled, String> {
         let comment = &p.comment;
         let sender = &p.sender;
         if self.is_bot(sender) || self.is_bot(&comment.user) {
-            return Ok(());
+            return Ok(Handled::Ignored("the bot's own comment"));
         }
         let body = comment.body.as_deref().unwrap_or("");
         let Some(parsed) = command::from_comment(body, &self.cfg.bot_login) else {
-            return Ok(());
+            return Ok(Handled::Ignored("no request for Airlock in it"));
         };
         let repo = p.repository.full_name.clone();
         let login = sender.login.clone();
@@ -277,12 +300,12 @@ impl GithubAdapter {
                     command::help(&format!("@{}", self.mention()))
                 ))
                 .await;
-                return Ok(());
+                return Ok(Handled::Acted);
             }
         };
         if cmd == Command::Help {
             reply(command::help(&format!("@{}", self.mention()))).await;
-            return Ok(());
+            return Ok(Handled::Acted);
         }
         // Only people who may change the repository may ask.
         let permission = gh
@@ -306,7 +329,7 @@ impl GithubAdapter {
                 self.store.audit(entry.clone())
             })
             .await;
-            return Ok(());
+            return Ok(Handled::Acted);
         }
         let account = Account {
             provider: Provider::Github,
@@ -335,7 +358,7 @@ impl GithubAdapter {
                 account.external_id
             ))
             .await;
-            return Ok(());
+            return Ok(Handled::Acted);
         };
         let thread_key = format!("github:{repo}#{number}");
         match cmd {
@@ -378,7 +401,7 @@ impl GithubAdapter {
                     .await?
             }
         }
-        Ok(())
+        Ok(Handled::Acted)
     }
 
     fn mention(&self) -> &str {

@@ -410,6 +410,34 @@ async fn forged_replayed_oversized_and_unauthorised_requests_start_nothing() {
     }
     all_handled(&db).await;
     assert_eq!(bot_comments(&stack, ISSUE).len(), 2);
+    // What needed nothing keeps only its key and why: the payload is gone at once. What
+    // was acted on (the refusal above) keeps its payload for now.
+    let row = |id: u64| {
+        let db = &db;
+        async move {
+            sqlx::query_as::<_, (Option<String>, String)>(
+                "SELECT verdict, payload FROM inbound WHERE delivery_id = $1",
+            )
+            .bind(format!("issue_comment:{id}:created"))
+            .fetch_one(db)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        row(COMMENT + 2).await,
+        (Some("the bot's own comment".to_string()), String::new())
+    );
+    assert_eq!(
+        row(COMMENT + 3).await,
+        (
+            Some("no request for Airlock in it".to_string()),
+            String::new()
+        )
+    );
+    let (verdict, payload) = row(COMMENT).await;
+    assert_eq!(verdict, None);
+    assert!(payload.contains("\"comment\""), "{payload}");
     assert_eq!(count(&stack).await, 0);
     // Installation events record where the App is.
     let inst = serde_json::to_vec(&fixture("installation.created")).unwrap();

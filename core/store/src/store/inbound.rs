@@ -211,6 +211,20 @@ impl Store {
         Ok(())
     }
 
+    /// Marks a delivery processed as needing nothing, with `why`, and drops its payload now:
+    /// only its key (which recognises a replay) and the verdict are kept.
+    pub async fn finish_inbound_ignored(&self, id: &str, why: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE inbound SET processed_at = $2, verdict = $3, payload = '' WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .bind(why.chars().take(200).collect::<String>())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Drops the payloads of deliveries processed more than a week ago (their keys stay:
     /// they are what recognises a replay). Run by the sweep, not per delivery.
     pub async fn prune_inbound(&self) -> Result<u64> {
