@@ -15,7 +15,7 @@ use airlock_core::config::DiscordConfig;
 use airlock_core::domain::thread::DiscordThread;
 use airlock_core::domain::{Provider, Surface, ThreadRef};
 use airlock_core::render;
-use airlock_core::store::{settle, Session};
+use airlock_core::store::Session;
 use airlock_core::Store;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -203,7 +203,6 @@ impl DiscordAdapter {
         let Some(me) = self.me.get().copied() else {
             return;
         };
-
         let mentioned = msg.mentions.iter().any(|u| u.id.get() == me);
         let in_session = self
             .store
@@ -216,23 +215,10 @@ impl DiscordAdapter {
             return;
         }
         // A message the gateway delivers again (after a resume) is the same request.
-        match self
-            .store
-            .record_inbound(
-                "discord",
-                &format!("message:{}", msg.id.get()),
-                "message",
-                "",
-            )
-            .await
-        {
-            Ok(Some(inbound)) => {
-                settle("a Discord message recorded", || {
-                    self.store.finish_inbound(&inbound.id, None)
-                })
-                .await;
-            }
-            Ok(None) => return,
+        let key = format!("message:{}", msg.id.get());
+        match self.store.record_answered("discord", &key, "message").await {
+            Ok(true) => {}
+            Ok(false) => return,
             Err(e) => {
                 tracing::warn!("cannot record a Discord message: {e}");
                 return;
@@ -381,9 +367,8 @@ async fn interactions(
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
     // Discord signs the timestamp with the body: a request signed long ago (or ahead of
     // time) is a replay, whatever its signature.
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    match header("x-signature-timestamp").parse::<i64>() {
-        Ok(ts) if (now - ts).abs() <= WINDOW_S => {}
+    match crate::verify::within_window(header("x-signature-timestamp")) {
+        Some(true) => {}
         _ => {
             tracing::warn!("refused a Discord interaction signed outside the five-minute window");
             return (
@@ -420,19 +405,11 @@ async fn interactions(
             let key = format!("interaction:{}", i.id);
             match a
                 .store
-                .record_inbound("discord", &key, "interaction", "")
+                .record_answered("discord", &key, "interaction")
                 .await
             {
-                // Answered while Discord waits: nothing to resume, so recorded as handled at
-                // once (the record is what recognises a replay).
-                Ok(Some(inbound)) => {
-                    settle("a Discord interaction recorded", || {
-                        a.store.finish_inbound(&inbound.id, None)
-                    })
-                    .await;
-                    Json(a.command(&i).await).into_response()
-                }
-                Ok(None) => Json(ephemeral("Airlock has this request already.")).into_response(),
+                Ok(true) => Json(a.command(&i).await).into_response(),
+                Ok(false) => Json(ephemeral("Airlock has this request already.")).into_response(),
                 Err(e) => {
                     tracing::warn!("cannot record a Discord interaction: {e}");
                     (StatusCode::SERVICE_UNAVAILABLE, "try again\n").into_response()
@@ -442,9 +419,6 @@ async fn interactions(
         _ => Json(ephemeral("Airlock doesn't know that command.")).into_response(),
     }
 }
-
-/// How far a request's signed timestamp may be from now, either way.
-const WINDOW_S: i64 = 5 * 60;
 
 /// Interaction types Airlock answers (Discord's numbering).
 const PING: u8 = 1;

@@ -33,8 +33,6 @@ use crate::notify::{Sent, StatusSink};
 use crate::status::StatusView;
 use airlock_core::service::{self, Actor, Refusal, Sessions};
 
-/// Slack refuses requests older (or newer) than this.
-const WINDOW_SECS: i64 = 300;
 /// Slack sends at most a few KB; anything bigger is not Slack.
 const MAX_BODY: usize = 1024 * 1024;
 /// A section block's text limit.
@@ -283,17 +281,9 @@ impl SlackAdapter {
         h.update(b":");
         h.update(body);
         let key = format!("{kind}:{}", hex::encode(h.finalize()));
-        match self.store.record_inbound("slack", &key, kind, "").await {
-            // Answered while Slack waits, so there is nothing to resume: recorded as handled
-            // at once (the record is what recognises a replay).
-            Ok(Some(inbound)) => {
-                settle("a Slack request recorded", || {
-                    self.store.finish_inbound(&inbound.id, None)
-                })
-                .await;
-                Ok(())
-            }
-            Ok(None) => {
+        match self.store.record_answered("slack", &key, kind).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
                 tracing::warn!(kind, "a Slack request seen before (a replay); ignored");
                 Err(Json(json!({"response_type": "ephemeral", "text": "Airlock has this request already."})).into_response())
             }
@@ -308,16 +298,18 @@ impl SlackAdapter {
     async fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
         let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
         let ts = header("x-slack-request-timestamp");
-        let Ok(at) = ts.parse::<i64>() else {
-            return Err(text(
-                StatusCode::UNAUTHORIZED,
-                "missing or bad X-Slack-Request-Timestamp\n",
-            ));
-        };
-        let now = airlock_core::ids::now_ms() / 1000;
-        if (now - at).abs() > WINDOW_SECS {
-            tracing::warn!("refused a Slack request outside the 5-minute window");
-            return Err(text(StatusCode::UNAUTHORIZED, "stale request\n"));
+        match crate::verify::within_window(ts) {
+            Some(true) => {}
+            None => {
+                return Err(text(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or bad X-Slack-Request-Timestamp\n",
+                ))
+            }
+            Some(false) => {
+                tracing::warn!("refused a Slack request outside the 5-minute window");
+                return Err(text(StatusCode::UNAUTHORIZED, "stale request\n"));
+            }
         }
         let secret = self
             .store

@@ -72,9 +72,6 @@ pub struct Triggers {
     store: Store,
 }
 
-/// How far a webhook's signed timestamp may be from now, either way.
-const HOOK_WINDOW_S: i64 = 5 * 60;
-
 /// What a webhook sender must send, said when it did not.
 pub const HOOK_HOW: &str = "sign the request: X-Airlock-Timestamp: <unix seconds, within 5 minutes>, \
 X-Airlock-Signature-256: sha256=<hex HMAC-SHA256 of \"<timestamp>.<body>\" with the trigger's secret>, \
@@ -307,9 +304,8 @@ async fn hook(
     // The timestamp is signed with the body: a captured request is refused once it is more
     // than five minutes old (or early).
     let ts = header("x-airlock-timestamp");
-    let now = airlock_core::ids::now_ms() / 1000;
-    match ts.parse::<i64>() {
-        Ok(at) if (now - at).abs() <= HOOK_WINDOW_S => {}
+    match crate::verify::within_window(ts) {
+        Some(true) => {}
         _ => {
             tracing::warn!(trigger = %trigger.name, "refused a webhook without a current X-Airlock-Timestamp");
             return err(StatusCode::UNAUTHORIZED, HOOK_HOW);
@@ -344,11 +340,11 @@ async fn hook(
     }
     match tr
         .store
-        .record_inbound(&format!("hook:{}", trigger.id), delivery, "webhook", "")
+        .record_answered(&format!("hook:{}", trigger.id), delivery, "webhook")
         .await
     {
-        Ok(Some(_)) => {}
-        Ok(None) => return Json(json!({"duplicate": true})).into_response(),
+        Ok(true) => {}
+        Ok(false) => return Json(json!({"duplicate": true})).into_response(),
         Err(e) => return err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
     match tr.fire(&trigger, &context, None).await {

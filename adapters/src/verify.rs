@@ -3,6 +3,18 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+/// How far a signed timestamp may be from now, either way: every surface that signs one
+/// (Slack, Discord, webhook triggers) is held to the same five minutes.
+pub const WINDOW_S: i64 = 5 * 60;
+
+/// Whether `timestamp` (Unix seconds, as sent) is within [`WINDOW_S`] of now; `None` when it
+/// is not a number.
+pub fn within_window(timestamp: &str) -> Option<bool> {
+    let at = timestamp.trim().parse::<i64>().ok()?;
+    let now = airlock_core::ids::now_ms() / 1000;
+    Some((now - at).abs() <= WINDOW_S)
+}
+
 /// Whether `signature` (`sha256=<hex>`, as GitHub's `X-Hub-Signature-256` and Airlock's
 /// webhook triggers send it) is the HMAC-SHA256 of `body` under `secret`.
 pub fn hmac_sha256(secret: &[u8], body: &[u8], signature: &str) -> bool {

@@ -16,7 +16,7 @@ use airlock_core::domain::{Human, Provider, Surface, ThreadRef};
 use airlock_core::github::{Github, GithubSource};
 use airlock_core::store::{settle, Inbound, NewAudit};
 use airlock_core::{messages, Store};
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -135,7 +135,6 @@ impl GithubAdapter {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/github/webhook", post(webhook))
-            .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(self.clone())
     }
 
@@ -157,28 +156,23 @@ impl GithubAdapter {
             Ok(delivery) => self.dispatch(&inbound.id, &delivery).await,
             Err(e) => Err(e),
         };
-        match result {
-            // Nothing to keep of it but its key (which recognises a replay) and why.
-            Ok(Handled::Ignored(why)) => {
-                settle("an ignored GitHub delivery", || {
-                    self.store.finish_inbound_ignored(&inbound.id, why)
-                })
-                .await;
-            }
-            Ok(Handled::Acted) => {
-                settle("a GitHub delivery handled", || {
-                    self.store.finish_inbound(&inbound.id, None)
-                })
-                .await;
-            }
-            Err(e) => {
-                tracing::warn!(delivery = %inbound.delivery_id, event = %inbound.event, "GitHub delivery: {e}");
-                settle("a GitHub delivery handled", || {
-                    self.store.finish_inbound(&inbound.id, Some(&e))
-                })
-                .await;
-            }
+        // Of a delivery that needed nothing, only its key (which recognises a replay) and
+        // why are kept.
+        if let Ok(Handled::Ignored(why)) = result {
+            settle("an ignored GitHub delivery", || {
+                self.store.finish_inbound_ignored(&inbound.id, why)
+            })
+            .await;
+            return;
         }
+        let error = result.err();
+        if let Some(e) = &error {
+            tracing::warn!(delivery = %inbound.delivery_id, event = %inbound.event, "GitHub delivery: {e}");
+        }
+        settle("a GitHub delivery handled", || {
+            self.store.finish_inbound(&inbound.id, error.as_deref())
+        })
+        .await;
     }
 
     /// Acts on a parsed delivery.

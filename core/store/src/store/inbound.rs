@@ -29,14 +29,16 @@ pub struct PendingLink {
     pub handle: String,
 }
 
-/// Inserts one delivery unless its key was seen; whether it was stored.
+/// Inserts one delivery unless its key was seen (already handled when `handled`); whether
+/// it was stored.
 async fn insert_inbound(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     i: &Inbound,
+    handled: bool,
 ) -> std::result::Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "INSERT INTO inbound (id, provider, delivery_id, event, payload, received_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (provider, delivery_id) DO NOTHING",
+        "INSERT INTO inbound (id, provider, delivery_id, event, payload, received_at, processed_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (provider, delivery_id) DO NOTHING",
     )
     .bind(&i.id)
     .bind(&i.provider)
@@ -44,6 +46,7 @@ async fn insert_inbound(
     .bind(&i.event)
     .bind(&i.payload)
     .bind(i.received_at)
+    .bind(handled.then_some(i.received_at))
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -51,6 +54,7 @@ async fn insert_inbound(
 
 type Waiting = (
     Inbound,
+    bool,
     tokio::sync::oneshot::Sender<std::result::Result<bool, String>>,
 );
 
@@ -79,8 +83,8 @@ impl InboundBatch {
                 let written = async {
                     let mut tx = pool.begin().await?;
                     let mut stored = Vec::with_capacity(batch.len());
-                    for (i, _) in &batch {
-                        stored.push(insert_inbound(&mut tx, i).await?);
+                    for (i, handled, _) in &batch {
+                        stored.push(insert_inbound(&mut tx, i, *handled).await?);
                     }
                     tx.commit().await?;
                     Ok::<_, sqlx::Error>(stored)
@@ -88,13 +92,13 @@ impl InboundBatch {
                 .await;
                 match written {
                     Ok(stored) => {
-                        for ((_, reply), s) in batch.into_iter().zip(stored) {
+                        for ((_, _, reply), s) in batch.into_iter().zip(stored) {
                             let _ = reply.send(Ok(s));
                         }
                     }
                     Err(e) => {
                         tracing::warn!("cannot record {} inbound deliveries: {e}", batch.len());
-                        for (_, reply) in batch {
+                        for (_, _, reply) in batch {
                             let _ = reply.send(Err(e.to_string()));
                         }
                     }
@@ -104,10 +108,10 @@ impl InboundBatch {
         InboundBatch { tx }
     }
 
-    async fn record(&self, i: Inbound) -> Result<bool> {
+    async fn record(&self, i: Inbound, handled: bool) -> Result<bool> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx
-            .send((i, reply))
+            .send((i, handled, reply))
             .await
             .map_err(|_| StoreError::Conflict("the inbound writer has stopped".into()))?;
         answer
@@ -121,8 +125,8 @@ impl InboundBatch {
 pub const LINK_CODE_TTL_MS: i64 = 15 * 60 * 1000;
 
 impl Store {
-    /// Records a verified delivery. `Ok(None)` when this delivery was seen before (a replay
-    /// or a retry): the caller does nothing more.
+    /// Records a verified delivery, to be handled. `Ok(None)` when this delivery was seen
+    /// before (a replay or a retry): the caller does nothing more.
     pub async fn record_inbound(
         &self,
         provider: &str,
@@ -138,17 +142,38 @@ impl Store {
             payload: payload.into(),
             received_at: now_ms(),
         };
-        let stored = match self.kind {
+        Ok(self
+            .insert_inbound(&inbound, false)
+            .await?
+            .then_some(inbound))
+    }
+
+    /// Records a request answered while its sender waits (a Slack command, a Discord
+    /// interaction, a webhook post): handled as it is recorded, with no payload; the record
+    /// is what recognises a replay. `false` when the key was seen before.
+    pub async fn record_answered(&self, provider: &str, key: &str, kind: &str) -> Result<bool> {
+        let inbound = Inbound {
+            id: new_id("inb"),
+            provider: provider.into(),
+            delivery_id: key.into(),
+            event: kind.into(),
+            payload: String::new(),
+            received_at: now_ms(),
+        };
+        self.insert_inbound(&inbound, true).await
+    }
+
+    async fn insert_inbound(&self, inbound: &Inbound, handled: bool) -> Result<bool> {
+        match self.kind {
             // SQLite has one writer: deliveries arriving together are written together.
-            DatabaseKind::Sqlite => self.inbound_batch().record(inbound.clone()).await?,
+            DatabaseKind::Sqlite => self.inbound_batch().record(inbound.clone(), handled).await,
             DatabaseKind::Postgres => {
                 let mut tx = self.pool().begin().await?;
-                let stored = insert_inbound(&mut tx, &inbound).await?;
+                let stored = insert_inbound(&mut tx, inbound, handled).await?;
                 tx.commit().await?;
-                stored
+                Ok(stored)
             }
-        };
-        Ok(stored.then_some(inbound))
+        }
     }
 
     fn inbound_batch(&self) -> &InboundBatch {

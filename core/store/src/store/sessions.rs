@@ -77,6 +77,27 @@ pub struct SessionAudit {
 }
 
 impl SessionAudit {
+    /// The audit row, and the delivery it answers marked handled, in the change's
+    /// transaction.
+    async fn write(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        session_id: &str,
+        now: i64,
+    ) -> Result<()> {
+        append_audit(tx, &[self.entry(session_id)]).await?;
+        if let Some(d) = &self.delivery {
+            sqlx::query(
+                "UPDATE inbound SET processed_at = $2 WHERE id = $1 AND processed_at IS NULL",
+            )
+            .bind(d)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+
     fn entry(&self, session_id: &str) -> NewAudit {
         NewAudit {
             actor: self.actor.clone(),
@@ -252,8 +273,7 @@ impl Store {
         let payload = serde_json::json!({ "from": null, "to": "queued" }).to_string();
         insert_event(&mut tx, &id, 1, now, EventKind::State, &payload).await?;
         if let Some(a) = audit {
-            append_audit(&mut tx, &[a.entry(&id)]).await?;
-            mark_delivery(&mut tx, a, now).await?;
+            a.write(&mut tx, &id, now).await?;
         }
         tx.commit().await?;
         self.signal_queue().await;
@@ -392,8 +412,7 @@ impl Store {
         let payload = serde_json::json!({ "from": from, "to": to, "reason": reason }).to_string();
         insert_event(&mut tx, session_id, seq, now, EventKind::State, &payload).await?;
         if let Some(a) = audit {
-            append_audit(&mut tx, &[a.entry(session_id)]).await?;
-            mark_delivery(&mut tx, a, now).await?;
+            a.write(&mut tx, session_id, now).await?;
         }
         tx.commit().await?;
         if to == SessionState::Queued || to.is_terminal() {
@@ -458,29 +477,12 @@ impl Store {
                 .to_string();
         insert_event(&mut tx, session_id, seq, now, EventKind::State, &state).await?;
         if let Some(a) = audit {
-            append_audit(&mut tx, &[a.entry(session_id)]).await?;
-            mark_delivery(&mut tx, a, now).await?;
+            a.write(&mut tx, session_id, now).await?;
         }
         tx.commit().await?;
         self.signal_queue().await;
         self.session(session_id).await
     }
-}
-
-/// Marks the delivery `audit` answers as handled, inside the change's transaction.
-async fn mark_delivery(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    audit: &SessionAudit,
-    now: i64,
-) -> Result<()> {
-    if let Some(d) = &audit.delivery {
-        sqlx::query("UPDATE inbound SET processed_at = $2 WHERE id = $1 AND processed_at IS NULL")
-            .bind(d)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
 }
 
 /// Takes the session's next event number. The statement writes, so it is the transaction's
