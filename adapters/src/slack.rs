@@ -250,21 +250,21 @@ impl SlackAdapter {
 
     /// A stored event, claimed, handled and marked handled (whoever stored it).
     async fn handle_stored(&self, inbound: airlock_core::store::Inbound) {
-        if !crate::inbound::claim(&self.store, &inbound, &self.claimant).await {
-            return;
-        }
-        let error = match serde_json::from_str::<SlackPushEvent>(&inbound.payload) {
-            Ok(SlackPushEvent::EventCallback(cb)) => {
-                self.event(cb).await;
-                None
-            }
-            Ok(_) => None,
-            Err(e) => Some(format!("the stored Slack event cannot be read: {e}")),
+        let work = async {
+            let error = match serde_json::from_str::<SlackPushEvent>(&inbound.payload) {
+                Ok(SlackPushEvent::EventCallback(cb)) => {
+                    self.event(cb).await;
+                    None
+                }
+                Ok(_) => None,
+                Err(e) => Some(format!("the stored Slack event cannot be read: {e}")),
+            };
+            settle("a Slack event handled", || {
+                self.store.finish_inbound(&inbound.id, error.as_deref())
+            })
+            .await;
         };
-        settle("a Slack event handled", || {
-            self.store.finish_inbound(&inbound.id, error.as_deref())
-        })
-        .await;
+        crate::inbound::claimed(&self.store, &inbound, &self.claimant, work).await;
     }
 
     /// A verified command or button click, once: Slack signs its timestamp with the body,

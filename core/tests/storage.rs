@@ -118,6 +118,7 @@ on_both_engines!(
     audit_search_reads_a_bounded_range_and_goes_on_from_it,
     warm_sandboxes_claimed_at_once_each_go_to_one_session,
     an_inbound_delivery_is_handled_by_one_claimant_at_a_time,
+    inbound_retention_drops_payloads_then_records_and_never_unhandled_ones,
 );
 
 async fn warm_sandboxes_claimed_at_once_each_go_to_one_session(db: Db) {
@@ -1125,9 +1126,23 @@ async fn an_inbound_delivery_is_handled_by_one_claimant_at_a_time(db: Db) {
     )
     .await;
     assert_eq!(claims.iter().filter(|c| **c).count(), 1, "{claims:?}");
-    // Still unprocessed, so the sweep lists it, but cannot take it while the lease runs.
-    assert_eq!(s.unprocessed_inbound("github", 10).await.unwrap().len(), 1);
+    // Still unprocessed, but the sweep neither lists it nor can take it while the lease
+    // runs; the claimant renews it, nobody else can.
+    assert!(s
+        .unprocessed_inbound("github", 10)
+        .await
+        .unwrap()
+        .is_empty());
     assert!(!s.claim_inbound(&inbound.id, "sweep", 60_000).await.unwrap());
+    let winner = format!("p{}", claims.iter().position(|c| *c).unwrap());
+    assert!(s
+        .renew_inbound_claim(&inbound.id, &winner, 60_000)
+        .await
+        .unwrap());
+    assert!(!s
+        .renew_inbound_claim(&inbound.id, "p-other", 60_000)
+        .await
+        .unwrap());
     // A lease that ran out (its handler died) can be taken over.
     let other = s
         .record_inbound("github", "d-2", "issues", "{}")
@@ -1136,12 +1151,117 @@ async fn an_inbound_delivery_is_handled_by_one_claimant_at_a_time(db: Db) {
         .unwrap();
     assert!(s.claim_inbound(&other.id, "crashed", 1).await.unwrap());
     tokio::time::sleep(Duration::from_millis(20)).await;
+    let listed = s.unprocessed_inbound("github", 10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|i| &i.id).collect::<Vec<_>>(),
+        [&other.id]
+    );
     assert!(s.claim_inbound(&other.id, "sweep", 60_000).await.unwrap());
+    // The crashed claimant, back late, cannot take it back by renewing.
+    assert!(!s
+        .renew_inbound_claim(&other.id, "crashed", 60_000)
+        .await
+        .unwrap());
     // Done is done.
     s.finish_inbound(&inbound.id, None).await.unwrap();
     assert!(!s.claim_inbound(&inbound.id, "sweep", 1).await.unwrap());
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(!s.claim_inbound(&inbound.id, "sweep", 1).await.unwrap());
+}
+
+/// `retention.*`: an ignored delivery's payload goes after `ignored_payload_hours` (at once
+/// by default), a handled one's after `delivery_payload_days`, the whole record after
+/// `delivery_days`; an unhandled delivery keeps everything however old it is.
+async fn inbound_retention_drops_payloads_then_records_and_never_unhandled_ones(db: Db) {
+    use airlock_core::config::RetentionConfig;
+    let s = &db.store;
+    let raw = raw_pool(&db.url).await;
+    const DAY: i64 = 24 * 3600 * 1000;
+    let now = airlock_core::ids::now_ms();
+    for (key, verdict, processed_days_ago) in [
+        ("ignored-now", Some("nothing"), Some(0)),
+        ("ignored-2h", Some("nothing"), Some(-1)),
+        ("acted-3d", None, Some(3)),
+        ("acted-8d", None, Some(8)),
+        ("acted-40d", None, Some(40)),
+        ("unhandled-400d", None, None),
+    ] {
+        let i = s
+            .record_inbound("github", key, "issue_comment", "{\"body\":1}")
+            .await
+            .unwrap()
+            .unwrap();
+        if let Some(days) = processed_days_ago {
+            match verdict {
+                Some(why) => s.finish_inbound_ignored(&i.id, why, true).await.unwrap(),
+                None => s.finish_inbound(&i.id, None).await.unwrap(),
+            }
+            // -1: two hours ago.
+            let at = if days < 0 {
+                now - 2 * 3600 * 1000
+            } else {
+                now - days * DAY
+            };
+            sqlx::query("UPDATE inbound SET processed_at = $1 WHERE id = $2")
+                .bind(at)
+                .bind(&i.id)
+                .execute(&raw)
+                .await
+                .unwrap();
+        } else {
+            sqlx::query("UPDATE inbound SET received_at = $1 WHERE id = $2")
+                .bind(now - 400 * DAY)
+                .bind(&i.id)
+                .execute(&raw)
+                .await
+                .unwrap();
+        }
+    }
+    let state = || async {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT delivery_id, payload FROM inbound ORDER BY delivery_id")
+                .fetch_all(&raw)
+                .await
+                .unwrap();
+        rows.into_iter()
+            .map(|(k, p)| format!("{k}={}", if p.is_empty() { "-" } else { "kept" }))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let keep_ignored = RetentionConfig {
+        ignored_payload_hours: 1,
+        ..RetentionConfig::default()
+    };
+    let p = s.prune_inbound(&keep_ignored).await.unwrap();
+    assert_eq!((p.payloads, p.deleted), (3, 1), "{p:?}");
+    assert_eq!(
+        state().await,
+        "acted-3d=kept acted-8d=- ignored-2h=- ignored-now=kept unhandled-400d=kept"
+    );
+    // Again: nothing more to do.
+    let p = s.prune_inbound(&keep_ignored).await.unwrap();
+    assert_eq!((p.payloads, p.deleted), (0, 0));
+    // Tighter settings: every handled payload now, records after 8 days.
+    let tight = RetentionConfig {
+        delivery_days: 8,
+        delivery_payload_days: 0,
+        ignored_payload_hours: 0,
+    };
+    s.prune_inbound(&tight).await.unwrap();
+    assert_eq!(
+        state().await,
+        "acted-3d=- ignored-2h=- ignored-now=- unhandled-400d=kept"
+    );
+    // With no time to keep it, an ignored delivery's payload is dropped when it is marked.
+    let i = s
+        .record_inbound("github", "ignored-at-once", "issue_comment", "{}")
+        .await
+        .unwrap()
+        .unwrap();
+    s.finish_inbound_ignored(&i.id, "nothing", false)
+        .await
+        .unwrap();
+    assert!(state().await.contains("ignored-at-once=-"));
 }
 
 async fn join_all(tasks: Vec<tokio::task::JoinHandle<bool>>) -> Vec<bool> {

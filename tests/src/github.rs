@@ -438,11 +438,26 @@ pub fn fixture(name: &str) -> Value {
 /// A comment event's fixture as GitHub would send it now: the comment written a moment ago
 /// (Airlock ignores comments more than a week old as replays).
 pub fn comment_fixture(name: &str) -> Value {
+    event_fixture(name)
+}
+
+/// An event's fixture as GitHub would send it now: the comment written, the issue or pull
+/// request updated a moment ago (Airlock ignores events more than a week old as replays).
+pub fn event_fixture(name: &str) -> Value {
     let mut p = fixture(name);
-    let now = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    p["comment"]["created_at"] = Value::from(now);
+    let now = Value::from(
+        time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap(),
+    );
+    if p.get("comment").is_some() {
+        p["comment"]["created_at"] = now.clone();
+    }
+    for item in ["issue", "pull_request"] {
+        if p.get(item).is_some() {
+            p[item]["updated_at"] = now.clone();
+        }
+    }
     p
 }
 

@@ -193,11 +193,16 @@ impl Stack {
 
     /// `kill -9` of the server, then a new one on the same installation.
     pub fn restart(&mut self) {
+        self.kill();
+        self.start();
+    }
+
+    /// `kill -9` of the server ([`Stack::start`] starts a new one).
+    pub fn kill(&mut self) {
         if let Some(mut old) = self.server.take() {
             old.kill_hard();
             self.retired.push(old);
         }
-        self.start();
     }
 
     /// Runs `airlock ARGS` on a worker thread (the fakes serve on the test's runtime).

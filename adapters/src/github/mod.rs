@@ -59,6 +59,9 @@ pub struct GithubAdapter {
     hook: Option<Arc<dyn EventHook>>,
     /// Who this process is when it claims a delivery ([`Store::claim_inbound`]).
     claimant: String,
+    /// Whether a delivery that needed nothing keeps its payload for a while
+    /// (`retention.ignored_payload_hours`) instead of dropping it at once.
+    keep_ignored: bool,
     /// Bytes of unverified bodies being read at once, in [`BODY_UNIT`]s: what callers who
     /// have not proved anything yet can make the server hold is bounded.
     unverified: Arc<tokio::sync::Semaphore>,
@@ -99,6 +102,7 @@ impl GithubAdapter {
         default_profile: Option<String>,
         public_url: String,
         hook: Option<Arc<dyn EventHook>>,
+        retention: &airlock_core::config::RetentionConfig,
     ) -> Arc<GithubAdapter> {
         Arc::new(GithubAdapter {
             workspace: airlock_core::github::web_host(&cfg.web_url),
@@ -109,6 +113,7 @@ impl GithubAdapter {
             public_url,
             hook,
             claimant: crate::inbound::claimant("github"),
+            keep_ignored: retention.ignored_payload_hours > 0,
             unverified: Arc::new(tokio::sync::Semaphore::new(UNVERIFIED_BYTES / BODY_UNIT)),
             secret: std::sync::Mutex::new(None),
         })
@@ -149,18 +154,26 @@ impl GithubAdapter {
     #[tracing::instrument(name = "github", skip_all, fields(delivery = %inbound.delivery_id, event = %inbound.event))]
     async fn handle(&self, inbound: Inbound) {
         // Another handler has it (or it is done): the one delivery is handled once.
-        if !crate::inbound::claim(&self.store, &inbound, &self.claimant).await {
-            return;
-        }
+        crate::inbound::claimed(
+            &self.store,
+            &inbound,
+            &self.claimant,
+            self.handle_claimed(&inbound),
+        )
+        .await;
+    }
+
+    async fn handle_claimed(&self, inbound: &Inbound) {
         let result = match Delivery::parse(&inbound.event, &inbound.payload) {
             Ok(delivery) => self.dispatch(&inbound.id, &delivery).await,
             Err(e) => Err(e),
         };
         // Of a delivery that needed nothing, only its key (which recognises a replay) and
-        // why are kept.
+        // why are kept, unless retention.ignored_payload_hours keeps the payload a while.
         if let Ok(Handled::Ignored(why)) = result {
             settle("an ignored GitHub delivery", || {
-                self.store.finish_inbound_ignored(&inbound.id, why)
+                self.store
+                    .finish_inbound_ignored(&inbound.id, why, self.keep_ignored)
             })
             .await;
             return;
@@ -599,9 +612,9 @@ async fn webhook(
         }
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    if parsed.stale_comment(now) {
-        tracing::warn!(%delivery, "ignored a comment written more than a week ago (a replay)");
-        return Json(json!({"ok": true, "ignored": "the comment is more than a week old"}))
+    if parsed.stale(now) {
+        tracing::warn!(%delivery, %event, "ignored an event from more than a week ago (a replay)");
+        return Json(json!({"ok": true, "ignored": "the event is more than a week old"}))
             .into_response();
     }
     // Stored under what it is about, so the same intent is handled once however often it

@@ -50,7 +50,7 @@ pub struct Comment {
     pub user: User,
     #[serde(default)]
     pub html_url: Option<String>,
-    /// RFC 3339; a comment older than [`MAX_COMMENT_AGE_S`] is not acted on.
+    /// RFC 3339; a comment older than [`MAX_EVENT_AGE_S`] is not acted on.
     #[serde(default)]
     pub created_at: Option<String>,
 }
@@ -175,9 +175,10 @@ pub struct Delivery {
     pub json: Value,
 }
 
-/// GitHub keeps a delivery for redelivery three days; a comment older than this (a week) is
-/// a replay, not a request.
-pub const MAX_COMMENT_AGE_S: i64 = 7 * 24 * 3600;
+/// GitHub keeps a delivery for redelivery three days; a comment (or an issue or pull request
+/// event) older than this (a week) is a replay, not a request. Delivery keys are kept longer
+/// (`retention.delivery_days`, at least 8 days), so a replay is refused by one or the other.
+pub const MAX_EVENT_AGE_S: i64 = 7 * 24 * 3600;
 
 impl Delivery {
     /// What this delivery is about, as one key: the same intent delivered twice (GitHub's
@@ -212,17 +213,22 @@ impl Delivery {
         }
     }
 
-    /// For a comment: whether it was written more than [`MAX_COMMENT_AGE_S`] before `now`
-    /// (seconds since the epoch), or says nothing of when.
-    pub fn stale_comment(&self, now: i64) -> bool {
-        let Event::Comment { event, .. } = &self.event else {
-            return false;
+    /// Whether what this delivery is about happened more than [`MAX_EVENT_AGE_S`] before
+    /// `now` (seconds since the epoch), or it says nothing of when: a comment by when it was
+    /// written, an issue or pull request event by the item's `updated_at` (which the event
+    /// itself sets). Events Airlock only records are never stale.
+    pub fn stale(&self, now: i64) -> bool {
+        let at = match &self.event {
+            Event::Comment { event, .. } => event.comment.created_at.as_deref(),
+            Event::Issues(e) => e.issue.updated_at.as_deref(),
+            Event::PullRequest(e) => e.pull_request.updated_at.as_deref(),
+            Event::Installation(_) | Event::InstallationDeleted(_) | Event::Other => return false,
         };
-        let Some(at) = event.comment.created_at.as_deref() else {
+        let Some(at) = at else {
             return true;
         };
         match time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339) {
-            Ok(t) => now - t.unix_timestamp() > MAX_COMMENT_AGE_S,
+            Ok(t) => now - t.unix_timestamp() > MAX_EVENT_AGE_S,
             Err(_) => true,
         }
     }
@@ -380,5 +386,93 @@ mod tests {
             Event::parse("repository", &p).unwrap(),
             Event::Other
         ));
+    }
+
+    /// A week is the line for every event that can start work; events Airlock only
+    /// records are never refused by age.
+    #[test]
+    fn events_from_more_than_a_week_ago_are_stale() {
+        let now = time::OffsetDateTime::parse(
+            "2026-12-03T12:00:00Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+        .unix_timestamp();
+        let cases: &[(&str, &str, &[&str], Option<&str>, bool)] = &[
+            (
+                "issue_comment",
+                "issue_comment.created",
+                &["comment", "created_at"],
+                Some("2026-12-03T11:59:00Z"),
+                false,
+            ),
+            (
+                "issue_comment",
+                "issue_comment.created",
+                &["comment", "created_at"],
+                Some("2026-11-25T12:00:00Z"),
+                true,
+            ),
+            (
+                "issue_comment",
+                "issue_comment.created",
+                &["comment", "created_at"],
+                None,
+                true,
+            ),
+            (
+                "issues",
+                "issues.labeled",
+                &["issue", "updated_at"],
+                Some("2026-11-30T00:00:00Z"),
+                false,
+            ),
+            (
+                "issues",
+                "issues.labeled",
+                &["issue", "updated_at"],
+                Some("2019-05-15T15:20:33Z"),
+                true,
+            ),
+            (
+                "issues",
+                "issues.labeled",
+                &["issue", "updated_at"],
+                Some("yesterday"),
+                true,
+            ),
+            (
+                "pull_request",
+                "pull_request.opened",
+                &["pull_request", "updated_at"],
+                Some("2026-12-03T12:00:00Z"),
+                false,
+            ),
+            (
+                "pull_request",
+                "pull_request.opened",
+                &["pull_request", "updated_at"],
+                None,
+                true,
+            ),
+            (
+                "installation",
+                "installation.created",
+                &["installation", "updated_at"],
+                Some("2019-05-15T15:20:33Z"),
+                false,
+            ),
+        ];
+        for (event, name, field, at, stale) in cases {
+            let mut p = fixture(name);
+            match at {
+                Some(at) => p[field[0]][field[1]] = Value::from(*at),
+                None => {
+                    p[field[0]].as_object_mut().unwrap().remove(field[1]);
+                }
+            }
+            let d = Delivery::parse(event, &p.to_string()).unwrap();
+            assert_eq!(d.stale(now), *stale, "{name} with {field:?} = {at:?}");
+        }
     }
 }

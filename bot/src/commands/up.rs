@@ -156,6 +156,7 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
             cfg.broker.default_profile.clone(),
             cfg.public_url(),
             Some(triggers.clone() as Arc<dyn airlock_adapters::github::EventHook>),
+            &cfg.retention,
         );
         app = app.merge(adapter.router());
         notifier = notifier.with(
@@ -166,6 +167,11 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
         );
         background.push(tokio::spawn(adapter.resume(stopped())));
     }
+    background.push(tokio::spawn(airlock_adapters::inbound::prune(
+        store.clone(),
+        cfg.retention.clone(),
+        stopped(),
+    )));
     if let Some(slack_cfg) = &cfg.slack {
         let api = Arc::new(
             airlock_adapters::slack::SlackApi::new(store.clone(), slack_cfg)

@@ -143,6 +143,21 @@ const KEYS: &[(&str, Kind, &str)] = &[
         "the profile used when a request names none, e.g. default",
     ),
     (
+        "retention.delivery_days",
+        Kind::Int,
+        "days a handled delivery's key and verdict are kept (what recognises a replay), 8 to 3650",
+    ),
+    (
+        "retention.delivery_payload_days",
+        Kind::Int,
+        "days a delivery that was acted on keeps its payload, 0 (dropped once handled) to retention.delivery_days",
+    ),
+    (
+        "retention.ignored_payload_hours",
+        Kind::Int,
+        "hours a delivery that needed nothing keeps its payload, 0 (dropped at once) to 720",
+    ),
+    (
         "git.author_name",
         Kind::Str,
         "the name on Airlock's commits, e.g. Airlock",
@@ -317,6 +332,7 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     pub gateway: GatewayConfig,
     pub broker: BrokerConfig,
+    pub retention: RetentionConfig,
     pub git: GitConfig,
     pub github: Option<GithubConfig>,
     pub slack: Option<SlackConfig>,
@@ -334,6 +350,7 @@ impl Default for Config {
             sandbox: SandboxConfig::default(),
             gateway: GatewayConfig::default(),
             broker: BrokerConfig::default(),
+            retention: RetentionConfig::default(),
             git: GitConfig::default(),
             github: None,
             slack: None,
@@ -480,6 +497,27 @@ impl Default for BrokerConfig {
             max_sessions: 4,
             max_sessions_per_human: 2,
             default_profile: None,
+        }
+    }
+}
+
+/// How long what arrived from outside is kept (decision 0015). A delivery's key outlives
+/// every replay window (GitHub comments older than a week are ignored; Slack and Discord
+/// sign a 5-minute window), so a key is never dropped while a replay could still be accepted.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    pub delivery_days: u32,
+    pub delivery_payload_days: u32,
+    pub ignored_payload_hours: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            delivery_days: 30,
+            delivery_payload_days: 7,
+            ignored_payload_hours: 0,
         }
     }
 }
@@ -774,6 +812,16 @@ impl Config {
             }
         }
         let b = &self.broker;
+        let r = &self.retention;
+        if !(8..=3650).contains(&r.delivery_days) {
+            return Err(want("retention.delivery_days"));
+        }
+        if r.delivery_payload_days > r.delivery_days {
+            return Err(want("retention.delivery_payload_days"));
+        }
+        if r.ignored_payload_hours > 720 {
+            return Err(want("retention.ignored_payload_hours"));
+        }
         if !(1..=10_000).contains(&b.max_sessions) {
             return Err(want("broker.max_sessions"));
         }
@@ -1113,6 +1161,16 @@ mod tests {
                 Some("[server]\nlisten = \"127.0.0.1:1\"\ncolour = \"blue\"\n"),
                 &[],
                 "config key `server.colour` (from airlock.toml): unknown field `colour`, expected `listen` or `public_url`",
+            ),
+            (
+                Some("[retention]\ndelivery_days = 3\n"),
+                &[],
+                "config key `retention.delivery_days` (from airlock.toml): expected days a handled delivery's key and verdict are kept (what recognises a replay), 8 to 3650",
+            ),
+            (
+                None,
+                &[("AIRLOCK_RETENTION_DELIVERY_PAYLOAD_DAYS", "60")],
+                "config key `retention.delivery_payload_days` (from AIRLOCK_RETENTION_DELIVERY_PAYLOAD_DAYS): expected days a delivery that was acted on keeps its payload, 0 (dropped once handled) to retention.delivery_days",
             ),
             (
                 Some("[server\nlisten = 1"),

@@ -72,12 +72,22 @@ fn bot_comments(stack: &Stack, number: u64) -> Vec<Comment> {
 }
 
 async fn stack(script: Vec<Step>, permission: &str, link: bool) -> Stack {
+    stack_on(Engine::Sqlite, script, permission, link, |_| {}).await
+}
+
+async fn stack_on(
+    engine: Engine,
+    script: Vec<Step>,
+    permission: &str,
+    link: bool,
+    configure: impl FnOnce(&mut airlock_tests::Install),
+) -> Stack {
     let mut stack = Stack::new(
-        Engine::Sqlite,
+        engine,
         script,
         REPO,
         &[("calc.py", CALC), ("test_calc.py", TEST)],
-        |_| {},
+        configure,
     )
     .await;
     stack.github.grant(REPO, LOGIN, permission);
@@ -507,4 +517,186 @@ async fn a_review_comment_on_a_pull_request_pushes_to_its_branch() {
     assert_eq!(stack.github.pulls(REPO).len(), 1);
     assert_eq!(stack.github.branches(REPO), ["changes", "main"]);
     assert!(done.body.contains("/pull/2"), "{}", done.body);
+}
+
+/// What GitHub sends for a new `@airlock` comment `comment` on issue `issue`.
+fn comment_on(issue: u64, comment: u64) -> Vec<u8> {
+    let mut p = comment_fixture("issue_comment.created");
+    p["comment"]["body"] = json!(format!("@airlock fix issue {issue}"));
+    p["comment"]["id"] = json!(comment);
+    p["issue"]["number"] = json!(issue);
+    serde_json::to_vec(&p).unwrap()
+}
+
+/// Posts one signed delivery; `None` when the connection failed (the server died under it).
+async fn post_delivery(url: &str, delivery: &str, body: &[u8]) -> Option<u16> {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/github/webhook"))
+        .header("X-GitHub-Event", "issue_comment")
+        .header("X-GitHub-Delivery", delivery)
+        .header(
+            "X-Hub-Signature-256",
+            airlock_tests::github::sign_webhook("It's a Secret to Everybody", body),
+        )
+        .header("Content-Type", "application/json")
+        .body(body.to_vec())
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    r.bytes().await.ok()?;
+    Some(status)
+}
+
+/// A hundred comments on a hundred issues arrive at once and the server is killed (-9) while
+/// they are in flight; GitHub then redelivers every one (it redelivers what failed; here the
+/// acknowledged ones too, as a replay would). Every comment ends with exactly one session in
+/// its thread and exactly one bot comment, never the "still working" answer, on both engines.
+/// Docker is out of reach here on purpose: the sessions wait in the queue, and what is
+/// measured is the inbound side alone.
+async fn kill_9_with_deliveries_in_flight(engine: Engine) {
+    const N: u64 = 100;
+    const FIRST_COMMENT: u64 = 700_000_000;
+    let mut stack = stack_on(engine, vec![], "write", true, |i| {
+        i.env("AIRLOCK_DOCKER_HOST", "unix:///nonexistent/docker.sock");
+    })
+    .await;
+    for n in 1..=N {
+        stack
+            .github
+            .open_issue(REPO, 100 + n, &format!("issue {n}"), None);
+        stack.github.put_comment(
+            REPO,
+            100 + n,
+            FIRST_COMMENT + n,
+            LOGIN,
+            &format!("@airlock fix issue {}", 100 + n),
+        );
+    }
+    let deliveries: Vec<(String, Vec<u8>)> = (1..=N)
+        .map(|n| (delivery(), comment_on(100 + n, FIRST_COMMENT + n)))
+        .collect();
+    let url = stack.url();
+    let sends: Vec<_> = deliveries
+        .iter()
+        .cloned()
+        .map(|(id, body)| {
+            let url = url.clone();
+            tokio::spawn(async move { post_delivery(&url, &id, &body).await })
+        })
+        .collect();
+    // Killed once the first sessions exist: some deliveries are handled, some acknowledged
+    // and waiting, the rest being read or stored.
+    let db = stack.install.raw_db().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let started: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        if started >= 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no session started");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    stack.kill();
+    let mut first = Vec::new();
+    for s in sends {
+        first.push(s.await.unwrap());
+    }
+    let ok = first.iter().filter(|s| **s == Some(202)).count();
+    let failed = first.iter().filter(|s| s.is_none()).count();
+    let started: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    eprintln!(
+        "at the kill: {ok} acknowledged ({started} with a session), {failed} cut off, of {N}"
+    );
+    assert_eq!(ok + failed, N as usize, "{first:?}");
+    assert!(
+        (started as usize) < N as usize,
+        "the kill came after everything was handled: nothing was in flight"
+    );
+    stack.start();
+    // GitHub redelivers (same delivery id and body), at once, while the new server resumes
+    // what the old one left.
+    let url = stack.url();
+    let mut again = Vec::new();
+    for (id, body) in deliveries.clone() {
+        let url = url.clone();
+        again.push(tokio::spawn(async move {
+            post_delivery(&url, &id, &body).await
+        }));
+    }
+    for a in again {
+        let status = a.await.unwrap();
+        assert!(
+            matches!(status, Some(200) | Some(202)),
+            "a redelivery is answered: {status:?}"
+        );
+    }
+    // The dead server's claims lapse within a lease (30 s), then a sweep (15 s) takes them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM inbound WHERE processed_at IS NULL")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pending} deliveries still unhandled 90 s after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let sessions: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT thread_key, COUNT(*) FROM sessions GROUP BY thread_key ORDER BY thread_key",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        sessions.len(),
+        N as usize,
+        "one thread per comment: {sessions:?}"
+    );
+    assert!(
+        sessions.iter().all(|(_, c)| *c == 1),
+        "exactly one session per thread: {sessions:?}"
+    );
+    // Each thread's one bot comment (its status) is posted once the outbox catches up.
+    for n in 1..=N {
+        let comments = wait("the status comment", 30, || {
+            let c = bot_comments(&stack, 100 + n);
+            (!c.is_empty()).then_some(c)
+        })
+        .await;
+        assert_eq!(comments.len(), 1, "issue {}: {comments:?}", 100 + n);
+        assert!(
+            !comments[0].body.contains("still working"),
+            "a spurious busy answer on issue {}: {}",
+            100 + n,
+            comments[0].body
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_with_a_hundred_deliveries_in_flight_starts_each_once() {
+    kill_9_with_deliveries_in_flight(Engine::Sqlite).await
+}
+
+mod postgres {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kill_9_with_a_hundred_deliveries_in_flight_starts_each_once() {
+        kill_9_with_deliveries_in_flight(Engine::Postgres).await
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use airlock_adapters::triggers::Triggers;
 use airlock_core::domain::{Role, TriggerKind};
 use airlock_core::store::NewTrigger;
-use airlock_tests::github::{fixture, sign_webhook};
+use airlock_tests::github::{event_fixture, fixture, sign_webhook};
 use airlock_tests::model::Step;
 use airlock_tests::stack::Stack;
 use airlock_tests::{stdout, Engine};
@@ -424,12 +424,12 @@ async fn github_events_start_sessions_that_answer_on_the_issue_and_the_pull_requ
         let out = cmd.output().unwrap();
         assert!(out.status.success(), "{}", airlock_tests::stderr(&out));
     }
-    let labeled = serde_json::to_vec(&fixture("issues.labeled")).unwrap();
+    let labeled = serde_json::to_vec(&event_fixture("issues.labeled")).unwrap();
     let (status, _) = stack
         .github_webhook("issues", "d-label", &labeled, None)
         .await;
     assert_eq!(status, 202);
-    let mut pr = fixture("pull_request.opened");
+    let mut pr = event_fixture("pull_request.opened");
     pr["pull_request"]["base"]["ref"] = json!("main");
     let pr = serde_json::to_vec(&pr).unwrap();
     let (status, _) = stack
@@ -437,7 +437,7 @@ async fn github_events_start_sessions_that_answer_on_the_issue_and_the_pull_requ
         .await;
     assert_eq!(status, 202);
     // An unlabeled event, or another label, starts nothing.
-    let mut other = fixture("issues.labeled");
+    let mut other = event_fixture("issues.labeled");
     other["label"]["name"] = json!("question");
     let (status, _) = stack
         .github_webhook(
@@ -448,6 +448,21 @@ async fn github_events_start_sessions_that_answer_on_the_issue_and_the_pull_requ
         )
         .await;
     assert_eq!(status, 202);
+    // The same label event as GitHub sent it in 2019 (its issue last updated then): a
+    // replay, ignored before it is stored.
+    let (status, text) = stack
+        .github_webhook(
+            "issues",
+            "d-old",
+            &serde_json::to_vec(&fixture("issues.labeled")).unwrap(),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, text.contains("more than a week old")),
+        (200, true),
+        "{text}"
+    );
 
     let list = stack
         .wait_sessions(90, "both sessions to end", |l| {

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::{parse_col, sandboxes::token_hash, Result, Store, StoreError};
-use crate::config::DatabaseKind;
+use crate::config::{DatabaseKind, RetentionConfig};
 use crate::domain::Provider;
 use crate::ids::{new_id, now_ms};
 
@@ -18,6 +18,15 @@ pub struct Inbound {
     pub event: String,
     pub payload: String,
     pub received_at: i64,
+}
+
+/// What [`Store::prune_inbound`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pruned {
+    /// Payloads dropped (their records kept).
+    pub payloads: u64,
+    /// Whole records deleted.
+    pub deleted: u64,
 }
 
 /// A chat account waiting to be linked, as a code names it.
@@ -181,14 +190,18 @@ impl Store {
             .get_or_init(|| InboundBatch::start(self.pool().clone()))
     }
 
-    /// Deliveries not processed yet (after a restart), oldest first.
+    /// Deliveries not processed yet that nobody holds a live claim on (after a restart, or
+    /// left by a server that died), oldest first.
     pub async fn unprocessed_inbound(&self, provider: &str, limit: i64) -> Result<Vec<Inbound>> {
         let rows = sqlx::query(
             "SELECT id, provider, delivery_id, event, payload, received_at FROM inbound \
-             WHERE provider = $1 AND processed_at IS NULL ORDER BY received_at LIMIT $2",
+             WHERE provider = $1 AND processed_at IS NULL \
+               AND (claim_until IS NULL OR claim_until < $3) \
+             ORDER BY received_at LIMIT $2",
         )
         .bind(provider)
         .bind(limit)
+        .bind(now_ms())
         .fetch_all(self.pool())
         .await?;
         rows.iter()
@@ -225,6 +238,21 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Extends `owner`'s claim on an unprocessed delivery by `lease_ms` from now: `false`
+    /// when the claim is no longer theirs (it lapsed and another took it) or it is done.
+    pub async fn renew_inbound_claim(&self, id: &str, owner: &str, lease_ms: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE inbound SET claim_until = $3 \
+             WHERE id = $1 AND claimed_by = $2 AND processed_at IS NULL",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(now_ms() + lease_ms)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Marks a delivery processed (with the error, if handling it failed).
     pub async fn finish_inbound(&self, id: &str, error: Option<&str>) -> Result<()> {
         sqlx::query("UPDATE inbound SET processed_at = $2, error = $3 WHERE id = $1")
@@ -236,30 +264,59 @@ impl Store {
         Ok(())
     }
 
-    /// Marks a delivery processed as needing nothing, with `why`, and drops its payload now:
-    /// only its key (which recognises a replay) and the verdict are kept.
-    pub async fn finish_inbound_ignored(&self, id: &str, why: &str) -> Result<()> {
+    /// Marks a delivery processed as needing nothing, with `why`. Unless `keep_payload`
+    /// (`retention.ignored_payload_hours` is set), its payload is dropped now: only its key
+    /// (which recognises a replay) and the verdict are kept.
+    pub async fn finish_inbound_ignored(
+        &self,
+        id: &str,
+        why: &str,
+        keep_payload: bool,
+    ) -> Result<()> {
         sqlx::query(
-            "UPDATE inbound SET processed_at = $2, verdict = $3, payload = '' WHERE id = $1",
+            "UPDATE inbound SET processed_at = $2, verdict = $3, \
+               payload = CASE WHEN $4 THEN payload ELSE '' END WHERE id = $1",
         )
         .bind(id)
         .bind(now_ms())
         .bind(why.chars().take(200).collect::<String>())
+        .bind(keep_payload)
         .execute(self.pool())
         .await?;
         Ok(())
     }
 
-    /// Drops the payloads of deliveries processed more than a week ago (their keys stay:
-    /// they are what recognises a replay). Run by the sweep, not per delivery.
-    pub async fn prune_inbound(&self) -> Result<u64> {
-        let done = sqlx::query(
+    /// Applies `retention` to handled deliveries: payloads of ignored ones older than
+    /// `ignored_payload_hours` and of the others older than `delivery_payload_days` are
+    /// dropped, and whole records (keys, verdicts) older than `delivery_days` are deleted.
+    /// Unhandled deliveries are never touched. Run by one background task, not per delivery.
+    pub async fn prune_inbound(&self, retention: &RetentionConfig) -> Result<Pruned> {
+        const HOUR: i64 = 3600 * 1000;
+        let now = now_ms();
+        let ignored = sqlx::query(
+            "UPDATE inbound SET payload = '' \
+             WHERE processed_at < $1 AND verdict IS NOT NULL AND payload <> ''",
+        )
+        .bind(now - i64::from(retention.ignored_payload_hours) * HOUR)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        let handled = sqlx::query(
             "UPDATE inbound SET payload = '' WHERE processed_at < $1 AND payload <> ''",
         )
-        .bind(now_ms() - 7 * 24 * 3600 * 1000)
+        .bind(now - i64::from(retention.delivery_payload_days) * 24 * HOUR)
         .execute(self.pool())
-        .await?;
-        Ok(done.rows_affected())
+        .await?
+        .rows_affected();
+        let deleted = sqlx::query("DELETE FROM inbound WHERE processed_at < $1")
+            .bind(now - i64::from(retention.delivery_days) * 24 * HOUR)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        Ok(Pruned {
+            payloads: ignored + handled,
+            deleted,
+        })
     }
 
     /// A one-time code that links this chat account once its owner proves who they are.

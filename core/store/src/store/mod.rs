@@ -39,7 +39,7 @@ pub use deliveries::{Delivery, NewDelivery};
 pub use events::EVENT_PAGE;
 pub use gateway::{GatewayCa, NewUsage, RevealedCredential, UsageTotal};
 pub use humans::AccountRef;
-pub use inbound::{ChannelSettings, Inbound, PendingLink, LINK_CODE_TTL_MS};
+pub use inbound::{ChannelSettings, Inbound, PendingLink, Pruned, LINK_CODE_TTL_MS};
 pub use profiles::{ApplyOutcome, Profile, ProfileVersion};
 pub use sandboxes::{
     token_hash, NewSandbox, NewSnapshot, Sandbox, Snapshot, TokenBinding, TokenKind,
