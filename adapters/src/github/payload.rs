@@ -398,67 +398,69 @@ mod tests {
         )
         .unwrap()
         .unix_timestamp();
-        let cases: &[(&str, &str, &[&str], Option<&str>, bool)] = &[
+        // (event, fixture, the field that says when, its value, stale)
+        type Case<'a> = (&'a str, &'a str, [&'a str; 2], Option<&'a str>, bool);
+        let cases: &[Case] = &[
             (
                 "issue_comment",
                 "issue_comment.created",
-                &["comment", "created_at"],
+                ["comment", "created_at"],
                 Some("2026-12-03T11:59:00Z"),
                 false,
             ),
             (
                 "issue_comment",
                 "issue_comment.created",
-                &["comment", "created_at"],
+                ["comment", "created_at"],
                 Some("2026-11-25T12:00:00Z"),
                 true,
             ),
             (
                 "issue_comment",
                 "issue_comment.created",
-                &["comment", "created_at"],
+                ["comment", "created_at"],
                 None,
                 true,
             ),
             (
                 "issues",
                 "issues.labeled",
-                &["issue", "updated_at"],
+                ["issue", "updated_at"],
                 Some("2026-11-30T00:00:00Z"),
                 false,
             ),
             (
                 "issues",
                 "issues.labeled",
-                &["issue", "updated_at"],
+                ["issue", "updated_at"],
                 Some("2019-05-15T15:20:33Z"),
                 true,
             ),
             (
                 "issues",
                 "issues.labeled",
-                &["issue", "updated_at"],
+                ["issue", "updated_at"],
                 Some("yesterday"),
                 true,
             ),
             (
                 "pull_request",
                 "pull_request.opened",
-                &["pull_request", "updated_at"],
+                ["pull_request", "updated_at"],
                 Some("2026-12-03T12:00:00Z"),
                 false,
             ),
             (
                 "pull_request",
                 "pull_request.opened",
-                &["pull_request", "updated_at"],
+                ["pull_request", "updated_at"],
                 None,
                 true,
             ),
             (
                 "installation",
                 "installation.created",
-                &["installation", "updated_at"],
+                ["installation", "updated_at"],
                 Some("2019-05-15T15:20:33Z"),
                 false,
             ),
