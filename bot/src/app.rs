@@ -82,6 +82,7 @@ pub fn gateway_settings(cfg: &Config) -> airlock_gateway::GatewaySettings {
         github_app_id: cfg.github.as_ref().and_then(|g| g.app_id),
         audit_backlog: cfg.gateway.audit_backlog as usize,
         client_http2: cfg.gateway.client_http2,
+        limits: None,
     }
 }
 

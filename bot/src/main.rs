@@ -8,7 +8,6 @@ mod app;
 mod cli;
 mod commands;
 mod output;
-mod serve;
 mod web;
 
 use std::process::ExitCode;

@@ -49,7 +49,11 @@ async fn stack(
     let hub = Hub::new(store.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(hub.clone().serve_endpoint(listener, std::future::pending()));
+    tokio::spawn(hub.clone().serve_endpoint(
+        listener,
+        airlock_sandbox::fake::ENDPOINT_LIMITS,
+        std::future::pending(),
+    ));
     let runtime = FakeRuntime::new(script);
     let dyn_runtime: Arc<dyn Runtime> = Arc::new(runtime.clone());
     let sandboxes = Arc::new(Sandboxes {

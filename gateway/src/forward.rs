@@ -515,7 +515,10 @@ pub async fn forward(
         Some(q) => format!("{base_path}{}?{q}", d.path.path),
         None => format!("{base_path}{}", d.path.path),
     };
-    let client_upgrade = d.websocket.then(|| hyper::upgrade::on(&mut req));
+    // The connection's place is held by the relay as long as it runs.
+    let client_upgrade = d
+        .websocket
+        .then(|| (hyper::upgrade::on(&mut req), crate::proxy::Held::of(&req)));
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, d.websocket);
     parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
@@ -800,7 +803,7 @@ fn upgraded(
     ctx: Arc<Ctx>,
     host: String,
     mut resp: Response<Incoming>,
-    client_upgrade: hyper::upgrade::OnUpgrade,
+    (client_upgrade, held): (hyper::upgrade::OnUpgrade, Option<crate::proxy::Held>),
     metered: bool,
     scrubber: Option<Arc<Needles>>,
     audit_base: serde_json::Value,
@@ -838,6 +841,7 @@ fn upgraded(
     shared.audit(&ctx, "egress.upgrade", &host, opened);
     let guard = shared.secrets.current().guard.clone();
     tokio::spawn(async move {
+        let _held = held;
         let (c, u) = match (client_upgrade.await, upstream_upgrade.await) {
             (Ok(c), Ok(u)) => (c, u),
             _ => {

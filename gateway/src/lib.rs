@@ -85,6 +85,9 @@ pub struct GatewaySettings {
     pub audit_backlog: usize,
     /// Offer HTTP/2 to sandboxed clients (ALPN); HTTP/1.1 only by default (decision 0014).
     pub client_http2: bool,
+    /// Timeouts and connection bounds towards sandboxes; `None` for
+    /// [`airlock_serve::Limits::GATEWAY`].
+    pub limits: Option<airlock_serve::Limits>,
 }
 
 /// Audit records that may wait to be written, by default (a few hundred bytes each).
@@ -109,6 +112,8 @@ pub(crate) struct Clients {
 }
 
 pub(crate) struct Shared {
+    /// How long a sandbox's request head (or TLS handshake) may take.
+    header_timeout: Duration,
     authority: Authority,
     clients: Clients,
     sessions: context::Sessions,
@@ -151,6 +156,8 @@ pub async fn ensure_ca(store: &Store, pem_path: &Path) -> Result<String, Gateway
 pub struct Gateway {
     shared: Arc<Shared>,
     writers: Vec<JoinHandle<()>>,
+    /// Connections open, in all and per sandbox (each held by its tunnels and WebSockets).
+    connections: Arc<airlock_serve::Connections>,
 }
 
 impl Gateway {
@@ -184,7 +191,9 @@ impl Gateway {
         let (audit_tx, audit_rx) = mpsc::unbounded_channel();
         let audit_waiting = Arc::new(AtomicUsize::new(0));
         let (usage_tx, usage_rx) = mpsc::unbounded_channel();
+        let limits = settings.limits.unwrap_or(airlock_serve::Limits::GATEWAY);
         let shared = Arc::new(Shared {
+            header_timeout: limits.header_timeout,
             authority,
             clients,
             sessions: context::Sessions::new(store.clone()),
@@ -208,7 +217,11 @@ impl Gateway {
             tokio::spawn(usage_writer(store.clone(), usage_rx)),
             tokio::spawn(refresh_secrets(Arc::downgrade(&shared))),
         ];
-        Ok(Gateway { shared, writers })
+        Ok(Gateway {
+            shared,
+            writers,
+            connections: airlock_serve::Connections::new(limits.max_connections, limits.per_peer),
+        })
     }
 
     pub fn ca_pem(&self) -> &str {
@@ -223,10 +236,13 @@ impl Gateway {
             tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let shared = self.shared.clone();
-                        tokio::spawn(proxy::serve_connection(shared, stream, peer.ip()));
-                    }
+                    Ok((stream, peer)) => match self.connections.take(peer.ip()) {
+                        Ok(slot) => {
+                            let shared = self.shared.clone();
+                            tokio::spawn(proxy::serve_connection(shared, stream, peer.ip(), Arc::new(slot)));
+                        }
+                        Err(why) => tracing::warn!(%peer, "the gateway closed a connection: {why}"),
+                    },
                     Err(e) => {
                         tracing::warn!("the gateway cannot accept a connection: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;

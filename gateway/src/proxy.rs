@@ -50,15 +50,37 @@ pub fn proxy_token(headers: &HeaderMap) -> Option<String> {
     token.starts_with("alk_egr_").then_some(token)
 }
 
-/// Serves one client connection (HTTP/1.1: absolute-form requests and CONNECT).
-pub async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: IpAddr) {
+/// A connection's place among the gateway's open connections, carried in each request's
+/// extensions so that what outlives the request (a tunnel, a WebSocket) holds it too.
+#[derive(Clone)]
+pub(crate) struct Held(#[allow(dead_code)] pub Arc<airlock_serve::Slot>);
+
+impl Held {
+    pub fn of<B>(req: &Request<B>) -> Option<Held> {
+        req.extensions().get::<Held>().cloned()
+    }
+}
+
+/// Serves one client connection (HTTP/1.1: absolute-form requests and CONNECT). A request
+/// head that does not arrive within the header timeout (a silent or slow connection, or an
+/// idle keep-alive one) ends the connection.
+pub async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: IpAddr,
+    slot: Arc<airlock_serve::Slot>,
+) {
     let _ = stream.set_nodelay(true);
-    let svc = service_fn(move |req| {
+    let header_timeout = shared.header_timeout;
+    let svc = service_fn(move |mut req: Request<Incoming>| {
         let shared = shared.clone();
+        req.extensions_mut().insert(Held(slot.clone()));
         async move { Ok::<_, Infallible>(outer(shared, peer, req).await) }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades()
         .await;
@@ -173,21 +195,28 @@ async fn connect(
                     );
                 }
             };
+            let held = Held::of(&req);
+            let header_timeout = shared.header_timeout;
             tokio::spawn(async move {
                 let Ok(upgraded) = hyper::upgrade::on(req).await else {
                     return;
                 };
-                let stream = match tokio_rustls::TlsAcceptor::from(tls)
-                    .accept(TokioIo::new(upgraded))
-                    .await
-                {
-                    Ok(s) => s,
-                    Err(e) => {
+                let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(TokioIo::new(upgraded));
+                let stream = match tokio::time::timeout(header_timeout, handshake).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
                         tracing::debug!(host = %target.host, "TLS from the sandbox failed: {e}");
                         return;
                     }
+                    Err(_) => {
+                        tracing::debug!(host = %target.host, "TLS from the sandbox did not finish in time");
+                        return;
+                    }
                 };
-                let svc = service_fn(move |inner: Request<Incoming>| {
+                let svc = service_fn(move |mut inner: Request<Incoming>| {
+                    if let Some(held) = &held {
+                        inner.extensions_mut().insert(held.clone());
+                    }
                     let (shared, ctx, target) = (shared.clone(), ctx.clone(), target.clone());
                     async move {
                         let started = Instant::now();
@@ -203,7 +232,18 @@ async fn connect(
                         Ok(forward(shared, ctx, target, inner, started).await)
                     }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(header_timeout);
+                builder
+                    .http2()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .keep_alive_interval(Some(header_timeout))
+                    .keep_alive_timeout(header_timeout);
+                let _ = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                     .await;
             });
@@ -271,7 +311,9 @@ async fn passthrough(
         );
     };
     let _ = upstream.set_nodelay(true);
+    let held = Held::of(&req);
     tokio::spawn(async move {
+        let _held = held;
         let Ok(upgraded) = hyper::upgrade::on(req).await else {
             return;
         };

@@ -544,7 +544,11 @@ impl LocalStack {
         let listener = tokio::net::TcpListener::bind((network.host_address, endpoint_port))
             .await
             .expect("endpoint");
-        tokio::spawn(hub.clone().serve_endpoint(listener, std::future::pending()));
+        tokio::spawn(hub.clone().serve_endpoint(
+            listener,
+            airlock_serve::Limits::SANDBOX_ENDPOINT,
+            std::future::pending(),
+        ));
         let sandboxd = airlock_bin()
             .parent()
             .map(|d| d.join("sandboxd"))

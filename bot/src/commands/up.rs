@@ -92,7 +92,10 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
             let hub = sandboxes.hub.clone();
             let stop = stopped();
             background.push(tokio::spawn(async move {
-                if let Err(e) = hub.serve_endpoint(endpoint, stop).await {
+                if let Err(e) = hub
+                    .serve_endpoint(endpoint, airlock_serve::Limits::SANDBOX_ENDPOINT, stop)
+                    .await
+                {
                     tracing::error!("the sandbox endpoint stopped: {e}");
                 }
             }));
@@ -218,7 +221,12 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
     }
     background.push(tokio::spawn(Arc::new(notifier).run(stopped())));
     tracing::info!(address = %local, public_url = %cfg.public_url(), database = %airlock_core::store::redact_url(&cfg.database_url()), "Airlock is up");
-    crate::serve::serve(listener, app, shutdown_signal())
+    let limits = airlock_serve::Limits {
+        max_connections: cfg.server.max_connections as usize,
+        per_peer: cfg.server.max_connections as usize,
+        ..airlock_serve::Limits::PUBLIC
+    };
+    airlock_serve::serve(listener, app, limits, shutdown_signal())
         .await
         .context("the HTTP server failed")?;
     // Sandboxes keep running: the next start re-attaches to them.

@@ -14,6 +14,13 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The endpoint's limits with fake sandboxes: all of them connect from loopback, so the
+/// per-sandbox bound of [`airlock_serve::Limits::SANDBOX_ENDPOINT`] is one for them all.
+pub const ENDPOINT_LIMITS: airlock_serve::Limits = airlock_serve::Limits {
+    per_peer: 16_384,
+    ..airlock_serve::Limits::SANDBOX_ENDPOINT
+};
+
 use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;

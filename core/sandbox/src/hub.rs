@@ -233,23 +233,17 @@ impl Hub {
     /// address is known to the handler (a sandbox is told apart by it), and Nagle is off: small
     /// messages (an exec request, a line of output) would otherwise wait for the peer's
     /// delayed ACK.
+    ///
+    /// Sandboxes are hostile: `limits` are the public server's timeouts and connection
+    /// bounds, with a few connections per sandbox ([`airlock_serve::Limits::SANDBOX_ENDPOINT`];
+    /// in-process fakes, all on one address, need more).
     pub async fn serve_endpoint(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
+        limits: airlock_serve::Limits,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!("cannot turn Nagle off on a sandbox connection: {e}");
-            }
-        });
-        axum::serve(
-            listener,
-            self.router()
-                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
+        airlock_serve::serve(listener, self.router(), limits, shutdown).await
     }
 
     pub fn is_connected(&self, sandbox: &SandboxId) -> bool {

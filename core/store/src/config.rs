@@ -43,6 +43,11 @@ const KEYS: &[(&str, Kind, &str)] = &[
         "an http(s) URL, e.g. https://airlock.example.com",
     ),
     (
+        "server.max_connections",
+        Kind::Int,
+        "connections the server keeps open at once, 16 to 100000 (more are closed when accepted)",
+    ),
+    (
         "database.url",
         Kind::Str,
         "sqlite://PATH or postgres://USER:PASSWORD@HOST/DB",
@@ -366,6 +371,9 @@ pub struct ServerConfig {
     /// The address people and chat services use to reach this server; defaults to
     /// `http://<listen>`.
     pub public_url: Option<String>,
+    /// Connections open at once (each also costs a file descriptor: see `LimitNOFILE` in
+    /// the systemd unit).
+    pub max_connections: u32,
 }
 
 impl Default for ServerConfig {
@@ -373,6 +381,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: None,
+            max_connections: 1024,
         }
     }
 }
@@ -748,6 +757,9 @@ impl Config {
         let want = |key: &'static str| (key, format!("expected {}", expected(key).unwrap_or("")));
         if self.data_dir.as_os_str().is_empty() {
             return Err(want("data_dir"));
+        }
+        if !(16..=100_000).contains(&self.server.max_connections) {
+            return Err(want("server.max_connections"));
         }
         if let Some(url) = &self.server.public_url {
             if !is_http_url(url) {
@@ -1160,7 +1172,7 @@ mod tests {
             (
                 Some("[server]\nlisten = \"127.0.0.1:1\"\ncolour = \"blue\"\n"),
                 &[],
-                "config key `server.colour` (from airlock.toml): unknown field `colour`, expected `listen` or `public_url`",
+                "config key `server.colour` (from airlock.toml): unknown field `colour`, expected one of `listen`, `public_url`, `max_connections`",
             ),
             (
                 Some("[retention]\ndelivery_days = 3\n"),

@@ -1,5 +1,7 @@
-//! Abusive connections from outside: a request head that never ends (slow loris) is closed
-//! after the server's header timeout, and the server keeps answering everyone else.
+//! Abusive connections from outside: a request head that never ends (slow loris), or a
+//! connection that sends nothing, is closed after the server's header timeout; connections
+//! beyond `server.max_connections` are closed at once; the server keeps answering everyone
+//! else.
 
 use std::time::{Duration, Instant};
 
@@ -8,40 +10,67 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_request_heads_are_closed_and_the_server_keeps_answering() {
+    const MAX: usize = 64;
     let mut install = Install::new(Engine::Sqlite).await;
     Server::configure(&mut install);
+    install.env("AIRLOCK_SERVER_MAX_CONNECTIONS", &MAX.to_string());
     install.ok(&["migrate"]);
     install.add_admin();
     let server = Server::start(&install);
     let addr = format!("127.0.0.1:{}", server.port);
     // Fifty connections that start a request and never finish its head (none of them used
-    // to be closed in 40 s).
+    // to be closed in 40 s), and ten that send nothing at all (nor were they).
     let started = Instant::now();
-    let mut slow = Vec::new();
+    let mut held = Vec::new();
     for _ in 0..50 {
         let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
         c.write_all(b"POST /github/webhook HTTP/1.1\r\nHost: airlock\r\nX-Slow: ")
             .await
             .unwrap();
-        slow.push(c);
+        held.push(c);
+    }
+    for _ in 0..10 {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
     }
     // Meanwhile, the server answers others.
-    let r = reqwest::get(format!("http://{addr}/login")).await.unwrap();
+    let fresh = || {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+    };
+    let r = fresh()
+        .get(format!("http://{addr}/login"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
+    // Up to server.max_connections: the next one is closed at once, unanswered.
+    for _ in held.len()..MAX {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let at = Instant::now();
+    assert!(
+        closed(extra, 5).await,
+        "a connection beyond the bound stays open"
+    );
+    assert!(at.elapsed() < Duration::from_secs(2), "{:?}", at.elapsed());
+    assert!(
+        fresh()
+            .get(format!("http://{addr}/login"))
+            .send()
+            .await
+            .is_err(),
+        "a request got through with every connection taken"
+    );
     let mut closed_after = Vec::new();
-    for mut c in slow {
-        let mut buf = [0u8; 1024];
-        let read = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                match c.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    // A 408 may come before the close.
-                    Ok(_) => continue,
-                }
-            }
-        })
-        .await;
-        assert!(read.is_ok(), "a slow connection was still open after 30 s");
+    for c in held {
+        assert!(
+            closed(c, 30).await,
+            "a slow or silent connection was still open after 30 s"
+        );
         closed_after.push(started.elapsed());
     }
     let last = closed_after.iter().max().unwrap();
@@ -49,10 +78,29 @@ async fn slow_request_heads_are_closed_and_the_server_keeps_answering() {
         *last < Duration::from_secs(20),
         "slow connections closed after {last:?}"
     );
-    eprintln!("50 slow-loris connections closed within {last:?}");
-    let r = reqwest::get(format!("http://{addr}/login")).await.unwrap();
+    eprintln!("{MAX} slow-loris and silent connections closed within {last:?}");
+    let r = fresh()
+        .get(format!("http://{addr}/login"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     drop(server);
+}
+
+/// Whether the server closes `c` within `secs` (after whatever it answers first: a 408).
+async fn closed(mut c: tokio::net::TcpStream, secs: u64) -> bool {
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .is_ok()
 }
 
 /// Sixteen unsigned 24 MB posts at once used to take the server from ~40 MB to ~400 MB:

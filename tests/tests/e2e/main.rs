@@ -11,6 +11,7 @@ mod cli;
 mod discord;
 mod gateway;
 mod gateway_backlog;
+mod gateway_limits;
 mod gateway_push_bytes;
 mod github;
 mod output;
