@@ -17,8 +17,7 @@ use airlock_core::domain::{Provider, Surface, ThreadRef};
 use airlock_core::render;
 use airlock_core::store::Session;
 use airlock_core::Store;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -127,7 +126,6 @@ impl DiscordAdapter {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/discord/interactions", post(interactions))
-            .layer(DefaultBodyLimit::max(1024 * 1024))
             .with_state(self.clone())
     }
 
@@ -359,11 +357,15 @@ impl EventHandler for DiscordAdapter {
     }
 }
 
+/// Discord's interactions are a few KB; anything bigger is not Discord.
+const MAX_BODY: usize = 1024 * 1024;
+
 async fn interactions(
     State(a): State<Arc<DiscordAdapter>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: crate::room::Unverified<MAX_BODY>,
 ) -> Response {
+    let crate::room::Unverified { bytes: body, room } = body;
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
     // Discord signs the timestamp with the body: a request signed long ago (or ahead of
     // time) is a replay, whatever its signature.
@@ -388,6 +390,7 @@ async fn interactions(
         tracing::warn!("refused a Discord interaction with a bad signature");
         return (StatusCode::UNAUTHORIZED, "invalid request signature\n").into_response();
     }
+    drop(room);
     let i = match serde_path_to_error::deserialize::<_, Interaction>(
         &mut serde_json::Deserializer::from_slice(&body),
     ) {

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod inbound;
 pub mod notify;
 pub mod requests;
+pub mod room;
 pub mod slack;
 pub mod status;
 pub mod triggers;

@@ -17,8 +17,7 @@ use airlock_core::ids::SessionId;
 use airlock_core::render;
 use airlock_core::store::{settle, Session};
 use airlock_core::Store;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -236,7 +235,6 @@ impl SlackAdapter {
             .route("/slack/commands", post(commands))
             .route("/slack/events", post(events))
             .route("/slack/interactions", post(interactions))
-            .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(self.clone())
     }
 
@@ -519,10 +517,15 @@ impl SlackAdapter {
     }
 }
 
-async fn commands(State(a): State<Arc<SlackAdapter>>, headers: HeaderMap, body: Bytes) -> Response {
+/// A Slack request's body, read into the shared room for unverified bodies.
+type Body = crate::room::Unverified<MAX_BODY>;
+
+async fn commands(State(a): State<Arc<SlackAdapter>>, headers: HeaderMap, body: Body) -> Response {
+    let Body { bytes: body, room } = body;
     if let Err(r) = a.verify(&headers, &body).await {
         return r;
     }
+    drop(room);
     if let Err(r) = a.once("command", &headers, &body).await {
         return r;
     }
@@ -567,10 +570,12 @@ async fn commands(State(a): State<Arc<SlackAdapter>>, headers: HeaderMap, body: 
     Json(json!({"response_type": kind, "text": t})).into_response()
 }
 
-async fn events(State(a): State<Arc<SlackAdapter>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn events(State(a): State<Arc<SlackAdapter>>, headers: HeaderMap, body: Body) -> Response {
+    let Body { bytes: body, room } = body;
     if let Err(r) = a.verify(&headers, &body).await {
         return r;
     }
+    drop(room);
     let event: SlackPushEvent = match serde_json::from_slice(&body) {
         Ok(e) => e,
         Err(e) => {
@@ -616,11 +621,13 @@ async fn events(State(a): State<Arc<SlackAdapter>>, headers: HeaderMap, body: By
 async fn interactions(
     State(a): State<Arc<SlackAdapter>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
+    let Body { bytes: body, room } = body;
     if let Err(r) = a.verify(&headers, &body).await {
         return r;
     }
+    drop(room);
     if let Err(r) = a.once("interaction", &headers, &body).await {
         return r;
     }

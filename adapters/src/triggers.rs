@@ -17,8 +17,7 @@ use airlock_core::domain::{Surface, ThreadRef, TriggerKind};
 use airlock_core::service::{Actor, Firing, Sessions};
 use airlock_core::store::{settle, Session, Trigger};
 use airlock_core::Store;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -89,7 +88,6 @@ impl Triggers {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/hooks/{id}", post(hook))
-            .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(self.clone())
     }
 
@@ -279,8 +277,9 @@ async fn hook(
     State(tr): State<Arc<Triggers>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: crate::room::Unverified<MAX_BODY>,
 ) -> Response {
+    let crate::room::Unverified { bytes: body, room } = body;
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
     let trigger = match tr.store.trigger(&id).await {
         Ok(t) if t.kind == TriggerKind::Webhook && t.enabled => t,
@@ -320,7 +319,7 @@ async fn hook(
         tracing::warn!(trigger = %trigger.name, "refused a webhook with a bad signature");
         return err(StatusCode::UNAUTHORIZED, HOOK_HOW);
     }
-    drop(secret);
+    drop((secret, room));
     let context: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {

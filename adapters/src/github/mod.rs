@@ -62,9 +62,6 @@ pub struct GithubAdapter {
     /// Whether a delivery that needed nothing keeps its payload for a while
     /// (`retention.ignored_payload_hours`) instead of dropping it at once.
     keep_ignored: bool,
-    /// Bytes of unverified bodies being read at once, in [`BODY_UNIT`]s: what callers who
-    /// have not proved anything yet can make the server hold is bounded.
-    unverified: Arc<tokio::sync::Semaphore>,
     /// The webhook secret, read from the store at most every [`SECRET_TTL`] (one database
     /// read less per delivery; a rotated secret is in use within that time).
     secret: std::sync::Mutex<Option<(std::time::Instant, Arc<airlock_core::secrets::SecretValue>)>>,
@@ -72,14 +69,6 @@ pub struct GithubAdapter {
 
 /// How long the webhook secret is kept in memory before it is read again.
 const SECRET_TTL: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Unverified bodies in memory at once, at most (in bytes): room for one delivery of the
-/// largest size GitHub sends, or many of the usual few kilobytes.
-const UNVERIFIED_BYTES: usize = 32 * 1024 * 1024;
-/// The unit of [`GithubAdapter::unverified`].
-const BODY_UNIT: usize = 64 * 1024;
-/// How long a delivery waits for room to be read before it is answered 503.
-const ROOM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
     (status, body.into()).into_response()
@@ -114,7 +103,6 @@ impl GithubAdapter {
             hook,
             claimant: crate::inbound::claimant("github"),
             keep_ignored: retention.ignored_payload_hours > 0,
-            unverified: Arc::new(tokio::sync::Semaphore::new(UNVERIFIED_BYTES / BODY_UNIT)),
             secret: std::sync::Mutex::new(None),
         })
     }
@@ -509,54 +497,18 @@ impl GithubAdapter {
     }
 }
 
-/// Reads a body of at most `limit` bytes, kept in the pieces it arrived in: an unverified
-/// body is never copied into one large buffer (which the allocator would keep afterwards).
-async fn read_pieces(
-    body: axum::body::Body,
-    limit: usize,
-) -> Result<Vec<axum::body::Bytes>, &'static str> {
-    use http_body_util::BodyExt as _;
-    let mut body = body;
-    let (mut pieces, mut len) = (Vec::new(), 0usize);
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| "the body could not be read")?;
-        if let Ok(data) = frame.into_data() {
-            len += data.len();
-            if len > limit {
-                return Err("the body is longer than its Content-Length, or than 25 MB");
-            }
-            pieces.push(data);
-        }
-    }
-    Ok(pieces)
-}
-
 async fn webhook(
     State(a): State<Arc<GithubAdapter>>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    // Room for the body before it is read: its declared length (GitHub always sends one),
-    // or the most a delivery may be.
-    let declared = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(MAX_BODY);
-    if declared > MAX_BODY {
-        return text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "the body is larger than 25 MB\n",
-        );
-    }
-    let units = declared.div_ceil(BODY_UNIT).max(1) as u32;
-    let Ok(Ok(_room)) =
-        tokio::time::timeout(ROOM_WAIT, a.unverified.clone().acquire_many_owned(units)).await
-    else {
-        tracing::warn!("a GitHub delivery waited too long for room to be read");
-        return text(StatusCode::SERVICE_UNAVAILABLE, "busy; try again\n");
+    // Room for the body before it is read (decision 0015): its declared length (GitHub
+    // always sends one), or the most a delivery may be; kept in the pieces it arrives in.
+    let (declared, _room) = match crate::room::reserve(&headers, MAX_BODY).await {
+        Ok(r) => r,
+        Err(refused) => return refused,
     };
-    let pieces = match read_pieces(body, declared).await {
+    let pieces = match crate::room::read_pieces(body, declared).await {
         Ok(b) => b,
         Err(why) => return text(StatusCode::BAD_REQUEST, format!("{why}\n")),
     };

@@ -138,3 +138,72 @@ async fn unsigned_large_posts_at_once_do_not_grow_the_server() {
     let (status, _) = stack.github_webhook("ping", "d-ping", &ping, None).await;
     assert_eq!(status, 200);
 }
+
+/// Unsigned bodies sent slowly to every inbound endpoint (a head announcing 1 MB, 900 KB of
+/// it, then nothing) used to be held whole each, as many as connections allowed: 160 of them
+/// held about 144 MB. Every endpoint now reads into the one shared room for unverified bodies
+/// (32 MB); the rest wait for room and are answered 503, and the server keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_unsigned_bodies_on_every_endpoint_share_one_bounded_room() {
+    use airlock_tests::chats::{DiscordSide, SlackSide};
+    let slack = SlackSide::start().await;
+    let discord = DiscordSide::start().await;
+    let mut stack = airlock_tests::stack::Stack::new(
+        Engine::Sqlite,
+        vec![],
+        "acme/web",
+        &[("README", "hi\n")],
+        |i| {
+            slack.configure(i);
+            discord.configure(i);
+        },
+    )
+    .await;
+    SlackSide::credentials(&stack.install);
+    DiscordSide::credentials(&stack.install);
+    stack.start();
+    discord.connected().await;
+    let pid = stack.server.as_ref().unwrap().child.id();
+    let idle = airlock_tests::rss_mb(pid);
+    let addr = stack.url().trim_start_matches("http://").to_string();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut held = Vec::new();
+    for path in [
+        "/slack/commands",
+        "/slack/events",
+        "/discord/interactions",
+        "/hooks/no-such-trigger",
+    ] {
+        for _ in 0..40 {
+            let (addr, mut stop) = (addr.clone(), stop_rx.clone());
+            held.push(tokio::spawn(async move {
+                let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+                let head = format!(
+                    "POST {path} HTTP/1.1\r\nHost: airlock\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
+                );
+                let _ = c.write_all(head.as_bytes()).await;
+                let _ = c.write_all(&vec![b'a'; 900_000]).await;
+                let _ = stop.changed().await;
+            }));
+        }
+    }
+    let mut peak = idle;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(airlock_tests::rss_mb(pid));
+    }
+    eprintln!("RSS idle {idle} MB, peak under 160 stalled unsigned 1 MB bodies {peak} MB");
+    // Meanwhile the server answers.
+    let r = reqwest::get(format!("{}/login", stack.url()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        peak < idle + 70,
+        "the server grew from {idle} MB to {peak} MB"
+    );
+    let _ = stop_tx.send(true);
+    for h in held {
+        h.await.unwrap();
+    }
+}
