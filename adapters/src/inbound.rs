@@ -60,11 +60,32 @@ async fn claimed_for<T>(
             return None;
         }
     }
+    Some(renewing(store, inbound, claimant, (lease_ms, renew), work).await)
+}
+
+/// Runs `work` on a delivery `claimant` claimed when it stored it
+/// ([`Store::record_inbound_claimed`]), renewing the claim every [`RENEW`].
+pub async fn held<T>(
+    store: &Store,
+    inbound: &Inbound,
+    claimant: &str,
+    work: impl Future<Output = T>,
+) -> T {
+    renewing(store, inbound, claimant, (CLAIM_LEASE_MS, RENEW), work).await
+}
+
+async fn renewing<T>(
+    store: &Store,
+    inbound: &Inbound,
+    claimant: &str,
+    (lease_ms, renew): (i64, Duration),
+    work: impl Future<Output = T>,
+) -> T {
     tokio::pin!(work);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + renew, renew);
     loop {
         tokio::select! {
-            out = &mut work => return Some(out),
+            out = &mut work => return out,
             _ = tick.tick() => {
                 match store.renew_inbound_claim(&inbound.id, claimant, lease_ms).await {
                     Ok(true) => {}

@@ -246,23 +246,31 @@ impl SlackAdapter {
         crate::inbound::sweep(&store, "slack", |i| self.handle_stored(i), shutdown).await
     }
 
-    /// A stored event, claimed, handled and marked handled (whoever stored it).
+    /// A stored event left by another handler (the sweep): claimed, handled and marked.
     async fn handle_stored(&self, inbound: airlock_core::store::Inbound) {
-        let work = async {
-            let error = match serde_json::from_str::<SlackPushEvent>(&inbound.payload) {
-                Ok(SlackPushEvent::EventCallback(cb)) => {
-                    self.event(cb).await;
-                    None
-                }
-                Ok(_) => None,
-                Err(e) => Some(format!("the stored Slack event cannot be read: {e}")),
-            };
-            settle("a Slack event handled", || {
-                self.store.finish_inbound(&inbound.id, error.as_deref())
-            })
-            .await;
-        };
+        let work = self.handle_event(&inbound);
         crate::inbound::claimed(&self.store, &inbound, &self.claimant, work).await;
+    }
+
+    /// An event this process stored claimed: handled under that claim.
+    async fn handle_held(&self, inbound: airlock_core::store::Inbound) {
+        let work = self.handle_event(&inbound);
+        crate::inbound::held(&self.store, &inbound, &self.claimant, work).await;
+    }
+
+    async fn handle_event(&self, inbound: &airlock_core::store::Inbound) {
+        let error = match serde_json::from_str::<SlackPushEvent>(&inbound.payload) {
+            Ok(SlackPushEvent::EventCallback(cb)) => {
+                self.event(cb).await;
+                None
+            }
+            Ok(_) => None,
+            Err(e) => Some(format!("the stored Slack event cannot be read: {e}")),
+        };
+        settle("a Slack event handled", || {
+            self.store.finish_inbound(&inbound.id, error.as_deref())
+        })
+        .await;
     }
 
     /// A verified command or button click, once: Slack signs its timestamp with the body,
@@ -593,12 +601,16 @@ async fn events(State(a): State<Arc<SlackAdapter>>, headers: HeaderMap, body: Bo
             let payload = String::from_utf8_lossy(&body).into_owned();
             match a
                 .store
-                .record_inbound("slack", &cb.event_id.0, "event_callback", &payload)
+                .record_inbound_claimed(
+                    ("slack", &cb.event_id.0, "event_callback", &payload),
+                    &a.claimant,
+                    crate::inbound::CLAIM_LEASE_MS,
+                )
                 .await
             {
                 Ok(Some(inbound)) => {
                     let a = a.clone();
-                    tokio::spawn(async move { a.handle_stored(inbound).await });
+                    tokio::spawn(async move { a.handle_held(inbound).await });
                 }
                 Ok(None) => {
                     let retry = headers

@@ -1162,6 +1162,40 @@ async fn an_inbound_delivery_is_handled_by_one_claimant_at_a_time(db: Db) {
         .renew_inbound_claim(&other.id, "crashed", 60_000)
         .await
         .unwrap());
+    // Stored claimed (the request that stored it handles it): nobody else can take it or
+    // sees it until the claim lapses; its owner renews it.
+    let held = s
+        .record_inbound_claimed(("github", "d-3", "issues", "{}"), "p-store", 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!s.claim_inbound(&held.id, "sweep", 60_000).await.unwrap());
+    assert!(s
+        .renew_inbound_claim(&held.id, "p-store", 60_000)
+        .await
+        .unwrap());
+    let lapsing = s
+        .record_inbound_claimed(("github", "d-4", "issues", "{}"), "p-dead", 1)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let listed: Vec<String> = s
+        .unprocessed_inbound("github", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert!(
+        listed.contains(&lapsing.id) && !listed.contains(&held.id),
+        "{listed:?}"
+    );
+    assert!(s
+        .record_inbound_claimed(("github", "d-3", "issues", "{}"), "p-again", 60_000)
+        .await
+        .unwrap()
+        .is_none());
     // Done is done.
     s.finish_inbound(&inbound.id, None).await.unwrap();
     assert!(!s.claim_inbound(&inbound.id, "sweep", 1).await.unwrap());

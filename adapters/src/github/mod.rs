@@ -151,6 +151,18 @@ impl GithubAdapter {
         .await;
     }
 
+    /// A delivery this process stored claimed: handled under that claim.
+    #[tracing::instrument(name = "github", skip_all, fields(delivery = %inbound.delivery_id, event = %inbound.event))]
+    async fn handle_held(&self, inbound: Inbound) {
+        crate::inbound::held(
+            &self.store,
+            &inbound,
+            &self.claimant,
+            self.handle_claimed(&inbound),
+        )
+        .await;
+    }
+
     async fn handle_claimed(&self, inbound: &Inbound) {
         let result = match Delivery::parse(&inbound.event, &inbound.payload) {
             Ok(delivery) => self.dispatch(&inbound.id, &delivery).await,
@@ -252,6 +264,27 @@ impl GithubAdapter {
             || login.trim_end_matches("[bot]").eq_ignore_ascii_case(bot)
     }
 
+    /// Why a delivery needs nothing, when its payload alone says so (most of what GitHub
+    /// sends an installation): such a delivery is recorded as handled at once, and never
+    /// claimed, handled or marked later.
+    fn needs_nothing(&self, delivery: &Delivery) -> Option<&'static str> {
+        match &delivery.event {
+            Event::Other => Some("an event Airlock does not act on"),
+            Event::Comment { event, .. } => self.comment_needs_nothing(event),
+            _ => None,
+        }
+    }
+
+    fn comment_needs_nothing(&self, p: &CommentEvent) -> Option<&'static str> {
+        if self.is_bot(&p.sender) || self.is_bot(&p.comment.user) {
+            return Some("the bot's own comment");
+        }
+        let body = p.comment.body.as_deref().unwrap_or("");
+        command::from_comment(body, &self.cfg.bot_login)
+            .is_none()
+            .then_some("no request for Airlock in it")
+    }
+
     /// An issue or pull-request comment.
     async fn comment(
         &self,
@@ -263,8 +296,8 @@ impl GithubAdapter {
     ) -> Result<Handled, String> {
         let comment = &p.comment;
         let sender = &p.sender;
-        if self.is_bot(sender) || self.is_bot(&comment.user) {
-            return Ok(Handled::Ignored("the bot's own comment"));
+        if let Some(why) = self.comment_needs_nothing(p) {
+            return Ok(Handled::Ignored(why));
         }
         let body = comment.body.as_deref().unwrap_or("");
         let Some(parsed) = command::from_comment(body, &self.cfg.bot_login) else {
@@ -572,14 +605,33 @@ async fn webhook(
     // Stored under what it is about, so the same intent is handled once however often it
     // is delivered.
     let intent = parsed.intent(&event, &delivery);
+    if let Some(why) = a.needs_nothing(&parsed) {
+        let kept = if a.keep_ignored { payload } else { "" };
+        return match a
+            .store
+            .record_ignored("github", &intent, &event, kept, why)
+            .await
+        {
+            Ok(true) => Json(json!({"ok": true, "ignored": why})).into_response(),
+            Ok(false) => Json(json!({"ok": true, "duplicate": true})).into_response(),
+            Err(e) => {
+                tracing::warn!("cannot store a GitHub delivery: {e}");
+                text(StatusCode::SERVICE_UNAVAILABLE, "try again\n")
+            }
+        };
+    }
     match a
         .store
-        .record_inbound("github", &intent, &event, payload)
+        .record_inbound_claimed(
+            ("github", &intent, &event, payload),
+            &a.claimant,
+            crate::inbound::CLAIM_LEASE_MS,
+        )
         .await
     {
         Ok(Some(inbound)) => {
             let a = a.clone();
-            tokio::spawn(async move { a.handle(inbound).await });
+            tokio::spawn(async move { a.handle_held(inbound).await });
             (StatusCode::ACCEPTED, Json(json!({"ok": true}))).into_response()
         }
         Ok(None) => Json(json!({"ok": true, "duplicate": true})).into_response(),

@@ -117,6 +117,31 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// SQLite's write-ahead log is copied back into the database by this task, every
+/// [`CHECKPOINT_EVERY`], in passive mode (it never blocks a writer or a reader), instead of
+/// by the commit that happens to fill the log. Ends when the store's pool is closed (or its
+/// runtime ends). When the last connection to a database closes, SQLite checkpoints it
+/// anyway.
+async fn checkpoints(pool: AnyPool) {
+    loop {
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!(
+                "a checkpoint of the SQLite log failed (the next one tries again): {e}"
+            );
+        }
+    }
+}
+
+/// How often [`checkpoints`] runs.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
 /// How many migrations the schema has on this engine.
 pub fn migration_count(kind: DatabaseKind) -> usize {
     match kind {
@@ -188,6 +213,9 @@ impl Store {
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        // Checkpoints run beside the writers ([`checkpoints`]), not inside
+                        // whichever commit fills the log: that commit used to wait for it.
+                        conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
                     }
                     Ok(())
                 })
@@ -195,6 +223,9 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(|e| connect_err(first_line(&e.to_string())))?;
+        if kind == DatabaseKind::Sqlite {
+            tokio::spawn(checkpoints(pool.clone()));
+        }
         Ok(Store {
             pool,
             kind,
