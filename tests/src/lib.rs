@@ -704,3 +704,11 @@ pub fn run_sampled(install: &Install, args: &[&str]) -> (u64, u64, u64) {
         peak.load(std::sync::atomic::Ordering::Relaxed),
     )
 }
+
+/// What Airlock's CLI records as the actor of what it does on this machine: `cli:` and the
+/// account running the tests, as `id -un` names it (the tests set `USER=tester`, which
+/// Airlock must not believe).
+pub fn cli_actor() -> String {
+    let out = Command::new("id").arg("-un").output().expect("id -un");
+    format!("cli:{}", String::from_utf8_lossy(&out.stdout).trim())
+}

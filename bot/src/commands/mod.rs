@@ -7,6 +7,7 @@ pub mod sandboxes;
 mod triggers;
 pub mod up;
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use airlock_core::secrets::MasterKey;
@@ -20,28 +21,107 @@ use crate::output;
 pub struct Ctx {
     pub config: Config,
     pub json: bool,
+    /// The configuration file in use (none: the defaults and `AIRLOCK_*` variables).
+    pub config_file: Option<PathBuf>,
+}
+
+/// Where the configuration is looked for when neither `--config` nor `AIRLOCK_CONFIG` names
+/// it, in order.
+pub const CONFIG_FILES: &[&str] = &["airlock.toml", "/etc/airlock/airlock.toml"];
+
+/// The configuration file to read: the one named, else the first of [`CONFIG_FILES`] that
+/// exists.
+pub fn config_file(named: Option<&Path>) -> Option<PathBuf> {
+    named
+        .map(Path::to_path_buf)
+        .or_else(|| CONFIG_FILES.iter().map(PathBuf::from).find(|p| p.is_file()))
 }
 
 impl Ctx {
-    /// The master key from configuration, or from the key file (created when missing).
-    pub fn master_key(&self) -> anyhow::Result<MasterKey> {
-        match &self.config.secrets.master_key {
-            Some(k) => Ok(MasterKey::from_base64(k.expose())?),
-            None => {
-                let path = self.config.key_file();
-                let (key, created) = MasterKey::load_or_create(&path)?;
-                if created {
-                    tracing::info!(path = %path.display(), key_id = key.id(), "created a new master key file; back it up: credentials cannot be read without it");
-                }
-                Ok(key)
+    /// Where the configuration came from, for messages about a missing deployment.
+    fn config_origin(&self) -> String {
+        match &self.config_file {
+            Some(f) => format!(" (data_dir {}, from {})", self.config.data_dir.display(), f.display()),
+            None => format!(
+                " (data_dir {}: no airlock.toml in {} or /etc/airlock, and no --config or AIRLOCK_CONFIG)",
+                self.config.data_dir.display(),
+                std::env::current_dir()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_else(|_| "this directory".into())
+            ),
+        }
+    }
+
+    /// The master key from configuration, or from the key file. A missing key file is made
+    /// only for a database that belongs to no deployment yet: run from the wrong directory
+    /// (another `data_dir`, the same database), a command used to make a second key and
+    /// suggest `airlock migrate`, the start of a second, empty deployment.
+    ///
+    /// Only a command that sets a deployment up (`create`: `migrate`, `up`) makes a key.
+    pub async fn master_key(&self, create: bool) -> anyhow::Result<MasterKey> {
+        let path = match &self.config.secrets.master_key {
+            Some(k) => return Ok(MasterKey::from_base64(k.expose())?),
+            None => self.config.key_file(),
+        };
+        if !path.exists() {
+            // What the database says decides: a connection error is the one to report.
+            let recorded = self.deployment_key_id().await;
+            if let Ok(Some(id)) = &recorded {
+                bail!(
+                    "the database {} belongs to a deployment whose master key is {id}, and there \
+                     is no key file at {}: run this where that deployment's airlock.toml is, or \
+                     name it with --config or AIRLOCK_CONFIG (or restore the key file); Airlock \
+                     does not make a new key for a database that has one",
+                    airlock_core::store::redact_url(&self.config.database_url()),
+                    path.display()
+                );
+            }
+            if !create {
+                recorded?;
+                bail!(
+                    "there is no master key file at {}{}: run this where the deployment's \
+                     airlock.toml is, or name it with --config or AIRLOCK_CONFIG; to set up a new \
+                     deployment here, run `airlock migrate` (or `airlock up`)",
+                    path.display(),
+                    self.config_origin()
+                );
             }
         }
+        let (key, created) = MasterKey::load_or_create(&path)?;
+        if created {
+            tracing::info!(path = %path.display(), key_id = key.id(), "created a new master key file; back it up: credentials cannot be read without it");
+        }
+        Ok(key)
+    }
+
+    /// The id of the master key the configured database was set up with, if it was: `None`
+    /// for a database that does not exist yet or has no deployment.
+    async fn deployment_key_id(&self) -> anyhow::Result<Option<String>> {
+        let url = self.config.database_url();
+        if let Some(path) = sqlite_file(&url) {
+            if !std::path::Path::new(&path).is_file() {
+                return Ok(None);
+            }
+        }
+        let store = Store::connect(&url, 1, MasterKey::generate()).await?;
+        Ok(store.master_key_id().await?)
     }
 
     /// Opens the store. With `migrate`, applies pending migrations; without, refuses to work
     /// on a database whose schema is behind.
     pub async fn store(&self, migrate: bool) -> anyhow::Result<Store> {
-        let key = self.master_key()?;
+        let url = self.config.database_url();
+        if let (false, Some(path)) = (migrate, sqlite_file(&url)) {
+            if !std::path::Path::new(&path).is_file() {
+                bail!(
+                    "there is no Airlock database at {path}{}: run this where the deployment's \
+                     airlock.toml is, or name it with --config or AIRLOCK_CONFIG; to set up a \
+                     new deployment here, run `airlock migrate` (or `airlock up`)",
+                    self.config_origin()
+                );
+            }
+        }
+        let key = self.master_key(migrate).await?;
         let store = Store::connect(
             &self.config.database_url(),
             self.config.database.max_connections,
@@ -69,18 +149,51 @@ impl Ctx {
         Ok(store)
     }
 
-    /// Who is acting, for the audit log.
+    /// Who is acting, for the audit log: `cli:` and the operating-system account running
+    /// this command ([`os_user`]).
     pub fn actor(&self) -> String {
-        let user = std::env::var("USER")
-            .or_else(|_| std::env::var("LOGNAME"))
-            .unwrap_or_else(|_| "unknown".into());
-        format!("cli:{}", output::safe(&user))
+        format!("cli:{}", output::safe(&os_user()))
+    }
+}
+
+/// The file of a `sqlite://` database URL.
+fn sqlite_file(url: &str) -> Option<String> {
+    let path = url.strip_prefix("sqlite://")?;
+    Some(path.split('?').next().unwrap_or(path).to_string())
+}
+
+/// The operating-system account running this process, by its real user id (not `$USER`,
+/// which whoever starts a process sets, and which cron and systemd leave unset): its name
+/// in `/etc/passwd`, else `uid N`; with the account that ran `sudo`, when there is one.
+pub fn os_user() -> String {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().next().map(str::to_string))
+        });
+    let Some(uid) = uid else {
+        return "unknown".into();
+    };
+    let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|p| {
+        p.lines().find_map(|l| {
+            let mut f = l.split(':');
+            let (name, _, id) = (f.next()?, f.next()?, f.next()?);
+            (id == uid && !name.is_empty()).then(|| name.to_string())
+        })
+    });
+    let name = name.unwrap_or_else(|| format!("uid {uid}"));
+    match std::env::var("SUDO_USER") {
+        Ok(by) if !by.is_empty() && by != name => format!("{name} (sudo by {by})"),
+        _ => name,
     }
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let env = std::env::vars();
-    let config = match Config::load(cli.config.as_deref(), env) {
+    let config_file = config_file(cli.config.as_deref());
+    let config = match Config::load(config_file.as_deref(), env) {
         Ok(c) => c,
         Err(e) if matches!(cli.command, Command::Doctor) => {
             return Ok(doctor::report_config_error(&e.to_string(), cli.json));
@@ -90,6 +203,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ctx = Ctx {
         config,
         json: cli.json,
+        config_file,
     };
     match cli.command {
         Command::Up => up::up(&ctx).await.map(|()| ExitCode::SUCCESS),
@@ -111,10 +225,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn migrate(ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let key = ctx.master_key()?;
+    let key = ctx.master_key(true).await?;
     let store = Store::connect(&ctx.config.database_url(), 2, key).await?;
     let pending = store.pending_migrations().await?;
     store.migrate().await?;
+    // The deployment's key is recorded now, so that no other key is ever made for it.
+    store.check_master_key().await?;
     if ctx.json {
         output::json(&serde_json::json!({ "applied": pending }))?;
     } else if pending.is_empty() {

@@ -39,7 +39,9 @@ impl Limits {
     /// The server people, chat services and GitHub reach. One address may hold every
     /// connection: behind a reverse proxy, all peers are the proxy.
     pub const PUBLIC: Limits = Limits {
-        header_timeout: Duration::from_secs(10),
+        // GitHub, Slack and Discord send a request's head at once; 8 s leaves room for a
+        // slow link and closes a slow-loris connection well within 10 s.
+        header_timeout: Duration::from_secs(8),
         body_timeout: Duration::from_secs(30),
         max_connections: 1024,
         per_peer: 1024,

@@ -245,7 +245,7 @@ async fn an_admin_sets_up_people_profiles_and_credentials(engine: Engine) {
         .as_array()
         .unwrap()
         .iter()
-        .all(|e| e["actor"] == "cli:tester"));
+        .all(|e| e["actor"] == airlock_tests::cli_actor()));
     assert!(install
         .ok(&["audit", "verify"])
         .starts_with("The audit log is intact:"));
@@ -414,7 +414,7 @@ async fn bad_configuration_gives_one_line_errors() {
         ("", &[("AIRLOCK_DATABASE_URL", "mysql://db")], "error: config key `database.url` (from AIRLOCK_DATABASE_URL): expected sqlite://PATH or postgres://USER:PASSWORD@HOST/DB"),
         ("", &[("AIRLOCK_SECRETS_MASTER_KEY", "too-short")], "error: config key `secrets.master_key` (from AIRLOCK_SECRETS_MASTER_KEY): expected 32 random bytes in base64 (e.g. `openssl rand -base64 32`)"),
         ("", &[("AIRLOCK_LISTEN", "127.0.0.1:1")], "error: config: AIRLOCK_LISTEN: is not a known setting; see docs/configuration.md for the list"),
-        ("colour = \"blue\"\n", &[], "error: config key `colour` (from airlock.toml): unknown field `colour`, expected one of `data_dir`, `server`, `database`, `secrets`, `docker`, `sandbox`, `gateway`, `broker`, `git`, `github`, `slack`, `discord`"),
+        ("colour = \"blue\"\n", &[], "error: config key `colour` (from airlock.toml): unknown field `colour`, expected one of `data_dir`, `server`, `database`, `secrets`, `docker`, `sandbox`, `gateway`, `broker`, `retention`, `git`, `github`, `slack`, `discord`"),
     ];
     for (file, env, want) in cases {
         let mut install = Install::new(Engine::Sqlite).await;
@@ -588,4 +588,92 @@ async fn doctor_names_the_docker_version_and_the_dns_flaw_it_has() {
             assert!(line.contains("not affected by CVE-2024-29018"), "{line}");
         }
     }
+}
+
+/// The CLI finds its deployment from any directory through its configuration file, and a
+/// command run where there is no deployment neither makes one nor a second master key for
+/// an existing database: it says where it looked and what to do. Run from another
+/// directory, a command used to create `./var/master.key` there and suggest `airlock
+/// migrate`, the start of a second, empty deployment.
+#[tokio::test]
+async fn the_cli_finds_its_deployment_from_anywhere_and_never_makes_a_second_key() {
+    let home = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let data = home.path().join("var");
+    let config = home.path().join("airlock.toml");
+    std::fs::write(&config, format!("data_dir = \"{}\"\n", data.display())).unwrap();
+    let airlock = |dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = std::process::Command::new(airlock_tests::airlock_bin());
+        cmd.args(args).current_dir(dir).env_clear();
+        for (k, v) in std::env::vars() {
+            if k == "PATH" || k == "HOME" {
+                cmd.env(k, v);
+            }
+        }
+        cmd.env("AIRLOCK_LOG", "warn").envs(env.iter().copied());
+        cmd.output().unwrap()
+    };
+    let config_s = config.to_str().unwrap();
+    let out = airlock(elsewhere.path(), &[], &["--config", config_s, "migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = airlock(
+        elsewhere.path(),
+        &[("AIRLOCK_CONFIG", config_s)],
+        &[
+            "human",
+            "add",
+            "--name",
+            "Ada",
+            "--email",
+            "ada@example.com",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // From its own directory, ./airlock.toml; from anywhere, AIRLOCK_CONFIG or --config.
+    for (dir, env, args) in [
+        (home.path(), &[][..], &["human", "list", "--json"][..]),
+        (
+            elsewhere.path(),
+            &[("AIRLOCK_CONFIG", config_s)][..],
+            &["human", "list", "--json"][..],
+        ),
+        (
+            elsewhere.path(),
+            &[][..],
+            &["--config", config_s, "human", "list", "--json"][..],
+        ),
+    ] {
+        let out = airlock(dir, env, args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stdout(&out).contains("ada@example.com"), "{}", stdout(&out));
+    }
+    // Elsewhere with nothing named: refused, naming where it looked; nothing is made there.
+    let out = airlock(elsewhere.path(), &[], &["human", "list"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error: there is no Airlock database at ./var/airlock.db (data_dir ./var: no airlock.toml in ")
+            && err.contains("or name it with --config or AIRLOCK_CONFIG; to set up a new deployment here, run `airlock migrate`"),
+        "{err}"
+    );
+    // The existing database named, but not its key file: no second key for it.
+    let db = format!("sqlite://{}", data.join("airlock.db").display());
+    for args in [&["migrate"][..], &["human", "list"][..]] {
+        let out = airlock(elsewhere.path(), &[("AIRLOCK_DATABASE_URL", &db)], args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("belongs to a deployment whose master key is")
+                || err.contains("there is no master key file at ./var/master.key"),
+            "{args:?}: {err}"
+        );
+    }
+    let made: Vec<_> = std::fs::read_dir(elsewhere.path()).unwrap().collect();
+    assert!(
+        made.is_empty(),
+        "files were made where no deployment is: {made:?}"
+    );
+    // The deployment's key is the one it had.
+    let out = airlock(home.path(), &[], &["audit", "verify"]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }

@@ -472,7 +472,6 @@ impl World {
 
 /// The operator at the terminal, as the CLI audits them (`cli:USER`; the tests' `USER` is
 /// `tester`).
-const OPERATOR: &str = "cli:tester";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_surface_refuses_answers_and_audits_the_same_way() {
@@ -514,7 +513,7 @@ async fn every_surface_refuses_answers_and_audits_the_same_way() {
         w.stop(way, &conv).await;
         w.wait_state(&session, "cancelled").await;
         let stopper = if way == Way::Cli {
-            OPERATOR.to_string()
+            airlock_tests::cli_actor()
         } else {
             bob.clone()
         };

@@ -276,6 +276,19 @@ impl Store {
 
     /// The database remembers the id of the master key it was set up with, so a changed or
     /// lost key is reported at start-up rather than on first use of a credential.
+    /// The id of the master key this database was set up with (`None` before its first use,
+    /// or before it is migrated).
+    pub async fn master_key_id(&self) -> Result<Option<String>> {
+        match sqlx::query_scalar("SELECT value FROM meta WHERE key = 'master_key_id'")
+            .fetch_optional(&self.pool)
+            .await
+        {
+            Ok(id) => Ok(id),
+            Err(sqlx::Error::Database(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub async fn check_master_key(&self) -> Result<()> {
         let stored: Option<String> =
             sqlx::query_scalar("SELECT value FROM meta WHERE key = 'master_key_id'")
