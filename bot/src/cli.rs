@@ -291,6 +291,14 @@ pub enum SessionCmd {
     Show { id: SessionId },
     /// Print a session's full output, as kept by a profile with `limits.output_log = true`
     Log { id: SessionId },
+    /// Re-attach to a session: its latest events, then the rest as they come, until it ends
+    /// (exit 0 only if it succeeded)
+    Follow {
+        id: SessionId,
+        /// How many of the events so far to print first
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(0..=100000))]
+        last: i64,
+    },
     /// Cancel a session
     Cancel {
         id: SessionId,

@@ -636,6 +636,10 @@ pub async fn session(ctx: &Ctx, cmd: SessionCmd) -> anyhow::Result<ExitCode> {
             std::io::copy(&mut log, &mut out).context("cannot read the log")?;
             out.flush()?;
         }
+        SessionCmd::Follow { id, last } => {
+            let s = store.session(&id).await?;
+            return super::sandboxes::follow(ctx, &store, &s.id, Some(last)).await;
+        }
         SessionCmd::Cancel { id, reason } => {
             let reason = reason
                 .unwrap_or_else(|| format!("cancelled by {} from the command line", ctx.actor()));

@@ -76,7 +76,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
         println!("{}", session.id);
         return Ok(ExitCode::SUCCESS);
     }
-    follow(ctx, &store, &session.id).await
+    follow(ctx, &store, &session.id, None).await
 }
 
 /// `airlock run` acts for a person (the requester), on the command line of `ctx.actor()`.
@@ -84,9 +84,40 @@ fn cli_actor(ctx: &Ctx, requester: Human) -> Actor {
     Actor::human(requester, Surface::Cli, ctx.actor())
 }
 
-/// Prints a session's events as they arrive until it ends; exit 0 only if it succeeded.
-async fn follow(ctx: &Ctx, store: &Store, id: &SessionId) -> anyhow::Result<ExitCode> {
-    let mut after = store.last_event_seq(id).await?;
+/// Prints a session's events as they arrive until it ends (first the `last` of those so
+/// far, when given); exit 0 only if it succeeded. Interrupted (Ctrl-C), it says how to
+/// re-attach: the session goes on.
+pub async fn follow(
+    ctx: &Ctx,
+    store: &Store,
+    id: &SessionId,
+    last: Option<i64>,
+) -> anyhow::Result<ExitCode> {
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::select! {
+        code = follow_events(ctx, store, id, last) => code,
+        _ = interrupted => {
+            if !ctx.json {
+                eprintln!(
+                    "\nStopped following; session {id} goes on. Re-attach with `airlock session follow {id}`, or stop it with `airlock session cancel {id}`."
+                );
+            }
+            Ok(ExitCode::from(130))
+        }
+    }
+}
+
+async fn follow_events(
+    ctx: &Ctx,
+    store: &Store,
+    id: &SessionId,
+    last: Option<i64>,
+) -> anyhow::Result<ExitCode> {
+    let newest = store.last_event_seq(id).await?;
+    let mut after = match last {
+        Some(n) => store.event_seq_before_last(id, n).await?,
+        None => newest,
+    };
     let started = Instant::now();
     let mut hinted = false;
     loop {

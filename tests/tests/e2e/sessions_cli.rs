@@ -46,13 +46,16 @@ async fn an_admin_lists_shows_and_cancels_a_session() {
         })
         .await
         .unwrap();
+    // Re-attaching: the latest events so far, then what comes, until the session ends.
+    // Interrupted, follow says how to come back; the session goes on.
+    follow_and_interrupt(&install, &store, &session.id).await;
     store.close().await;
 
     let list = install.ok(&[
         "session",
         "list",
         "--state",
-        "queued",
+        "running",
         "--human",
         "ada@example.com",
     ]);
@@ -65,13 +68,13 @@ async fn an_admin_lists_shows_and_cancels_a_session() {
         "terminal escapes in stored text are neutralised"
     );
     assert_eq!(
-        install.ok(&["session", "list", "--state", "running"]),
+        install.ok(&["session", "list", "--state", "queued"]),
         "(none)\n"
     );
 
     let show = install.ok(&["session", "show", &session.id]);
     assert!(
-        show.contains("State     queued")
+        show.contains("State     running")
             && show.contains("Requester Ada Lovelace <ada@example.com>"),
         "{show}"
     );
@@ -104,4 +107,84 @@ async fn an_admin_lists_shows_and_cancels_a_session() {
     let last = audit.as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["action"], "session.cancel");
     assert_eq!(last["session_id"], session.id.as_str());
+}
+
+/// `airlock session follow ID --last 2` on a running session: two notes of the three so far,
+/// then a message as it arrives; Ctrl-C (SIGINT) stops following with how to re-attach, and
+/// the session is still running.
+async fn follow_and_interrupt(
+    install: &Install,
+    store: &airlock_core::Store,
+    id: &airlock_core::ids::SessionId,
+) {
+    use airlock_core::domain::{EventKind, SessionState};
+    use std::io::Read;
+    for to in [SessionState::Starting, SessionState::Running] {
+        store.transition(id, to, None).await.unwrap();
+    }
+    for n in 1..=3 {
+        store
+            .append_event(
+                id,
+                EventKind::Note,
+                &serde_json::json!({"text": format!("note {n}")}),
+            )
+            .await
+            .unwrap();
+    }
+    let mut child = std::process::Command::new(airlock_tests::airlock_bin())
+        .args(["session", "follow", id.as_str(), "--last", "2"])
+        .current_dir(install.path())
+        .env_clear()
+        .envs(install.env_pairs())
+        .env("AIRLOCK_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    store
+        .append_event(
+            id,
+            EventKind::Message,
+            &serde_json::json!({"text": "a message now"}),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    let (mut out, mut err) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{out}\n{err}");
+    assert!(out.contains("a message now"), "{out}");
+    assert!(
+        !err.contains("note 1") && err.contains("note 2") && err.contains("note 3"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "session {id} goes on. Re-attach with `airlock session follow {id}`"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        store.session(id).await.unwrap().state,
+        SessionState::Running
+    );
 }

@@ -68,6 +68,26 @@ impl Store {
         })
     }
 
+    /// The sequence number just before the session's `n` latest events (0 when it has no
+    /// more than `n`): reading after it gives those `n` and what follows.
+    pub async fn event_seq_before_last(&self, session_id: &SessionId, n: i64) -> Result<i64> {
+        if n == 0 {
+            return self.last_event_seq(session_id).await;
+        }
+        let row = sqlx::query(
+            "SELECT seq FROM session_events WHERE session_id = $1 ORDER BY seq DESC \
+             LIMIT 1 OFFSET $2",
+        )
+        .bind(session_id)
+        .bind(n)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(match row {
+            Some(r) => sqlx::Row::try_get(&r, "seq")?,
+            None => 0,
+        })
+    }
+
     /// The session's latest event of `kind`, if any.
     pub async fn last_event_of(
         &self,
