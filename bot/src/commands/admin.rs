@@ -292,6 +292,18 @@ pub async fn profile(ctx: &Ctx, cmd: ProfileCmd) -> anyhow::Result<ExitCode> {
                     _ => println!("Profile {} is unchanged (version {version}).", spec.name),
                 }
             }
+            // What would fail later, said now: a route whose credential is not stored is
+            // refused at request time.
+            for r in &spec.egress {
+                if let Some(name) = &r.credential {
+                    if store.credential_info(name).await?.is_none() {
+                        eprintln!(
+                            "warning: the route for {} names the credential `{name}`, which is not stored; its requests will fail until `airlock credential set {name}`",
+                            r.host
+                        );
+                    }
+                }
+            }
         }
         ProfileCmd::List => {
             let store = ctx.store(false).await?;

@@ -175,11 +175,30 @@ pub async fn run(ctx: &Ctx) -> ExitCode {
     // Database.
     let url = cfg.database_url();
     let probe_key = key.clone().unwrap_or_else(MasterKey::generate);
-    let store =
-        tokio::time::timeout(Duration::from_secs(10), Store::connect(&url, 2, probe_key)).await;
+    // A database file that is not there is reported, not made: doctor creates nothing.
+    let missing_file = url
+        .strip_prefix("sqlite://")
+        .map(|p| p.split('?').next().unwrap_or(p))
+        .filter(|p| !std::path::Path::new(p).is_file())
+        .map(str::to_string);
+    let store = match &missing_file {
+        Some(path) => {
+            checks.push(check(
+                "database",
+                Status::Fail,
+                format!("there is no database at {path}"),
+                Some("run `airlock migrate` to set up a deployment here (`airlock up` also migrates), or point --config at the deployment's airlock.toml".into()),
+            ));
+            Ok(Err(None))
+        }
+        None => tokio::time::timeout(Duration::from_secs(10), Store::connect(&url, 2, probe_key))
+            .await
+            .map(|r| r.map_err(Some)),
+    };
     let store = match store {
+        Ok(Err(None)) => None,
         Ok(Ok(s)) => Some(s),
-        Ok(Err(e)) => {
+        Ok(Err(Some(e))) => {
             checks.push(check(
                 "database",
                 Status::Fail,
@@ -243,6 +262,9 @@ pub async fn run(ctx: &Ctx) -> ExitCode {
         if let Ok(warm) = store.warm_pool_total().await {
             checks.push(capacity_check(cfg, warm));
         }
+        if let Some(c) = profile_credentials(store).await {
+            checks.push(c);
+        }
         store.close().await;
     }
 
@@ -280,6 +302,51 @@ pub async fn run(ctx: &Ctx) -> ExitCode {
                     p,
                     Some("upgrade the Docker engine (26.0 or later)".into()),
                 ));
+            }
+            // Another network on the sandbox subnet: Docker refuses to create Airlock's, or
+            // traffic for those addresses goes to the wrong place.
+            match airlock_sandbox::engine::network_subnets(&docker).await {
+                Ok(nets) => {
+                    let clash: Vec<String> = nets
+                        .iter()
+                        .filter(|(name, subnet)| {
+                            *name != cfg.sandbox.network
+                                && airlock_core::config::subnets_overlap(
+                                    subnet,
+                                    &cfg.sandbox.subnet,
+                                )
+                        })
+                        .map(|(name, subnet)| format!("{name} ({subnet})"))
+                        .collect();
+                    if clash.is_empty() {
+                        checks.push(check(
+                            "sandbox subnet",
+                            Status::Ok,
+                            format!(
+                                "{} is not used by another Docker network",
+                                cfg.sandbox.subnet
+                            ),
+                            None,
+                        ));
+                    } else {
+                        checks.push(check(
+                            "sandbox subnet",
+                            Status::Fail,
+                            format!(
+                                "sandbox.subnet {} overlaps the Docker network(s) {}",
+                                cfg.sandbox.subnet,
+                                clash.join(", ")
+                            ),
+                            Some("set sandbox.subnet to a free range (e.g. 10.203.0.0/24) or remove that network".into()),
+                        ));
+                    }
+                }
+                Err(e) => checks.push(check(
+                    "sandbox subnet",
+                    Status::Warn,
+                    format!("not checked: cannot list Docker's networks ({e})"),
+                    None,
+                )),
             }
             let reference = airlock_sandbox::image::base_image_ref(&cfg.docker.base_image);
             match airlock_sandbox::engine::image_exists(&docker, &reference).await {
@@ -374,6 +441,24 @@ pub async fn run(ctx: &Ctx) -> ExitCode {
         )),
     }
 
+    // Where sessions get their code from.
+    if cfg.github.is_none() {
+        checks.push(check(
+            "git",
+            Status::Warn,
+            "no git integration is configured: sessions will not clone a repository (the agent \
+             starts in an empty directory) and nothing is pushed",
+            Some("add [github] with a token or an App to airlock.toml (README: GitHub)".into()),
+        ));
+    } else {
+        checks.push(check(
+            "git",
+            Status::Ok,
+            "sessions clone from and push to GitHub (github.web_url)",
+            None,
+        ));
+    }
+
     // Integrations: the credentials they name must be stored.
     let wanted = cfg.referenced_credentials();
     if wanted.is_empty() {
@@ -431,6 +516,39 @@ pub async fn run(ctx: &Ctx) -> ExitCode {
     }
 
     print(&checks, ctx.json)
+}
+
+/// Credentials that profiles' routes name but the store does not have: each such route
+/// fails at request time (`None` when the profiles cannot be read).
+async fn profile_credentials(store: &Store) -> Option<Check> {
+    let mut missing = Vec::new();
+    let mut named = 0;
+    for p in store.list_profiles().await.ok()? {
+        let v = store.profile_version(&p.id, None).await.ok()?;
+        for r in &v.spec.egress {
+            if let Some(name) = &r.credential {
+                named += 1;
+                if !matches!(store.credential_info(name).await, Ok(Some(_))) {
+                    missing.push(format!("{name} (profile {}, route {})", p.name, r.host));
+                }
+            }
+        }
+    }
+    Some(if missing.is_empty() {
+        check(
+            "profile credentials",
+            Status::Ok,
+            format!("{named} route credential(s), all stored"),
+            None,
+        )
+    } else {
+        check(
+            "profile credentials",
+            Status::Fail,
+            format!("not stored: {}", missing.join(", ")),
+            Some("store each with `airlock credential set NAME < value-file`".into()),
+        )
+    })
 }
 
 fn kind_name(store: &Store) -> &'static str {

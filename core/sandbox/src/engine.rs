@@ -111,3 +111,24 @@ mod tests {
         assert!(known_problems("unknown")[0].contains("cannot read"));
     }
 }
+
+/// The engine's networks and their IPv4 subnets (`name`, `10.0.0.0/24`), for checks that a
+/// subnet is free.
+pub async fn network_subnets(docker: &Docker) -> Result<Vec<(String, String)>, DockerError> {
+    let nets = docker
+        .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+        .await?;
+    Ok(nets
+        .into_iter()
+        .flat_map(|n| {
+            let name = n.name.unwrap_or_default();
+            n.ipam
+                .and_then(|i| i.config)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|c| c.subnet)
+                .map(move |s| (name.clone(), s))
+                .collect::<Vec<_>>()
+        })
+        .collect())
+}

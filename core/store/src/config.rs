@@ -1083,6 +1083,30 @@ pub fn host_address(subnet: &str) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::from(n + 1))
 }
 
+/// Whether two IPv4 networks (`10.203.0.0/24`) share any address; `false` when either is
+/// not an IPv4 network (an IPv6 one cannot clash with the sandbox subnet).
+pub fn subnets_overlap(a: &str, b: &str) -> bool {
+    let range = |s: &str| -> Option<(u32, u32)> {
+        let (net, bits) = s.split_once('/')?;
+        let bits: u32 = bits.parse().ok()?;
+        let net: Ipv4Addr = net.parse().ok()?;
+        if bits > 32 {
+            return None;
+        }
+        let mask = if bits == 0 {
+            0
+        } else {
+            u32::MAX << (32 - bits)
+        };
+        let start = u32::from(net) & mask;
+        Some((start, start | !mask))
+    };
+    match (range(a), range(b)) {
+        (Some((a0, a1)), Some((b0, b1))) => a0 <= b1 && b0 <= a1,
+        _ => false,
+    }
+}
+
 /// How many sandboxes a subnet can address: all of it but the network and broadcast
 /// addresses and the bridge's own (`None` for a subnet [`host_address`] refuses).
 pub fn subnet_capacity(subnet: &str) -> Option<u32> {
@@ -1095,6 +1119,23 @@ pub fn subnet_capacity(subnet: &str) -> Option<u32> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn subnets_overlap_when_they_share_an_address() {
+        for (a, b, overlap) in [
+            ("10.203.0.0/24", "10.203.0.0/24", true),
+            ("10.203.0.0/24", "10.203.0.128/25", true),
+            ("10.203.0.0/24", "10.0.0.0/8", true),
+            ("10.203.0.0/24", "10.203.1.0/24", false),
+            ("172.17.0.0/16", "10.203.0.0/24", false),
+            ("10.203.0.0/24", "0.0.0.0/0", true),
+            ("10.203.0.0/24", "fd00::/64", false),
+            ("10.203.0.0/24", "nonsense", false),
+        ] {
+            assert_eq!(subnets_overlap(a, b), overlap, "{a} {b}");
+            assert_eq!(subnets_overlap(b, a), overlap, "{b} {a}");
+        }
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

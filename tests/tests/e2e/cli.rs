@@ -677,3 +677,98 @@ async fn the_cli_finds_its_deployment_from_anywhere_and_never_makes_a_second_key
     let out = airlock(home.path(), &[], &["audit", "verify"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// Doctor's checks of what would fail later, each seen failing and then passing: no
+/// database (reported, not made), a route's credential not stored (also warned by `profile
+/// apply`), no git integration, and a sandbox subnet another Docker network uses.
+#[tokio::test]
+async fn doctor_catches_what_fails_later_both_ways() {
+    let mut install = Install::new(Engine::Sqlite).await;
+    let doctor = |install: &Install| stdout(&install.run(&["doctor"]));
+    // A check's line as `[status] name detail`, without the padding.
+    let line = |text: &str, name: &str| -> String {
+        text.lines()
+            .find_map(|l| {
+                let (status, rest) = l.split_once("] ")?;
+                let detail = rest.strip_prefix(name)?;
+                detail
+                    .starts_with(' ')
+                    .then(|| format!("{status}] {name} {}", detail.trim_start()))
+            })
+            .unwrap_or_else(|| panic!("no `{name}` check in:\n{text}"))
+    };
+    // No database: reported, and doctor makes none (nor a key).
+    let text = doctor(&install);
+    assert!(
+        line(&text, "database").starts_with("[FAIL] database there is no database at "),
+        "{text}"
+    );
+    assert!(!install.path().join("var").exists(), "doctor created files");
+
+    install.ok(&["migrate"]);
+    let profile = install.path().join("p.toml");
+    std::fs::write(
+        &profile,
+        "name = \"p\"\n[agent]\nkind = \"command\"\ncommand = \"true\"\n[[egress]]\nhost = \"api.example.com\"\ncredential = \"model-key\"\ninject = { kind = \"bearer\" }\n",
+    )
+    .unwrap();
+    let out = install.run(&["profile", "apply", "-f", profile.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(
+        stderr(&out).contains("warning: the route for api.example.com names the credential `model-key`, which is not stored"),
+        "{}",
+        stderr(&out)
+    );
+    let text = doctor(&install);
+    assert_eq!(
+        line(&text, "profile credentials"),
+        "[FAIL] profile credentials not stored: model-key (profile p, route api.example.com)",
+        "{text}"
+    );
+    assert!(
+        line(&text, "git")
+            .starts_with("[warn] git no git integration is configured: sessions will not clone"),
+        "{text}"
+    );
+    assert!(
+        line(&text, "database").starts_with("[ok  ] database"),
+        "{text}"
+    );
+    install.run_with_stdin(&["credential", "set", "model-key"], b"sk-1");
+    let text = doctor(&install);
+    assert_eq!(
+        line(&text, "profile credentials"),
+        "[ok  ] profile credentials 1 route credential(s), all stored",
+        "{text}"
+    );
+
+    // A Docker network on the sandbox subnet.
+    let name = format!("alk-doc-{}", std::process::id());
+    let subnet = "10.251.7.0/24";
+    let made = std::process::Command::new("docker")
+        .args(["network", "create", "--subnet", subnet, &name])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", stderr(&made));
+    install.env("AIRLOCK_SANDBOX_SUBNET", "10.251.7.0/24");
+    let text = doctor(&install);
+    let clash = line(&text, "sandbox subnet");
+    let _ = std::process::Command::new("docker")
+        .args(["network", "rm", &name])
+        .output();
+    assert_eq!(
+        clash,
+        format!("[FAIL] sandbox subnet sandbox.subnet {subnet} overlaps the Docker network(s) {name} ({subnet})"),
+        "{text}"
+    );
+    install.env("AIRLOCK_SANDBOX_SUBNET", "10.251.8.0/24");
+    install.env("AIRLOCK_GITHUB_TOKEN_CREDENTIAL", "gh");
+    install.env("AIRLOCK_GITHUB_WEBHOOK_SECRET_CREDENTIAL", "gh-hook");
+    let text = doctor(&install);
+    assert!(
+        line(&text, "sandbox subnet")
+            .starts_with("[ok  ] sandbox subnet 10.251.8.0/24 is not used"),
+        "{text}"
+    );
+    assert!(line(&text, "git").starts_with("[ok  ] git"), "{text}");
+}
