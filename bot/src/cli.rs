@@ -34,6 +34,10 @@ pub struct Cli {
 pub enum Command {
     /// Start the server (migrates the database first)
     Up,
+    /// Remove what `up` set up on the Docker engine (sandboxes, their network and firewall
+    /// chain), keeping the data: the database, keys, logs and images. Refused while the
+    /// server runs or a session is unfinished.
+    Down,
     /// Run only the egress gateway (for gateway.mode = "separate")
     Gateway,
     /// Apply pending database migrations

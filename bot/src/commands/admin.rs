@@ -18,7 +18,7 @@ use super::Ctx;
 use crate::cli::{AuditCmd, CredentialCmd, HumanCmd, IdentityCmd, ProfileCmd, SessionCmd};
 use crate::output::{cell, json, safe, table};
 
-async fn audit(
+pub(crate) async fn audit(
     store: &Store,
     ctx: &Ctx,
     action: &str,

@@ -207,6 +207,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Up => up::up(&ctx).await.map(|()| ExitCode::SUCCESS),
+        Command::Down => up::down(&ctx).await,
         Command::Gateway => up::gateway(&ctx).await.map(|()| ExitCode::SUCCESS),
         Command::Migrate => migrate(&ctx).await,
         Command::Doctor => Ok(doctor::run(&ctx).await),

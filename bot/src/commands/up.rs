@@ -327,6 +327,58 @@ async fn shutdown_signal() {
 
 /// Whether an Airlock server answers `/healthz` at `addr` (used by `doctor` when the port is
 /// taken). A plain HTTP/1.0 request, so it works without a client library.
+/// `airlock down`: what `up` set up on the Docker engine, removed; the data kept.
+pub async fn down(ctx: &Ctx) -> anyhow::Result<std::process::ExitCode> {
+    let cfg = &ctx.config;
+    if is_airlock_at(cfg.server.listen).await {
+        anyhow::bail!(
+            "Airlock is serving at {}: stop `airlock up` first (Ctrl-C or SIGTERM), then run `airlock down`",
+            cfg.server.listen
+        );
+    }
+    let store = ctx.store(false).await?;
+    let active = store.active_sessions().await?;
+    if active > 0 {
+        anyhow::bail!(
+            "{active} session(s) are not finished; let them finish or cancel them (`airlock session list`, `airlock session cancel ID`), then run `airlock down`"
+        );
+    }
+    let docker = airlock_sandbox::engine::connect(&cfg.docker.host).await?;
+    let runtime = airlock_sandbox::docker::DockerRuntime::new(
+        docker,
+        airlock_sandbox::docker::DockerRuntimeConfig {
+            deployment: store.deployment_id().await?,
+            network: cfg.sandbox.network.clone(),
+            subnet: cfg.sandbox.subnet.clone(),
+            allowed_ports: vec![cfg.sandbox.endpoint_port, cfg.sandbox.gateway_port],
+        },
+    );
+    let done = runtime.teardown().await?;
+    // The database no longer names sandboxes that are gone.
+    store.forget_sandboxes("removed by airlock down").await?;
+    crate::commands::admin::audit(
+        &store,
+        ctx,
+        "deployment.down",
+        "docker",
+        serde_json::json!({ "containers": done.containers, "network": done.network, "firewall": done.firewall }),
+    )
+    .await?;
+    if ctx.json {
+        crate::output::json(&serde_json::json!({
+            "containers": done.containers, "network": done.network, "firewall": done.firewall
+        }))?;
+    } else {
+        println!(
+            "Removed {} sandbox container(s){}{}. Kept the database, the master key, logs and images; `airlock up` sets the rest up again.",
+            done.containers,
+            if done.network { format!(", the network {}", cfg.sandbox.network) } else { String::new() },
+            if done.firewall { " and its firewall chain" } else { "" },
+        );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 pub async fn is_airlock_at(addr: SocketAddr) -> bool {
     let probe = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;

@@ -39,6 +39,14 @@ pub struct DockerRuntime {
     cfg: DockerRuntimeConfig,
 }
 
+/// What [`DockerRuntime::teardown`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TornDown {
+    pub containers: usize,
+    pub network: bool,
+    pub firewall: bool,
+}
+
 fn api(e: bollard::errors::Error) -> RuntimeError {
     let text = format!("Docker: {e}");
     // Docker's words when the network's pool is used up ("no available IPv4 addresses on
@@ -115,6 +123,50 @@ impl DockerRuntime {
             ipt(&["-I", "INPUT", "1", "-i", bridge, "-j", chain]).map_err(fail)?;
         }
         Ok(())
+    }
+
+    /// Undoes [`Runtime::prepare`] and what sessions left: removes this deployment's
+    /// containers (warm sandboxes, kept workspaces), its network and its firewall chain.
+    /// Images (the base image, snapshots) stay. Idempotent: what is already gone is skipped.
+    pub async fn teardown(&self) -> Result<TornDown> {
+        let mut done = TornDown::default();
+        for i in self.list().await? {
+            self.remove(&i.id).await?;
+            done.containers += 1;
+        }
+        let name = &self.cfg.network;
+        match self
+            .docker
+            .inspect_network(
+                name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+        {
+            Ok(net) => {
+                let labels = net.labels.unwrap_or_default();
+                if labels.get(LABEL_DEPLOYMENT) == Some(&self.cfg.deployment) {
+                    self.docker.remove_network(name).await.map_err(api)?;
+                    done.network = true;
+                }
+            }
+            Err(e) if is_404(&e) => {}
+            Err(e) => return Err(api(e)),
+        }
+        let chain = format!("AIRLOCK-{name}");
+        let chain = &chain[..chain.len().min(28)];
+        let ipt = |args: &[&str]| {
+            std::process::Command::new("iptables")
+                .arg("-w")
+                .args(args)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        while ipt(&["-D", "INPUT", "-i", name, "-j", chain]) {}
+        if ipt(&["-F", chain]) && ipt(&["-X", chain]) {
+            done.firewall = true;
+        }
+        Ok(done)
     }
 
     fn instance_of(&self, r: bollard::models::ContainerInspectResponse) -> Instance {

@@ -435,3 +435,80 @@ async fn a_server_starting_leaves_a_running_cli_snapshot_build_alone() {
     let out = run(&install, "slowsetup", "check");
     assert_eq!(stdout(&out).trim(), "built");
 }
+
+/// `airlock down` removes what `up` set up on the engine (the warm sandbox, the network, its
+/// firewall chain) and keeps the data; refused while the server runs; `up` afterwards sets
+/// it all up again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_removes_what_up_set_up_and_keeps_the_data() {
+    let install = install_on(
+        Engine::Sqlite,
+        &[("warm", "echo hello", "[sandbox]\nwarm_pool = 1")],
+    )
+    .await;
+    let mut server = Server::start(&install);
+    wait_for("a warm sandbox", Duration::from_secs(60), || {
+        ready_warm(&install) == 1
+    });
+    let network = server.network.clone();
+    let chain = format!("AIRLOCK-{network}");
+    let exists = |what: &[&str]| {
+        std::process::Command::new(what[0])
+            .args(&what[1..])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert_eq!(server.containers().len(), 1);
+    assert!(exists(&["docker", "network", "inspect", &network]));
+    assert!(exists(&["iptables", "-w", "-n", "-L", &chain]));
+
+    let refused = install.run(&["down"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("stop `airlock up` first"),
+        "{}",
+        stderr(&refused)
+    );
+    let containers = server.containers();
+    server.kill_hard();
+    let out = install.ok(&["down"]);
+    assert!(
+        out.starts_with("Removed 1 sandbox container(s), the network ")
+            && out.contains("Kept the database"),
+        "{out}"
+    );
+    assert!(
+        !exists(&["docker", "network", "inspect", &network]),
+        "the network is still there"
+    );
+    assert!(
+        !exists(&["iptables", "-w", "-n", "-L", &chain]),
+        "the firewall chain is still there"
+    );
+    for c in containers {
+        assert!(
+            !exists(&["docker", "inspect", &c]),
+            "container {c} is still there"
+        );
+    }
+    assert!(
+        !exists(&["iptables", "-w", "-C", "INPUT", "-i", &network, "-j", &chain]),
+        "the INPUT jump is still there"
+    );
+    // The data stays: the profile and the audit record of the down.
+    assert!(install.ok(&["profile", "list"]).contains("warm"));
+    let audit = install.ok(&["audit", "tail", "-n", "1"]);
+    assert!(audit.contains("deployment.down"), "{audit}");
+    // Again: nothing to do, no error.
+    assert!(install
+        .ok(&["down"])
+        .starts_with("Removed 0 sandbox container(s)."));
+    // And up sets it up again.
+    let _server = Server::start(&install);
+    wait_for("a warm sandbox again", Duration::from_secs(60), || {
+        ready_warm(&install) == 1
+    });
+    assert!(exists(&["iptables", "-w", "-n", "-L", &chain]));
+}

@@ -252,6 +252,26 @@ impl Store {
         Ok(())
     }
 
+    /// Records that every sandbox of this deployment is gone (`airlock down` removed them),
+    /// and revokes their tokens; how many were recorded as existing.
+    pub async fn forget_sandboxes(&self, reason: &str) -> Result<u64> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        let done = sqlx::query(
+            "UPDATE sandboxes SET state = 'gone', reason = COALESCE(reason, $1), updated_at = $2, \
+               ended_at = $2 WHERE state <> 'gone'",
+        )
+        .bind(reason)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM sandbox_tokens")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
     /// Records that a sandbox no longer exists, and revokes its tokens.
     pub async fn set_sandbox_gone(&self, id: &SandboxId, reason: &str) -> Result<()> {
         let now = now_ms();
