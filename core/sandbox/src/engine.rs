@@ -92,26 +92,6 @@ pub fn known_problems(version: &str) -> Vec<String> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::known_problems;
-
-    #[test]
-    fn versions_affected_by_the_dns_flaw_are_named() {
-        for v in ["20.10.24+dfsg1", "24.0.7", "25.0.4", "23.0.10", "1.13.1"] {
-            let p = known_problems(v);
-            assert!(
-                p.len() == 1 && p[0].contains("CVE-2024-29018"),
-                "{v}: {p:?}"
-            );
-        }
-        for v in ["26.0.0", "28.2.2", "25.0.5", "23.0.11", "27.1.1-ce"] {
-            assert!(known_problems(v).is_empty(), "{v}");
-        }
-        assert!(known_problems("unknown")[0].contains("cannot read"));
-    }
-}
-
 /// The engine's networks and their IPv4 subnets (`name`, `10.0.0.0/24`), for checks that a
 /// subnet is free.
 pub async fn network_subnets(docker: &Docker) -> Result<Vec<(String, String)>, DockerError> {
@@ -131,4 +111,24 @@ pub async fn network_subnets(docker: &Docker) -> Result<Vec<(String, String)>, D
                 .collect::<Vec<_>>()
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::known_problems;
+
+    #[test]
+    fn versions_affected_by_the_dns_flaw_are_named() {
+        for v in ["20.10.24+dfsg1", "24.0.7", "25.0.4", "23.0.10", "1.13.1"] {
+            let p = known_problems(v);
+            assert!(
+                p.len() == 1 && p[0].contains("CVE-2024-29018"),
+                "{v}: {p:?}"
+            );
+        }
+        for v in ["26.0.0", "28.2.2", "25.0.5", "23.0.11", "27.1.1-ce"] {
+            assert!(known_problems(v).is_empty(), "{v}");
+        }
+        assert!(known_problems("unknown")[0].contains("cannot read"));
+    }
 }
