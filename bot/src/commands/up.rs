@@ -221,14 +221,17 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
     }
     background.push(tokio::spawn(Arc::new(notifier).run(stopped())));
     tracing::info!(address = %local, public_url = %cfg.public_url(), database = %airlock_core::store::redact_url(&cfg.database_url()), "Airlock is up");
-    // The address actually bound (a port of 0 in the configuration is chosen now).
-    eprintln!(
-        "Airlock is up at http://{local} (the admin page; health: http://{local}/healthz){}",
-        match &ctx.config_file {
-            Some(f) => format!("; configuration {}", f.display()),
-            None => String::new(),
-        }
-    );
+    // The address actually bound (a port of 0 in the configuration is chosen now), for a
+    // person; JSON logs keep to JSON lines (the line above carries the address).
+    if std::env::var("AIRLOCK_LOG_FORMAT").as_deref() != Ok("json") {
+        eprintln!(
+            "Airlock is up at http://{local} (the admin page; health: http://{local}/healthz){}",
+            match &ctx.config_file {
+                Some(f) => format!("; configuration {}", f.display()),
+                None => String::new(),
+            }
+        );
+    }
     let limits = airlock_serve::Limits {
         max_connections: cfg.server.max_connections as usize,
         per_peer: cfg.server.max_connections as usize,
