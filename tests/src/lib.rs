@@ -712,3 +712,19 @@ pub fn cli_actor() -> String {
     let out = Command::new("id").arg("-un").output().expect("id -un");
     format!("cli:{}", String::from_utf8_lossy(&out.stdout).trim())
 }
+
+/// When the peer closes `c` (after whatever it sends first: a 408, say), if within `secs`.
+pub async fn closed_within(mut c: tokio::net::TcpStream, secs: u64) -> Option<std::time::Instant> {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(std::time::Duration::from_secs(secs), async {
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => return std::time::Instant::now(),
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .ok()
+}

@@ -39,6 +39,20 @@ pub struct DockerRuntime {
     cfg: DockerRuntimeConfig,
 }
 
+/// Runs `iptables -w ARGS`: its error output when it fails.
+fn iptables(args: &[&str]) -> std::result::Result<(), String> {
+    let out = std::process::Command::new("iptables")
+        .arg("-w")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run iptables: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
 /// What [`DockerRuntime::teardown`] removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TornDown {
@@ -87,18 +101,7 @@ impl DockerRuntime {
     fn firewall(&self, bridge: &str, host: Ipv4Addr) -> Result<()> {
         let chain = format!("AIRLOCK-{bridge}");
         let chain = &chain[..chain.len().min(28)];
-        let ipt = |args: &[&str]| -> std::result::Result<(), String> {
-            let out = std::process::Command::new("iptables")
-                .arg("-w")
-                .args(args)
-                .output()
-                .map_err(|e| format!("cannot run iptables: {e}"))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-            }
-        };
+        let ipt = iptables;
         let fail = |e: String| {
             RuntimeError::Unavailable(format!(
                 "cannot install the sandbox firewall on bridge {bridge}: {e}. Airlock needs root \
@@ -155,15 +158,8 @@ impl DockerRuntime {
         }
         let chain = format!("AIRLOCK-{name}");
         let chain = &chain[..chain.len().min(28)];
-        let ipt = |args: &[&str]| {
-            std::process::Command::new("iptables")
-                .arg("-w")
-                .args(args)
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
-        while ipt(&["-D", "INPUT", "-i", name, "-j", chain]) {}
-        if ipt(&["-F", chain]) && ipt(&["-X", chain]) {
+        while iptables(&["-D", "INPUT", "-i", name, "-j", chain]).is_ok() {}
+        if iptables(&["-F", chain]).is_ok() && iptables(&["-X", chain]).is_ok() {
             done.firewall = true;
         }
         Ok(done)

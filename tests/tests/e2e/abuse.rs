@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use airlock_tests::{Engine, Install, Server};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_request_heads_are_closed_and_the_server_keeps_answering() {
@@ -111,19 +111,9 @@ async fn slow_request_heads_are_closed_and_the_server_keeps_answering() {
     drop(server);
 }
 
-/// Whether the server closes `c` within `secs` (after whatever it answers first: a 408).
-async fn closed(mut c: tokio::net::TcpStream, secs: u64) -> bool {
-    let mut buf = [0u8; 1024];
-    tokio::time::timeout(Duration::from_secs(secs), async {
-        loop {
-            match c.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            }
-        }
-    })
-    .await
-    .is_ok()
+/// Whether the server closes `c` within `secs`.
+async fn closed(c: tokio::net::TcpStream, secs: u64) -> bool {
+    airlock_tests::closed_within(c, secs).await.is_some()
 }
 
 /// Sixteen unsigned 24 MB posts at once used to take the server from ~40 MB to ~400 MB:

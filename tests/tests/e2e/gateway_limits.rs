@@ -12,20 +12,7 @@ use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// When the gateway closes `c` (after whatever it answers first), within `secs`.
-async fn closed(mut c: TcpStream, secs: u64) -> Option<Instant> {
-    let mut buf = [0u8; 1024];
-    tokio::time::timeout(Duration::from_secs(secs), async {
-        loop {
-            match c.read(&mut buf).await {
-                Ok(0) | Err(_) => return Instant::now(),
-                Ok(_) => continue,
-            }
-        }
-    })
-    .await
-    .ok()
-}
+use airlock_tests::closed_within as closed;
 
 /// A tunnel through the gateway to `host`, answered 200 and left without a TLS handshake.
 async fn tunnel(addr: &str, auth: &str, host: &str) -> TcpStream {

@@ -44,7 +44,11 @@ async fn wait<T>(what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
 /// Waits until every stored delivery has been handled (instead of sleeping and hoping):
 /// what a delivery does is done by then.
 async fn all_handled(db: &sqlx::AnyPool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    all_handled_within(db, 30).await
+}
+
+async fn all_handled_within(db: &sqlx::AnyPool, secs: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     loop {
         let pending: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM inbound WHERE processed_at IS NULL")
@@ -56,7 +60,7 @@ async fn all_handled(db: &sqlx::AnyPool) {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{pending} deliveries still unhandled after 30 s"
+            "{pending} deliveries still unhandled after {secs} s"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -643,22 +647,7 @@ async fn kill_9_with_deliveries_in_flight(engine: Engine) {
         );
     }
     // The dead server's claims lapse within a lease (30 s), then a sweep (15 s) takes them.
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let pending: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM inbound WHERE processed_at IS NULL")
-                .fetch_one(&db)
-                .await
-                .unwrap();
-        if pending == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{pending} deliveries still unhandled 90 s after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    all_handled_within(&db, 90).await;
     let sessions: Vec<(String, i64)> = sqlx::query_as(
         "SELECT thread_key, COUNT(*) FROM sessions GROUP BY thread_key ORDER BY thread_key",
     )

@@ -29,6 +29,20 @@ pub struct Pruned {
     pub deleted: u64,
 }
 
+impl Inbound {
+    /// A record of a delivery arriving now, under a new id.
+    fn new(provider: &str, key: &str, event: &str, payload: &str) -> Inbound {
+        Inbound {
+            id: new_id("inb"),
+            provider: provider.into(),
+            delivery_id: key.into(),
+            event: event.into(),
+            payload: payload.into(),
+            received_at: now_ms(),
+        }
+    }
+}
+
 /// A chat account waiting to be linked, as a code names it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PendingLink {
@@ -199,14 +213,7 @@ impl Store {
         event: &str,
         payload: &str,
     ) -> Result<Option<Inbound>> {
-        let inbound = Inbound {
-            id: new_id("inb"),
-            provider: provider.into(),
-            delivery_id: delivery_id.into(),
-            event: event.into(),
-            payload: payload.into(),
-            received_at: now_ms(),
-        };
+        let inbound = Inbound::new(provider, delivery_id, event, payload);
         Ok(self
             .insert_inbound(&inbound, Kept::Pending(None))
             .await?
@@ -222,14 +229,7 @@ impl Store {
         owner: &str,
         lease_ms: i64,
     ) -> Result<Option<Inbound>> {
-        let inbound = Inbound {
-            id: new_id("inb"),
-            provider: provider.into(),
-            delivery_id: delivery_id.into(),
-            event: event.into(),
-            payload: payload.into(),
-            received_at: now_ms(),
-        };
+        let inbound = Inbound::new(provider, delivery_id, event, payload);
         let until = inbound.received_at + lease_ms;
         Ok(self
             .insert_inbound(&inbound, Kept::Pending(Some((owner.into(), until))))
@@ -249,14 +249,7 @@ impl Store {
         payload: &str,
         why: &str,
     ) -> Result<bool> {
-        let inbound = Inbound {
-            id: new_id("inb"),
-            provider: provider.into(),
-            delivery_id: key.into(),
-            event: event.into(),
-            payload: payload.into(),
-            received_at: now_ms(),
-        };
+        let inbound = Inbound::new(provider, key, event, payload);
         self.insert_inbound(&inbound, Kept::Ignored(why.chars().take(200).collect()))
             .await
     }
@@ -265,14 +258,7 @@ impl Store {
     /// interaction, a webhook post): handled as it is recorded, with no payload; the record
     /// is what recognises a replay. `false` when the key was seen before.
     pub async fn record_answered(&self, provider: &str, key: &str, kind: &str) -> Result<bool> {
-        let inbound = Inbound {
-            id: new_id("inb"),
-            provider: provider.into(),
-            delivery_id: key.into(),
-            event: kind.into(),
-            payload: String::new(),
-            received_at: now_ms(),
-        };
+        let inbound = Inbound::new(provider, key, kind, "");
         self.insert_inbound(&inbound, Kept::Handled).await
     }
 
