@@ -1286,6 +1286,35 @@ async fn inbound_retention_drops_payloads_then_records_and_never_unhandled_ones(
         state().await,
         "acted-3d=- ignored-2h=- ignored-now=- unhandled-400d=kept"
     );
+    // Decided from the payload alone: recorded as handled, with its verdict, once.
+    assert!(s
+        .record_ignored(
+            "github",
+            "needs-nothing",
+            "issue_comment",
+            "",
+            "no request for Airlock in it"
+        )
+        .await
+        .unwrap());
+    assert!(!s
+        .record_ignored("github", "needs-nothing", "issue_comment", "", "again")
+        .await
+        .unwrap());
+    let (verdict, processed): (Option<String>, Option<i64>) = sqlx::query_as(
+        "SELECT verdict, processed_at FROM inbound WHERE delivery_id = 'needs-nothing'",
+    )
+    .fetch_one(&raw)
+    .await
+    .unwrap();
+    assert_eq!(verdict.as_deref(), Some("no request for Airlock in it"));
+    assert!(processed.is_some());
+    assert!(s
+        .unprocessed_inbound("github", 10)
+        .await
+        .unwrap()
+        .iter()
+        .all(|i| i.delivery_id != "needs-nothing"));
     // With no time to keep it, an ignored delivery's payload is dropped when it is marked.
     let i = s
         .record_inbound("github", "ignored-at-once", "issue_comment", "{}")
