@@ -145,6 +145,7 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
         logs_dir: cfg.data_dir.join("logs"),
         secure: cfg.public_url().starts_with("https://"),
         throttle: Default::default(),
+        default_profile: cfg.broker.default_profile.clone(),
     }));
     // Triggers, the outbox sender and the adapters.
     let triggers = airlock_adapters::triggers::Triggers::new(store.clone());

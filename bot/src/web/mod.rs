@@ -33,6 +33,7 @@ mod audit;
 mod credentials;
 mod humans;
 mod login;
+mod new_session;
 mod profiles;
 mod session;
 mod sessions;
@@ -57,6 +58,8 @@ pub struct AdminState {
     pub secure: bool,
     /// Failed sign-ins, by account and address.
     pub throttle: std::sync::Arc<throttle::Throttle>,
+    /// The profile a request that names none gets (`broker.default_profile`).
+    pub default_profile: Option<String>,
 }
 
 const COOKIE: &str = "airlock_session";
@@ -70,6 +73,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/sessions", get(sessions))
+        .route("/sessions/new", post(new_session::start))
         .route("/sessions/{id}", get(session))
         .route("/sessions/{id}/events", get(session_events))
         .route("/sessions/{id}/output.log.gz", get(output_log))

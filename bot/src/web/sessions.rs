@@ -25,6 +25,9 @@ pub(super) struct SessionsPage {
     filter_state: String,
     filter_surface: String,
     filter_human: String,
+    /// For the "New session" form.
+    profiles: Vec<String>,
+    me_csrf: String,
 }
 
 /// `k=v&…`, each part form-encoded.
@@ -54,12 +57,13 @@ pub(super) async fn sessions(
             .split_once('.')
             .and_then(|(at, id)| Some((at.parse().ok()?, id.to_string()))),
     };
-    let (list, humans) = match (
+    let (list, humans, profiles) = match (
         st.store.list_sessions(&filter).await,
         st.store.list_humans().await,
+        st.store.list_profiles().await,
     ) {
-        (Ok(l), Ok(h)) => (l, h),
-        (Err(e), _) | (_, Err(e)) => return internal(e),
+        (Ok(l), Ok(h), Ok(p)) => (l, h, p),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return internal(e),
     };
     let names: HashMap<&str, &str> = humans
         .iter()
@@ -103,5 +107,7 @@ pub(super) async fn sessions(
         filter_surface: get("surface"),
         filter_human: get("human"),
         humans,
+        profiles: profiles.into_iter().map(|p| p.name).collect(),
+        me_csrf: s.csrf.clone(),
     })
 }

@@ -125,6 +125,13 @@ async fn an_admin_watches_a_session_live_sets_a_credential_and_nothing_hostile_r
     )
     .unwrap();
     install.ok(&["profile", "apply", "-f", profile.to_str().unwrap()]);
+    let quick = install.path().join("quick.toml");
+    std::fs::write(
+        &quick,
+        "name = \"quick\"\n[agent]\nkind = \"command\"\ncommand = 'echo \"started from the page: $AIRLOCK_PROMPT\"'\n",
+    )
+    .unwrap();
+    install.ok(&["profile", "apply", "-f", quick.to_str().unwrap()]);
     // Ada can sign in; a human's name is hostile too.
     let out = install.run_with_stdin(
         &["human", "password", "ada@example.com"],
@@ -237,6 +244,65 @@ async fn an_admin_watches_a_session_live_sets_a_credential_and_nothing_hostile_r
     b.wait_text("stopped by Ada Lovelace on the admin page", 20)
         .await;
     assert_eq!(state_of(&install, &id), "cancelled");
+
+    // A new session from the page: Ada's, through the same service (its audit row says so).
+    b.client.goto(&format!("{base}/sessions")).await.unwrap();
+    b.client
+        .find(Locator::Css("details.new-session summary"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.fill("form[action='/sessions/new'] input[name=repo]", "acme/web")
+        .await;
+    b.client
+        .find(Locator::Css(
+            "form[action='/sessions/new'] select[name=profile] option[value=quick]",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.fill(
+        "form[action='/sessions/new'] textarea[name=prompt]",
+        "say hi",
+    )
+    .await;
+    b.client
+        .find(Locator::Css("form[action='/sessions/new'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let t = b.wait_text("started from the page", 60).await;
+    let path = b.client.current_url().await.unwrap().path().to_string();
+    let started = path.trim_start_matches("/sessions/").to_string();
+    assert!(started.starts_with("ses_") && started != id, "{path}\n{t}");
+    let shown = install.json(&["session", "show", &started]);
+    assert_eq!(shown["session"]["surface"], "web", "{shown}");
+    assert_eq!(shown["session"]["prompt"], "say hi");
+    let audit = install.ok(&["audit", "tail", "-n", "50"]);
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("session.create") && l.contains(&started)),
+        "{audit}"
+    );
+    // An empty prompt is refused with a reason, and starts nothing.
+    b.client.goto(&format!("{base}/sessions")).await.unwrap();
+    b.js("document.querySelector('details.new-session').open = true; document.querySelector(\"textarea[name=prompt]\").removeAttribute('required'); return 1;")
+        .await;
+    b.client
+        .find(Locator::Css("form[action='/sessions/new'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait_text("say what the agent should do", 10).await;
 
     // Hostile names and descriptions elsewhere.
     b.client.goto(&format!("{base}/profiles")).await.unwrap();
