@@ -84,6 +84,16 @@ impl Browser {
             .to_string()
     }
 
+    async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
     async fn fill(&self, css: &str, value: &str) {
         let e = self.client.find(Locator::Css(css)).await.unwrap();
         e.clear().await.unwrap();
@@ -180,23 +190,11 @@ async fn an_admin_watches_a_session_live_sets_a_credential_and_nothing_hostile_r
     assert_eq!(b.client.current_url().await.unwrap().path(), "/login");
     b.fill("input[name=email]", "ada@example.com").await;
     b.fill("input[name=password]", "not the password").await;
-    b.client
-        .find(Locator::Css("form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click("form button").await;
     b.wait_text("The email or the password is wrong.", 10).await;
     b.fill("input[name=email]", "ada@example.com").await;
     b.fill("input[name=password]", PASSWORD).await;
-    b.client
-        .find(Locator::Css("form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click("form button").await;
     b.wait_text("Sessions", 10).await;
     assert_eq!(b.client.current_url().await.unwrap().path(), "/sessions");
     let cookies = b.client.get_all_cookies().await.unwrap();
@@ -234,49 +232,24 @@ async fn an_admin_watches_a_session_live_sets_a_credential_and_nothing_hostile_r
     assert!(t.contains("Plan") && t.contains("Profile slow v1"), "{t}");
 
     // Stop it from the page.
-    b.client
-        .find(Locator::Css("form[action$='/stop'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click("form[action$='/stop'] button").await;
     b.wait_text("stopped by Ada Lovelace on the admin page", 20)
         .await;
     assert_eq!(state_of(&install, &id), "cancelled");
 
     // A new session from the page: Ada's, through the same service (its audit row says so).
     b.client.goto(&format!("{base}/sessions")).await.unwrap();
-    b.client
-        .find(Locator::Css("details.new-session summary"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click("details.new-session summary").await;
     b.fill("form[action='/sessions/new'] input[name=repo]", "acme/web")
         .await;
-    b.client
-        .find(Locator::Css(
-            "form[action='/sessions/new'] select[name=profile] option[value=quick]",
-        ))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click("form[action='/sessions/new'] select[name=profile] option[value=quick]")
+        .await;
     b.fill(
         "form[action='/sessions/new'] textarea[name=prompt]",
         "say hi",
     )
     .await;
-    b.client
-        .find(Locator::Css("form[action='/sessions/new'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click("form[action='/sessions/new'] button").await;
     let t = b.wait_text("started from the page", 60).await;
     let path = b.client.current_url().await.unwrap().path().to_string();
     let started = path.trim_start_matches("/sessions/").to_string();
@@ -295,13 +268,7 @@ async fn an_admin_watches_a_session_live_sets_a_credential_and_nothing_hostile_r
     b.client.goto(&format!("{base}/sessions")).await.unwrap();
     b.js("document.querySelector('details.new-session').open = true; document.querySelector(\"textarea[name=prompt]\").removeAttribute('required'); return 1;")
         .await;
-    b.client
-        .find(Locator::Css("form[action='/sessions/new'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click("form[action='/sessions/new'] button").await;
     b.wait_text("say what the agent should do", 10).await;
 
     // Hostile names and descriptions elsewhere.
@@ -321,13 +288,7 @@ async fn an_admin_watches_a_session_live_sets_a_credential_and_nothing_hostile_r
     b.client.goto(&format!("{base}/credentials")).await.unwrap();
     b.fill("input[name=name]", "web-key").await;
     b.fill("input[name=value]", &value).await;
-    b.client
-        .find(Locator::Css("form.stack button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click("form.stack button").await;
     b.wait_text(
         "Stored credential web-key. Its value is never shown again.",
         10,
