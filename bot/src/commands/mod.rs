@@ -76,8 +76,9 @@ impl Ctx {
                     path.display()
                 );
             }
+            // A database that cannot be asked: that error, before any key file is made.
+            recorded?;
             if !create {
-                recorded?;
                 bail!(
                     "there is no master key file at {}{}: run this where the deployment's \
                      airlock.toml is, or name it with --config or AIRLOCK_CONFIG; to set up a new \
@@ -104,7 +105,9 @@ impl Ctx {
             }
         }
         let store = Store::connect(&url, 1, MasterKey::generate()).await?;
-        Ok(store.master_key_id().await?)
+        let id = store.master_key_id().await;
+        store.close().await;
+        Ok(id?)
     }
 
     /// Opens the store. With `migrate`, applies pending migrations; without, refuses to work
