@@ -18,24 +18,24 @@ async fn slow_request_heads_are_closed_and_the_server_keeps_answering() {
     install.add_admin();
     let server = Server::start(&install);
     let addr = format!("127.0.0.1:{}", server.port);
-    let fresh = || {
-        reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .build()
-            .unwrap()
+    // One request on a new connection: its status, or the error when it gets no answer.
+    let get = |path: &'static str| {
+        let url = format!("http://{addr}{path}");
+        async move {
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap()
+                .get(url)
+                .send()
+                .await
+                .map(|r| r.status())
+        }
     };
     // Serving (Server::start returns once the port takes connections, which the kernel
     // does before `up` has finished setting up).
-    let r = fresh()
-        .get(format!("http://{addr}/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        r.status().is_success() || r.status().as_u16() == 503,
-        "{}",
-        r.status()
-    );
+    let r = get("/healthz").await.unwrap();
+    assert!(r.is_success() || r.as_u16() == 503, "{r}");
     // Up to server.max_connections, opened at once: the next one is closed at once,
     // unanswered; once they close, the server answers again.
     let mut full = Vec::new();
@@ -51,21 +51,13 @@ async fn slow_request_heads_are_closed_and_the_server_keeps_answering() {
     );
     assert!(at.elapsed() < Duration::from_secs(2), "{:?}", at.elapsed());
     assert!(
-        fresh()
-            .get(format!("http://{addr}/login"))
-            .send()
-            .await
-            .is_err(),
+        get("/login").await.is_err(),
         "a request got through with every connection taken"
     );
     drop(full);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let r = fresh()
-        .get(format!("http://{addr}/login"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = get("/login").await.unwrap();
+    assert_eq!(r, 200);
 
     // Fifty connections that start a request and never finish its head (none of them used
     // to be closed in 40 s), and ten that send nothing at all (nor were they).
@@ -82,12 +74,8 @@ async fn slow_request_heads_are_closed_and_the_server_keeps_answering() {
         held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
     }
     // Meanwhile, the server answers others.
-    let r = fresh()
-        .get(format!("http://{addr}/login"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = get("/login").await.unwrap();
+    assert_eq!(r, 200);
     let mut closed_after = Vec::new();
     for c in held {
         assert!(
@@ -102,12 +90,8 @@ async fn slow_request_heads_are_closed_and_the_server_keeps_answering() {
         "slow connections closed after {last:?}"
     );
     eprintln!("60 slow-loris and silent connections closed within {last:?}");
-    let r = fresh()
-        .get(format!("http://{addr}/login"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = get("/login").await.unwrap();
+    assert_eq!(r, 200);
     drop(server);
 }
 
