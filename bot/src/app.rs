@@ -90,6 +90,7 @@ pub fn gateway_settings(cfg: &Config) -> airlock_gateway::GatewaySettings {
 pub fn broker_settings(
     cfg: &Config,
     github: Option<Arc<airlock_core::github::GithubSource>>,
+    served_at: std::net::SocketAddr,
 ) -> BrokerSettings {
     BrokerSettings {
         max_sessions: cfg.broker.max_sessions,
@@ -104,6 +105,7 @@ pub fn broker_settings(
             }),
             author_name: cfg.git.author_name.clone(),
             author_email: cfg.git.author_email.clone(),
+            local_git: Some(crate::git::upstream(served_at)),
         },
         github,
         public_url: cfg.public_url(),

@@ -26,6 +26,10 @@ pub struct Cli {
     /// Print machine-readable JSON instead of text
     #[arg(long, global = true)]
     pub json: bool,
+    /// Act for this human (id or email): `run` asks as them, and every command's audit
+    /// rows name them next to the operating-system account
+    #[arg(long = "as", global = true, value_name = "HUMAN")]
+    pub as_human: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -76,6 +80,41 @@ pub enum Command {
     /// Webhooks, schedules and GitHub events that start sessions
     #[command(subcommand)]
     Trigger(TriggerCmd),
+    /// Repositories without GitHub: local ones, and git remotes worked on push-only
+    #[command(subcommand)]
+    Repo(RepoCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepoCmd {
+    /// Register a repository: a local git repository (PATH; the server serves it to
+    /// sandboxes through the gateway and sessions push their branch back into it), or a git
+    /// remote that is not GitHub (https://HOST/PATH; the branch is pushed, no pull request)
+    Add(RepoAddArgs),
+    /// List registered repositories
+    List,
+    /// Forget a registration (the repository itself is not touched)
+    Remove { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct RepoAddArgs {
+    /// The name sessions use (`airlock run --repo NAME`): letters, digits, `-`, `_`, `.`,
+    /// optionally OWNER/NAME
+    pub name: String,
+    /// A local repository's path, or a remote's https://HOST/PATH URL
+    pub location: String,
+    /// For a remote: the credential the gateway sends (HTTP basic), e.g. a Gitea or GitLab
+    /// token stored with `airlock credential set`
+    #[arg(long)]
+    pub credential: Option<String>,
+    /// For a remote: the user name sent with the credential [default: airlock]
+    #[arg(long, requires = "credential")]
+    pub username: Option<String>,
+    /// For a remote: where the gateway sends its traffic instead (a mirror, an internal
+    /// address), as http(s)://HOST[:PORT]
+    #[arg(long)]
+    pub upstream: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,15 +183,13 @@ pub struct TriggerAddArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The repository, OWNER/NAME
+    /// The repository: OWNER/NAME on GitHub, a name registered with `airlock repo add`, or
+    /// the path of a local git repository (`./app`, registered under its directory's name)
     #[arg(long, required_unless_present = "session")]
     pub repo: Option<String>,
     /// The profile [default: the only profile, if there is one]
     #[arg(long)]
     pub profile: Option<String>,
-    /// Who is asking (id or email) [default: the only admin]
-    #[arg(long = "as", value_name = "HUMAN")]
-    pub requester: Option<String>,
     /// Continue an ended session with a follow-up
     #[arg(long, conflicts_with_all = ["repo", "profile"])]
     pub session: Option<SessionId>,

@@ -7,6 +7,7 @@
 mod app;
 mod cli;
 mod commands;
+mod git;
 mod output;
 mod web;
 

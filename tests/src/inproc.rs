@@ -92,7 +92,9 @@ impl InProcess {
                 github: None,
                 author_name: "Airlock".into(),
                 author_email: "airlock@example.com".into(),
+                local_git: None,
             },
+            None,
         );
         store
             .set_session_plan(&session.id, &plan.to_json(), None)

@@ -116,11 +116,12 @@ impl GithubAdapter {
                 return Ok(s.clone());
             }
         }
-        let s = Arc::new(
-            self.store
-                .reveal_credential(&self.cfg.webhook_secret_credential)
-                .await?,
-        );
+        let Some(name) = &self.cfg.webhook_secret_credential else {
+            return Err(airlock_core::StoreError::NotFound(
+                "github.webhook_secret_credential is not set".into(),
+            ));
+        };
+        let s = Arc::new(self.store.reveal_credential(name).await?);
         *self.secret.lock().expect("secret") = Some((std::time::Instant::now(), s.clone()));
         Ok(s)
     }
@@ -552,7 +553,7 @@ async fn webhook(
         Err(e) => {
             tracing::warn!(
                 "cannot check a GitHub delivery: the webhook secret `{}` cannot be read ({e})",
-                a.cfg.webhook_secret_credential
+                a.cfg.webhook_secret_credential.as_deref().unwrap_or("(none configured)")
             );
             return text(
                 StatusCode::SERVICE_UNAVAILABLE,

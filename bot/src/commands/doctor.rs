@@ -217,6 +217,8 @@ pub async fn run(ctx: &Ctx) -> ExitCode {
             None
         }
     };
+    // Repositories registered with `airlock repo add` (for the git check below).
+    let mut registered = 0;
     if let Some(store) = &store {
         match store.pending_migrations().await {
             Ok(p) if p.is_empty() => {
@@ -265,6 +267,7 @@ pub async fn run(ctx: &Ctx) -> ExitCode {
         if let Some(c) = profile_credentials(store).await {
             checks.push(c);
         }
+        registered = store.list_repos().await.map(|r| r.len()).unwrap_or(0);
         store.close().await;
     }
 
@@ -441,23 +444,87 @@ pub async fn run(ctx: &Ctx) -> ExitCode {
         )),
     }
 
+    // The sandbox-facing ports (bound on the sandbox bridge by `up`): free, unless this
+    // deployment's own server holds them.
+    let ours = TcpListener::bind(listen).is_err() && super::up::is_airlock_at(listen).await;
+    let ports = [
+        ("sandbox.endpoint_port", cfg.sandbox.endpoint_port),
+        ("sandbox.gateway_port", cfg.sandbox.gateway_port),
+    ];
+    let mut busy = Vec::new();
+    if cfg.sandbox.endpoint_port == cfg.sandbox.gateway_port {
+        busy.push(format!(
+            "sandbox.endpoint_port and sandbox.gateway_port are both {}",
+            cfg.sandbox.gateway_port
+        ));
+    }
+    if !ours {
+        for (key, port) in ports {
+            if let Err(e) = TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port)) {
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    busy.push(format!("{key} {port} is in use by another program"));
+                }
+            }
+        }
+    }
+    checks.push(if busy.is_empty() {
+        check(
+            "ports",
+            Status::Ok,
+            format!(
+                "sandbox endpoint {} and gateway {}{}",
+                cfg.sandbox.endpoint_port,
+                cfg.sandbox.gateway_port,
+                if ours { " (held by the running Airlock)" } else { " are free" }
+            ),
+            None,
+        )
+    } else {
+        check(
+            "ports",
+            Status::Fail,
+            busy.join("; "),
+            Some("stop the other program or set sandbox.endpoint_port / sandbox.gateway_port (AIRLOCK_SANDBOX_ENDPOINT_PORT, AIRLOCK_SANDBOX_GATEWAY_PORT)".into()),
+        )
+    });
+
     // Where sessions get their code from.
-    if cfg.github.is_none() {
-        checks.push(check(
+    let git = match (cfg.github.is_some(), registered) {
+        (false, 0) => check(
             "git",
             Status::Warn,
             "no git integration is configured: sessions will not clone a repository (the agent \
              starts in an empty directory) and nothing is pushed",
-            Some("add [github] with a token or an App to airlock.toml (README: GitHub)".into()),
-        ));
-    } else {
-        checks.push(check(
+            Some(
+                "register a local repository with `airlock repo add NAME PATH`, or add [github] \
+                 with a token or an App to airlock.toml (README: GitHub)"
+                    .into(),
+            ),
+        ),
+        (false, n) => check(
+            "git",
+            Status::Ok,
+            format!(
+                "{n} registered repositor{} (`airlock repo list`); without [github], other \
+                 repositories are not cloned",
+                if n == 1 { "y" } else { "ies" }
+            ),
+            None,
+        ),
+        (true, 0) => check(
             "git",
             Status::Ok,
             "sessions clone from and push to GitHub (github.web_url)",
             None,
-        ));
-    }
+        ),
+        (true, n) => check(
+            "git",
+            Status::Ok,
+            format!("sessions clone from GitHub (github.web_url) and {n} registered repositories"),
+            None,
+        ),
+    };
+    checks.push(git);
 
     // Integrations: the credentials they name must be stored.
     let wanted = cfg.referenced_credentials();

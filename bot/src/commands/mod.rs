@@ -3,6 +3,7 @@
 
 mod admin;
 mod doctor;
+mod repos;
 pub mod sandboxes;
 mod triggers;
 pub mod up;
@@ -23,6 +24,10 @@ pub struct Ctx {
     pub json: bool,
     /// The configuration file in use (none: the defaults and `AIRLOCK_*` variables).
     pub config_file: Option<PathBuf>,
+    /// `--as HUMAN`, as given.
+    pub as_human: Option<String>,
+    /// `--as HUMAN`, found in the store when it is first opened.
+    pub acting_for: std::sync::OnceLock<airlock_core::domain::Human>,
 }
 
 /// Where the configuration is looked for when neither `--config` nor `AIRLOCK_CONFIG` names
@@ -149,13 +154,24 @@ impl Ctx {
             }
             store.check_master_key().await?;
         }
+        if let (Some(who), None) = (&self.as_human, self.acting_for.get()) {
+            let human = store
+                .find_human(who)
+                .await
+                .with_context(|| format!("--as {}", output::safe(who)))?;
+            let _ = self.acting_for.set(human);
+        }
         Ok(store)
     }
 
     /// Who is acting, for the audit log: `cli:` and the operating-system account running
-    /// this command ([`os_user`]).
+    /// this command ([`os_user`]), and with `--as`, the human: `cli:alice as human:hum_…`.
     pub fn actor(&self) -> String {
-        format!("cli:{}", output::safe(&os_user()))
+        let os = format!("cli:{}", output::safe(&os_user()));
+        match self.acting_for.get() {
+            Some(h) => format!("{os} as human:{}", h.id),
+            None => os,
+        }
     }
 }
 
@@ -207,6 +223,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         config,
         json: cli.json,
         config_file,
+        as_human: cli.as_human,
+        acting_for: std::sync::OnceLock::new(),
     };
     match cli.command {
         Command::Up => up::up(&ctx).await.map(|()| ExitCode::SUCCESS),
@@ -225,6 +243,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshot(c) => sandboxes::snapshot(&ctx, c).await,
         Command::Sandbox(c) => sandboxes::sandbox(&ctx, c).await,
         Command::Trigger(c) => triggers::trigger(&ctx, c).await,
+        Command::Repo(c) => repos::repo(&ctx, c).await,
     }
 }
 

@@ -21,8 +21,8 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     let service = Sessions::new(store.clone(), ctx.config.broker.default_profile.clone());
     let session = if let Some(id) = &args.session {
         // A follow-up acts for the session's requester, or the one named with --as.
-        let requester = match &args.requester {
-            Some(h) => store.find_human(h).await?,
+        let requester = match ctx.acting_for.get() {
+            Some(h) => h.clone(),
             None => {
                 store
                     .find_human(&store.session(id).await?.requester_id)
@@ -33,8 +33,8 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
             .follow_up(&cli_actor(ctx, requester), id, &prompt, None)
             .await?
     } else {
-        let requester = match &args.requester {
-            Some(h) => store.find_human(h).await?,
+        let requester = match ctx.acting_for.get() {
+            Some(h) => h.clone(),
             None => {
                 let admins: Vec<_> = store
                     .list_humans()
@@ -49,8 +49,14 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         };
+        let repo = match args.repo.as_deref() {
+            Some(r) if super::repos::is_path(r) => {
+                super::repos::registered_name(ctx, &store, r).await?
+            }
+            r => r.unwrap_or_default().to_string(),
+        };
         let request = Request {
-            repo: args.repo.clone().unwrap_or_default(),
+            repo,
             profile: args.profile.clone(),
             prompt: prompt.clone(),
             thread: None,

@@ -32,6 +32,11 @@ struct AppState {
 pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
     let cfg = &ctx.config;
     let store = ctx.store(true).await?;
+    // What the gateway injects towards the local git endpoint (`airlock repo add`), made
+    // before the gateway loads the credentials.
+    crate::git::ensure_credential(&store)
+        .await
+        .context("cannot make the local git endpoint's credential")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -83,7 +88,7 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
                 store.clone(),
                 sandboxes.clone(),
                 owner.clone(),
-                crate::app::broker_settings(cfg, github.clone()),
+                crate::app::broker_settings(cfg, github.clone(), listener.local_addr()?),
             );
             broker
                 .recover()
@@ -147,6 +152,7 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
         throttle: Default::default(),
         default_profile: cfg.broker.default_profile.clone(),
     }));
+    app = app.merge(crate::git::router(store.clone()));
     // Triggers, the outbox sender and the adapters.
     let triggers = airlock_adapters::triggers::Triggers::new(store.clone());
     app = app.merge(triggers.router());

@@ -574,7 +574,7 @@ impl ProfileSpec {
             if !is_repo_pattern(repo) {
                 return Err(perr(
                     format!("repos[{i}]"),
-                    "expected owner/name or owner/*",
+                    "expected owner/name, owner/* or the name of a registered repository",
                 ));
             }
         }
@@ -687,8 +687,14 @@ pub fn is_repo(s: &str) -> bool {
     matches!(s.split_once('/'), Some((o, n)) if is_repo_part(o) && is_repo_part(n))
 }
 
+/// What a session may name as its repository: `owner/name` (GitHub), or the name of a
+/// repository registered with `airlock repo add` (`name` or `owner/name`).
+pub fn is_repo_ref(s: &str) -> bool {
+    is_repo(s) || is_repo_part(s)
+}
+
 fn is_repo_pattern(s: &str) -> bool {
-    is_repo(s) || matches!(s.strip_suffix("/*"), Some(o) if is_repo_part(o))
+    is_repo_ref(s) || matches!(s.strip_suffix("/*"), Some(o) if is_repo_part(o))
 }
 
 #[cfg(test)]

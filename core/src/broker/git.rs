@@ -11,7 +11,7 @@ use serde_json::json;
 use super::*;
 use crate::domain::thread::GithubThread;
 use crate::domain::{EventKind, Surface, ThreadRef};
-use crate::plan::{GitPlan, Plan};
+use crate::plan::{GitPlan, Hosting, Plan};
 use crate::store::{settle, NewAudit, Sandbox, Session};
 use airlock_sandbox::{ExecEvent, ExecRequest};
 
@@ -186,6 +186,28 @@ impl Broker {
             .or_else(|| words.next().map(str::to_string))
             .unwrap_or_else(|| "main".into());
         let short = commit.get(..12).unwrap_or(&commit).to_string();
+        // A registered repository is push-only: the branch is the result.
+        let pushed_to = match &git.hosting {
+            Hosting::Github => None,
+            Hosting::Local { path } => Some(format!(
+                "branch `{}` is in {path}; `git diff {base}...{}`",
+                git.branch, git.branch
+            )),
+            Hosting::Remote { url } => Some(format!(
+                "pushed branch `{}` ({short}) to {url}; no pull request is opened there \
+                 (push-only)",
+                git.branch
+            )),
+        };
+        if let Some(reason) = pushed_to {
+            let event = json!({"branch": git.branch, "commit": commit, "base": base,
+                "pushed": true, "pull_request": null});
+            settle("the session's git event", || {
+                self.store.append_event(&session.id, EventKind::Git, &event)
+            })
+            .await;
+            return Ok(reason);
+        }
         let mut pull = self
             .store
             .session(&session.id)

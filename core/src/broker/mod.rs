@@ -60,6 +60,7 @@ impl BrokerSettings {
                 github: None,
                 author_name: "Airlock".into(),
                 author_email: "airlock@localhost".into(),
+                local_git: None,
             },
             github: None,
             public_url: "http://127.0.0.1:8080".into(),

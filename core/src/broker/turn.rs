@@ -42,12 +42,14 @@ impl Broker {
             }
         }
         let requester = self.store.find_human(&session.requester_id).await?;
+        let registered = self.store.repo(&session.repo).await?;
         let plan = Plan::build(
             &pv.spec,
             pv.version,
             session,
             &requester,
             &self.settings.plan,
+            registered.as_ref(),
         );
         self.store
             .set_session_plan(

@@ -573,7 +573,10 @@ pub struct GithubConfig {
     pub app_credential: Option<String>,
     /// Credential holding a personal access token (small installs, instead of an App).
     pub token_credential: Option<String>,
-    pub webhook_secret_credential: String,
+    /// Credential holding the webhook secret; without it the server takes no GitHub
+    /// webhooks (a CLI-only setup: sessions still clone, push and open pull requests).
+    #[serde(default)]
+    pub webhook_secret_credential: Option<String>,
     #[serde(default = "default_bot_login")]
     pub bot_login: String,
     /// The least permission on the repository a commenter needs (`read`, `write`, `admin`).
@@ -956,10 +959,9 @@ impl Config {
             if let Some(c) = &gh.token_credential {
                 out.push(("github.token_credential", c.clone()));
             }
-            out.push((
-                "github.webhook_secret_credential",
-                gh.webhook_secret_credential.clone(),
-            ));
+            if let Some(c) = &gh.webhook_secret_credential {
+                out.push(("github.webhook_secret_credential", c.clone()));
+            }
         }
         if let Some(s) = &self.slack {
             out.push(("slack.bot_token_credential", s.bot_token_credential.clone()));
@@ -1148,6 +1150,22 @@ mod tests {
         Config::from_parts(file, "airlock.toml", env(pairs))
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn a_token_only_github_setup_needs_no_webhook_secret() {
+        let c = Config::from_parts(
+            Some("[github]\ntoken_credential = \"github-token\"\n"),
+            "airlock.toml",
+            env(&[]),
+        )
+        .unwrap();
+        let gh = c.github.as_ref().unwrap();
+        assert_eq!(gh.webhook_secret_credential, None);
+        assert_eq!(
+            c.referenced_credentials(),
+            [("github.token_credential", "github-token".to_string())]
+        );
     }
 
     #[test]

@@ -9,7 +9,14 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{AgentSpec, Human, Inject, Limits, ProfileSpec, RouteSpec};
-use crate::store::Session;
+use crate::store::{Repo, RepoLocation, Session};
+
+/// The host name sandboxes clone local repositories from: only the gateway knows it (the
+/// route's `upstream` is the server's own git endpoint), so no DNS is involved.
+pub const LOCAL_GIT_HOST: &str = "git.airlock.internal";
+/// The credential the gateway injects on requests to the server's git endpoint (made by
+/// `airlock up`; the endpoint refuses anything without it).
+pub const LOCAL_GIT_CREDENTIAL: &str = "airlock-local-git";
 
 /// Deployment settings a plan depends on.
 #[derive(Debug, Clone)]
@@ -18,6 +25,9 @@ pub struct PlanSettings {
     pub github: Option<GitHosting>,
     pub author_name: String,
     pub author_email: String,
+    /// Where the gateway reaches this server's git endpoint for local repositories
+    /// (`http://127.0.0.1:8080/git`); `None` where no server serves them.
+    pub local_git: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +62,22 @@ pub struct GitPlan {
     pub author_email: String,
     /// `Name <email>` of the requester, for the `Co-authored-by` trailer.
     pub co_author: String,
+    /// Where the branch goes: GitHub (a pull request is opened), or a registered repository
+    /// (the branch is pushed, no pull request).
+    #[serde(default)]
+    pub hosting: Hosting,
+}
+
+/// Who hosts a session's repository.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Hosting {
+    #[default]
+    Github,
+    /// A local repository at `path`, served by this server.
+    Local { path: String },
+    /// A git remote that is not GitHub: push-only.
+    Remote { url: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,45 +143,101 @@ fn pull_request_of(session: &Session) -> Option<(String, String)> {
 }
 
 impl Plan {
+    /// The plan of `session`: `registered` is its repository's registration, if it names
+    /// one (`airlock repo add`), which takes precedence over GitHub.
     pub fn build(
         spec: &ProfileSpec,
         profile_version: i64,
         session: &Session,
         requester: &Human,
         settings: &PlanSettings,
+        registered: Option<&Repo>,
     ) -> Plan {
         let mut routes = spec.egress.clone();
-        let git = settings.github.as_ref().map(|gh| {
-            let web = gh.web_url.trim_end_matches('/');
-            let host = web
-                .split_once("://")
-                .map(|(_, rest)| rest)
-                .unwrap_or(web)
-                .to_string();
-            routes.push(RouteSpec {
-                host: host.split(':').next().unwrap_or(&host).to_string(),
-                path_prefix: format!("/{}.git", session.repo),
-                methods: vec!["GET".into(), "POST".into()],
-                credential: Some(gh.credential.clone()),
-                inject: Some(Inject::Basic {
-                    username: "x-access-token".into(),
-                }),
-                upstream: gh.git_upstream.clone(),
-            });
-            let (branch, base, existing) = match pull_request_of(session) {
-                Some((head, base)) => (head, Some(base), true),
-                None => (branch_name(&session.id, &session.prompt), None, false),
-            };
-            GitPlan {
-                clone_url: format!("{web}/{}.git", session.repo),
-                branch,
-                base,
-                existing_branch: existing,
-                author_name: settings.author_name.clone(),
-                author_email: settings.author_email.clone(),
-                co_author: format!("{} <{}>", requester.display_name, requester.email),
+        let (branch, base, existing) = match pull_request_of(session) {
+            Some((head, base)) => (head, Some(base), true),
+            None => (branch_name(&session.id, &session.prompt), None, false),
+        };
+        let git_plan = |clone_url: String, hosting: Hosting| GitPlan {
+            clone_url,
+            branch: branch.clone(),
+            base: base.clone(),
+            existing_branch: existing,
+            author_name: settings.author_name.clone(),
+            author_email: settings.author_email.clone(),
+            co_author: format!("{} <{}>", requester.display_name, requester.email),
+            hosting,
+        };
+        let git = match registered.map(|r| &r.location) {
+            Some(RepoLocation::Local { path }) => settings.local_git.as_ref().map(|upstream| {
+                routes.push(RouteSpec {
+                    host: LOCAL_GIT_HOST.into(),
+                    path_prefix: format!("/{}.git", session.repo),
+                    methods: vec!["GET".into(), "POST".into()],
+                    credential: Some(LOCAL_GIT_CREDENTIAL.into()),
+                    inject: Some(Inject::Basic {
+                        username: "airlock".into(),
+                    }),
+                    upstream: Some(upstream.clone()),
+                });
+                git_plan(
+                    format!("https://{LOCAL_GIT_HOST}/{}.git", session.repo),
+                    Hosting::Local { path: path.clone() },
+                )
+            }),
+            Some(RepoLocation::Remote {
+                url,
+                credential,
+                username,
+                upstream,
+            }) => {
+                let url = url.trim_end_matches('/');
+                let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+                let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+                routes.push(RouteSpec {
+                    host: authority
+                        .rsplit_once(':')
+                        .map(|(h, _)| h)
+                        .unwrap_or(authority)
+                        .to_ascii_lowercase(),
+                    path_prefix: format!("/{path}"),
+                    methods: vec!["GET".into(), "POST".into()],
+                    credential: credential.clone(),
+                    inject: credential.as_ref().map(|_| Inject::Basic {
+                        username: username.clone().unwrap_or_else(|| "airlock".into()),
+                    }),
+                    upstream: upstream.clone(),
+                });
+                Some(git_plan(
+                    url.to_string(),
+                    Hosting::Remote {
+                        url: url.to_string(),
+                    },
+                ))
             }
-        });
+            None => settings.github.as_ref().map(|gh| {
+                let web = gh.web_url.trim_end_matches('/');
+                let host = web
+                    .split_once("://")
+                    .map(|(_, rest)| rest)
+                    .unwrap_or(web)
+                    .to_string();
+                routes.push(RouteSpec {
+                    host: host.split(':').next().unwrap_or(&host).to_string(),
+                    path_prefix: format!("/{}.git", session.repo),
+                    methods: vec!["GET".into(), "POST".into()],
+                    credential: Some(gh.credential.clone()),
+                    inject: Some(Inject::Basic {
+                        username: "x-access-token".into(),
+                    }),
+                    upstream: gh.git_upstream.clone(),
+                });
+                git_plan(
+                    format!("{web}/{}.git", session.repo),
+                    Hosting::Github,
+                )
+            }),
+        };
         let branch = match (&git, pull_request_of(session)) {
             (Some(g), _) => g.branch.clone(),
             (None, Some((head, _))) => head,
@@ -246,6 +328,7 @@ mod tests {
             }),
             author_name: "Airlock".into(),
             author_email: "airlock@example.com".into(),
+            local_git: None,
         }
     }
 
@@ -270,8 +353,7 @@ inject = { kind = "bearer" }
             3,
             &session("Fix the flaky login test!", Default::default()),
             &human(),
-            &settings(Some("https://git.internal")),
-        );
+            &settings(Some("https://git.internal")), None);
         assert_eq!(plan.routes.len(), 2);
         assert_eq!(plan.routes[0].host, "api.openai.com");
         let git = &plan.routes[1];
@@ -307,7 +389,7 @@ inject = { kind = "bearer" }
                 ..Default::default()
             }),
         );
-        let plan = Plan::build(&spec, 3, &s, &human(), &settings(None));
+        let plan = Plan::build(&spec, 3, &s, &human(), &settings(None), None);
         let g = plan.git.unwrap();
         assert_eq!(g.branch, "feature/x");
         assert_eq!(g.base.as_deref(), Some("main"));
@@ -315,11 +397,62 @@ inject = { kind = "bearer" }
     }
 
     #[test]
+    fn a_registered_repository_is_cloned_from_where_it_is_and_never_from_github() {
+        let spec = ProfileSpec::from_toml(PROFILE).unwrap();
+        let mut st = settings(None);
+        st.local_git = Some("http://127.0.0.1:8080/git".into());
+        let local = Repo {
+            name: "acme/web".into(),
+            location: RepoLocation::Local {
+                path: "/srv/web".into(),
+            },
+            created_at: 0,
+        };
+        let s = session("x", Default::default());
+        let plan = Plan::build(&spec, 1, &s, &human(), &st, Some(&local));
+        let git = plan.git.unwrap();
+        assert_eq!(git.clone_url, "https://git.airlock.internal/acme/web.git");
+        assert_eq!(git.hosting, Hosting::Local { path: "/srv/web".into() });
+        let route = plan.routes.last().unwrap();
+        assert_eq!(route.host, LOCAL_GIT_HOST);
+        assert_eq!(route.path_prefix, "/acme/web.git");
+        assert_eq!(route.credential.as_deref(), Some(LOCAL_GIT_CREDENTIAL));
+        assert_eq!(route.upstream.as_deref(), Some("http://127.0.0.1:8080/git"));
+        assert!(plan.routes.iter().all(|r| r.host != "github.com"));
+
+        let remote = Repo {
+            name: "acme/web".into(),
+            location: RepoLocation::Remote {
+                url: "https://Git.Example.com:8443/team/web.git".into(),
+                credential: Some("gitea".into()),
+                username: None,
+                upstream: None,
+            },
+            created_at: 0,
+        };
+        let plan = Plan::build(&spec, 1, &s, &human(), &st, Some(&remote));
+        let git = plan.git.unwrap();
+        assert_eq!(git.clone_url, "https://Git.Example.com:8443/team/web.git");
+        let route = plan.routes.last().unwrap();
+        assert_eq!(route.host, "git.example.com");
+        assert_eq!(route.path_prefix, "/team/web.git");
+        assert_eq!(
+            route.inject,
+            Some(Inject::Basic {
+                username: "airlock".into()
+            })
+        );
+        // Without a server serving local repositories, a local one has no git at all.
+        st.local_git = None;
+        assert!(Plan::build(&spec, 1, &s, &human(), &st, Some(&local)).git.is_none());
+    }
+
+    #[test]
     fn without_git_hosting_there_is_no_git_route() {
         let spec = ProfileSpec::from_toml(PROFILE).unwrap();
         let mut st = settings(None);
         st.github = None;
-        let plan = Plan::build(&spec, 1, &session("x", Default::default()), &human(), &st);
+        let plan = Plan::build(&spec, 1, &session("x", Default::default()), &human(), &st, None);
         assert_eq!(plan.routes.len(), 1);
         assert!(plan.git.is_none());
         // The session still has its own branch, the only one it may push.
@@ -332,10 +465,10 @@ inject = { kind = "bearer" }
         let mut spec = ProfileSpec::from_toml(PROFILE).unwrap();
         spec.passthrough = vec!["registry.npmjs.org".into()];
         let s = session("x", Default::default());
-        let plan = Plan::build(&spec, 1, &s, &human(), &settings(None));
+        let plan = Plan::build(&spec, 1, &s, &human(), &settings(None), None);
         assert!(plan.passthrough.is_empty());
         spec.passthrough_in_sessions = true;
-        let plan = Plan::build(&spec, 1, &s, &human(), &settings(None));
+        let plan = Plan::build(&spec, 1, &s, &human(), &settings(None), None);
         assert_eq!(plan.passthrough, ["registry.npmjs.org"]);
     }
 

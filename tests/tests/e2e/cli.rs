@@ -246,6 +246,29 @@ async fn an_admin_sets_up_people_profiles_and_credentials(engine: Engine) {
         .unwrap()
         .iter()
         .all(|e| e["actor"] == airlock_tests::cli_actor()));
+    // With `--as`, the human is named next to the account; an unknown one is refused.
+    let ada_id = ada["id"].as_str().unwrap().to_string();
+    let as_ada = install.run_with_stdin(
+        &["--as", "ada@example.com", "credential", "set", "as-test"],
+        b"v",
+    );
+    assert!(as_ada.status.success(), "{}", stderr(&as_ada));
+    let last = install.json(&["audit", "tail", "-n", "1"])[0].clone();
+    assert_eq!(last["action"], "credential.set");
+    assert_eq!(
+        last["actor"],
+        format!("{} as human:{ada_id}", airlock_tests::cli_actor())
+    );
+    let nobody = install.run_with_stdin(
+        &["credential", "set", "as-test", "--as", "nobody@example.com"],
+        b"v",
+    );
+    assert_eq!(nobody.status.code(), Some(1));
+    assert!(
+        stderr(&nobody).starts_with("error: --as nobody@example.com: "),
+        "{}",
+        stderr(&nobody)
+    );
     assert!(install
         .ok(&["audit", "verify"])
         .starts_with("The audit log is intact:"));
@@ -680,7 +703,8 @@ async fn the_cli_finds_its_deployment_from_anywhere_and_never_makes_a_second_key
 
 /// Doctor's checks of what would fail later, each seen failing and then passing: no
 /// database (reported, not made), a route's credential not stored (also warned by `profile
-/// apply`), no git integration, and a sandbox subnet another Docker network uses.
+/// apply`), no git integration (then a registered repository), a port in use, and a
+/// sandbox subnet another Docker network uses.
 #[tokio::test]
 async fn doctor_catches_what_fails_later_both_ways() {
     let mut install = Install::new(Engine::Sqlite).await;
@@ -735,12 +759,39 @@ async fn doctor_catches_what_fails_later_both_ways() {
         "{text}"
     );
     install.run_with_stdin(&["credential", "set", "model-key"], b"sk-1");
+    // A registered local repository is a git integration.
+    let repo = install.path().join("hello");
+    std::fs::create_dir_all(&repo).unwrap();
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["-c", "user.name=A", "-c", "user.email=a@b", "commit", "-q", "--allow-empty", "-m", "first"][..],
+    ] {
+        let ok = std::process::Command::new("git").arg("-C").arg(&repo).args(args).status();
+        assert!(ok.unwrap().success());
+    }
+    install.ok(&["repo", "add", "hello", repo.to_str().unwrap()]);
+    // A port the gateway wants, held by another program.
+    let holder = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let held = holder.local_addr().unwrap().port();
+    install.env("AIRLOCK_SANDBOX_GATEWAY_PORT", &held.to_string());
     let text = doctor(&install);
     assert_eq!(
         line(&text, "profile credentials"),
         "[ok  ] profile credentials 1 route credential(s), all stored",
         "{text}"
     );
+    assert!(
+        line(&text, "git").starts_with("[ok  ] git 1 registered repository (`airlock repo list`)"),
+        "{text}"
+    );
+    assert_eq!(
+        line(&text, "ports"),
+        format!("[FAIL] ports sandbox.gateway_port {held} is in use by another program"),
+        "{text}"
+    );
+    drop(holder);
+    let text = doctor(&install);
+    assert!(line(&text, "ports").starts_with("[ok  ] ports sandbox endpoint "), "{text}");
 
     // A Docker network on the sandbox subnet.
     let name = format!("alk-doc-{}", std::process::id());

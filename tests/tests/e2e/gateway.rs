@@ -26,7 +26,8 @@ import json, urllib.request
 r = urllib.request.urlopen("https://api.model.test/echo?from=python", timeout=30)
 print("python:", r.status, json.loads(r.read())["headers"]["authorization"])
 PY
-node -e 'fetch("https://api.model.test/echo").then(async r => console.log("node:", r.status, JSON.parse(await r.text()).headers.authorization)).catch(e => { console.log("node: failed", String(e.cause || e)); })'
+node -e 'fetch("https://api.model.test/echo").then(async r => console.log("node:", r.status, JSON.parse(await r.text()).headers.authorization)).catch(e => { console.log("node: failed", String(e.cause || e)); })' 2>&1
+echo "tools: node $(node -p 'process.versions.node.split(".")[0] >= 22') npm $(npm --version >/dev/null 2>&1 && echo yes) make $(make --version >/dev/null && echo yes) cc $(cc --version >/dev/null && echo yes)"
 
 echo "http2=$(curl -s --http2 -o /dev/null -w '%{http_version} %{http_code}' https://api.model.test/echo)"
 
@@ -166,6 +167,10 @@ upstream = "{up}"
     );
     assert_eq!(line(&text, "python: "), "python: 200 Bearer [REDACTED]");
     assert_eq!(line(&text, "node: "), "node: 200 Bearer [REDACTED]");
+    // The image is fit for the agents' CLIs: Node 22 or newer with npm, make, a C compiler;
+    // and Node's proxy set-up prints no experimental-feature warning into the session.
+    assert_eq!(line(&text, "tools: "), "tools: node true npm yes make yes cc yes");
+    assert!(!text.contains("Warning"), "{text}");
     assert_eq!(
         line(&text, "http2="),
         "http2=1.1 200",

@@ -18,6 +18,7 @@ mod humans;
 mod inbound;
 mod profiles;
 mod queue;
+mod repos;
 mod sandboxes;
 mod sessions;
 mod settle;
@@ -41,6 +42,7 @@ pub use gateway::{GatewayCa, NewUsage, RevealedCredential, UsageTotal};
 pub use humans::AccountRef;
 pub use inbound::{ChannelSettings, Inbound, PendingLink, Pruned, LINK_CODE_TTL_MS};
 pub use profiles::{ApplyOutcome, Profile, ProfileVersion};
+pub use repos::{check_remote_url, Repo, RepoLocation};
 pub use sandboxes::{
     token_hash, NewSandbox, NewSnapshot, Sandbox, Snapshot, TokenBinding, TokenKind,
     BOOTSTRAP_TTL_MS,

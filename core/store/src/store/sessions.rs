@@ -9,7 +9,7 @@ use sqlx::Row;
 
 use super::audit::append_audit;
 use super::{id_col, opt_id_col, parse_col, NewAudit, Result, Store, StoreError};
-use crate::domain::{is_repo, EventKind, SessionState, Surface, ThreadRef};
+use crate::domain::{is_repo_ref, EventKind, SessionState, Surface, ThreadRef};
 use crate::ids::{now_ms, HumanId, ProfileId, SessionId, TriggerId};
 
 /// The largest prompt accepted, in bytes.
@@ -222,9 +222,9 @@ impl Store {
         new: NewSession,
         audit: Option<&SessionAudit>,
     ) -> Result<Session> {
-        if !is_repo(&new.repo) {
+        if !is_repo_ref(&new.repo) {
             return Err(StoreError::Invalid(format!(
-                "`{}` is not a repository; expected OWNER/NAME",
+                "`{}` is not a repository; expected OWNER/NAME or a name registered with `airlock repo add`",
                 new.repo.chars().take(120).collect::<String>()
             )));
         }

@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{id_col, parse_col, Result, Store, StoreError};
-use crate::domain::{is_credential_name, is_name, is_repo, TriggerKind};
+use crate::domain::{is_credential_name, is_name, is_repo_ref, TriggerKind};
 use crate::ids::{new_id, now_ms, HumanId, ProfileId, TriggerId};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -73,9 +73,9 @@ impl Store {
                 "trigger names use 1-64 lower-case letters, digits and dashes".into(),
             ));
         }
-        if !is_repo(&new.repo) {
+        if !is_repo_ref(&new.repo) {
             return Err(StoreError::Invalid(
-                "the trigger's repository must be OWNER/NAME".into(),
+                "the trigger's repository must be OWNER/NAME or a registered repository's name".into(),
             ));
         }
         if let Some(c) = &new.secret_credential {
