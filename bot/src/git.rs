@@ -82,7 +82,11 @@ async fn authorized(store: &Store, headers: &HeaderMap) -> Result<bool, StoreErr
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
     else {
         return Ok(false);
     };
@@ -123,7 +127,10 @@ async fn serve(
         }
         Err(e) => {
             tracing::warn!("the local git endpoint cannot read its credential: {e}");
-            return refuse(StatusCode::SERVICE_UNAVAILABLE, "its credential is not set up");
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "its credential is not set up",
+            );
         }
     }
     let Some((name, request)) = parse(&rest) else {
@@ -212,10 +219,7 @@ async fn backend(
         .env("REMOTE_USER", "airlock")
         .env("REMOTE_ADDR", "127.0.0.1")
         .env("REQUEST_METHOD", method.as_str())
-        .env(
-            "PATH_INFO",
-            format!("/{}{request}", base.to_string_lossy()),
-        )
+        .env("PATH_INFO", format!("/{}{request}", base.to_string_lossy()))
         .env("QUERY_STRING", query)
         .env("CONTENT_TYPE", header(header::CONTENT_TYPE))
         .env("HTTP_CONTENT_ENCODING", header(header::CONTENT_ENCODING))

@@ -41,7 +41,9 @@ pub struct FakeModel {
 
 #[derive(Clone)]
 struct Shared {
-    key: String,
+    /// The API key every request needs; `None` for a local server that takes any (Ollama,
+    /// llama.cpp server and vLLM without `--api-key`).
+    key: Option<String>,
     script: Arc<Vec<Step>>,
     /// Request bodies, in order.
     requests: Arc<Mutex<Vec<Value>>>,
@@ -58,27 +60,35 @@ impl FakeModel {
     pub async fn start(key: &str, script: Vec<Step>) -> FakeModel {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = crate::tls::TestCa::new("Fake model test CA", dir.path());
-        let shared = Shared {
-            key: key.to_string(),
-            script: Arc::new(script),
-            requests: Arc::default(),
-            problems: Arc::default(),
-            position: Arc::default(),
-            transports: Arc::default(),
-            ws_offers: Arc::default(),
-        };
-        let app = Router::new()
-            .route("/v1/chat/completions", post(chat))
-            .route("/v1/responses", post(responses).get(ws_responses))
-            .route("/v1/models", get(models))
-            .fallback(unknown)
-            .with_state(shared.clone());
-        let port =
-            crate::tls::serve_https(app, ca.server_config(&["localhost", "127.0.0.1"])).await;
+        let shared = Shared::new(Some(key), script);
+        let port = crate::tls::serve_https(
+            router(shared.clone()),
+            ca.server_config(&["localhost", "127.0.0.1"]),
+        )
+        .await;
         FakeModel {
             url: format!("https://localhost:{port}"),
             ca_pem: ca.pem.clone(),
             ca_file: ca.file.clone(),
+            shared,
+            _dir: dir,
+        }
+    }
+
+    /// A model server on this machine as Ollama or llama.cpp's server run it: plain HTTP on
+    /// `listener`, no API key.
+    pub async fn start_local(listener: tokio::net::TcpListener, script: Vec<Step>) -> FakeModel {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = Shared::new(None, script);
+        let port = listener.local_addr().unwrap().port();
+        let app = router(shared.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FakeModel {
+            url: format!("http://127.0.0.1:{port}"),
+            ca_pem: String::new(),
+            ca_file: PathBuf::new(),
             shared,
             _dir: dir,
         }
@@ -103,6 +113,29 @@ impl FakeModel {
     }
 }
 
+impl Shared {
+    fn new(key: Option<&str>, script: Vec<Step>) -> Shared {
+        Shared {
+            key: key.map(str::to_string),
+            script: Arc::new(script),
+            requests: Arc::default(),
+            problems: Arc::default(),
+            position: Arc::default(),
+            transports: Arc::default(),
+            ws_offers: Arc::default(),
+        }
+    }
+}
+
+fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/responses", post(responses).get(ws_responses))
+        .route("/v1/models", get(models))
+        .fallback(unknown)
+        .with_state(shared)
+}
+
 fn problem(s: &Shared, what: String) -> Response {
     s.problems.lock().unwrap().push(what.clone());
     (
@@ -113,10 +146,13 @@ fn problem(s: &Shared, what: String) -> Response {
 }
 
 fn authorized(s: &Shared, headers: &HeaderMap) -> bool {
+    let Some(key) = &s.key else {
+        return true;
+    };
     headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == format!("Bearer {}", s.key))
+        .is_some_and(|v| v == format!("Bearer {key}"))
 }
 
 fn unauthorized() -> Response {

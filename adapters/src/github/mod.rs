@@ -553,7 +553,10 @@ async fn webhook(
         Err(e) => {
             tracing::warn!(
                 "cannot check a GitHub delivery: the webhook secret `{}` cannot be read ({e})",
-                a.cfg.webhook_secret_credential.as_deref().unwrap_or("(none configured)")
+                a.cfg
+                    .webhook_secret_credential
+                    .as_deref()
+                    .unwrap_or("(none configured)")
             );
             return text(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -51,7 +51,9 @@ pub async fn repo(ctx: &Ctx, cmd: RepoCmd) -> anyhow::Result<ExitCode> {
             if ctx.json {
                 json(&repos)?;
             } else if repos.is_empty() {
-                println!("No repositories are registered. Add one with `airlock repo add NAME PATH`.");
+                println!(
+                    "No repositories are registered. Add one with `airlock repo add NAME PATH`."
+                );
             } else {
                 table(
                     &["NAME", "KIND", "WHERE", "ADDED"],
@@ -59,7 +61,12 @@ pub async fn repo(ctx: &Ctx, cmd: RepoCmd) -> anyhow::Result<ExitCode> {
                         .iter()
                         .map(|r| {
                             let (kind, at) = describe(&r.location);
-                            vec![cell(&r.name, 60), kind.into(), cell(&at, 100), rfc3339(r.created_at)]
+                            vec![
+                                cell(&r.name, 60),
+                                kind.into(),
+                                cell(&at, 100),
+                                rfc3339(r.created_at),
+                            ]
                         })
                         .collect(),
                 );
@@ -81,7 +88,10 @@ pub async fn repo(ctx: &Ctx, cmd: RepoCmd) -> anyhow::Result<ExitCode> {
             if ctx.json {
                 json(&serde_json::json!({ "removed": name }))?;
             } else {
-                println!("Forgot repository {}; its files are untouched.", safe(&name));
+                println!(
+                    "Forgot repository {}; its files are untouched.",
+                    safe(&name)
+                );
             }
         }
     }
@@ -94,7 +104,11 @@ fn is_url(s: &str) -> bool {
 
 /// Whether `--repo` names a path rather than a repository (`./app`, `/srv/app`, `~/app`).
 pub fn is_path(repo: &str) -> bool {
-    repo == "." || repo.starts_with("./") || repo.starts_with("../") || repo.starts_with('/') || repo.starts_with('~')
+    repo == "."
+        || repo.starts_with("./")
+        || repo.starts_with("../")
+        || repo.starts_with('/')
+        || repo.starts_with('~')
 }
 
 fn describe(l: &RepoLocation) -> (&'static str, String) {
@@ -167,7 +181,13 @@ pub async fn registered_name(ctx: &Ctx, store: &Store, path: &str) -> anyhow::Re
         .unwrap_or_default();
     let name: String = base
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let name = name.trim_matches('.').to_string();
     if store.repo(&name).await?.is_some() {
@@ -179,7 +199,11 @@ pub async fn registered_name(ctx: &Ctx, store: &Store, path: &str) -> anyhow::Re
     }
     let r = add(ctx, store, &name, RepoLocation::Local { path: at }).await?;
     if !ctx.json {
-        eprintln!("Registered {} as repository `{}`.", safe(path), safe(&r.name));
+        eprintln!(
+            "Registered {} as repository `{}`.",
+            safe(path),
+            safe(&r.name)
+        );
     }
     Ok(r.name)
 }
@@ -198,11 +222,19 @@ fn local_repository(path: &Path) -> anyhow::Result<String> {
             .arg(&canon)
             .args(args)
             .output()
-            .map(|o| (o.status.success(), String::from_utf8_lossy(&o.stdout).trim().to_string()))
+            .map(|o| {
+                (
+                    o.status.success(),
+                    String::from_utf8_lossy(&o.stdout).trim().to_string(),
+                )
+            })
     };
     let (ok, bare) = git(&["rev-parse", "--is-bare-repository"]).context("cannot run git")?;
     if !ok {
-        bail!("{} is not a git repository (`git init` makes one)", canon.display());
+        bail!(
+            "{} is not a git repository (`git init` makes one)",
+            canon.display()
+        );
     }
     let (ok, top) = if bare == "true" {
         git(&["rev-parse", "--absolute-git-dir"])?
@@ -210,7 +242,10 @@ fn local_repository(path: &Path) -> anyhow::Result<String> {
         git(&["rev-parse", "--show-toplevel"])?
     };
     if !ok || top.is_empty() {
-        bail!("cannot find the top of the git repository at {}", canon.display());
+        bail!(
+            "cannot find the top of the git repository at {}",
+            canon.display()
+        );
     }
     let (has_commit, _) = git(&["rev-parse", "--verify", "-q", "HEAD"])?;
     if !has_commit {

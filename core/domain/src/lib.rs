@@ -170,6 +170,25 @@ pub struct ProfileError {
     pub message: String,
 }
 
+/// The host of `url` if it names this machine's loopback (or every address), which inside a
+/// sandbox is the sandbox itself.
+fn loopback_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?.to_string(),
+        None => authority.split(':').next()?.to_string(),
+    };
+    let lower = host.to_ascii_lowercase();
+    let is_loopback = lower == "localhost"
+        || lower.ends_with(".localhost")
+        || lower
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
+    is_loopback.then_some(host)
+}
+
 fn perr(field: impl Into<String>, message: impl Into<String>) -> ProfileError {
     ProfileError {
         field: field.into(),
@@ -455,6 +474,19 @@ impl ProfileSpec {
                         return Err(perr(
                             "agent.base_url",
                             "expected an http(s) URL like https://api.openai.com/v1",
+                        ));
+                    }
+                    if let Some(host) = loopback_host(u) {
+                        return Err(perr(
+                            "agent.base_url",
+                            format!(
+                                "points at {host}, which inside the sandbox is the sandbox \
+                                 itself (its only way out is Airlock's gateway): keep a name only \
+                                 the gateway knows, e.g. https://models.airlock.internal/v1, and \
+                                 give it an [[egress]] route with upstream = \"http://127.0.0.1:11434\" \
+                                 (where the gateway, on the host, finds the server); see \
+                                 templates/profiles/local-model.toml"
+                            ),
                         ));
                     }
                 }
@@ -771,7 +803,23 @@ humans = ["ada@example.com"]
             ("name = \"x\"\n[agent]\nkind = \"command\"\ncommand = \"make\"\n[env]\n\"1BAD\" = \"v\"", "profile field `env.1BAD`: is not a valid environment variable name"),
             ("name = \"x\"\nimage = \"y\"\n[agent]\nkind = \"command\"\ncommand = \"make\"", "profile field `image`: unknown field `image`, expected one of `name`, `description`, `sandbox`, `agent`, `env`, `limits`, `egress`, `passthrough`, `passthrough_in_sessions`, `repos`, `access` (line 2)"),
             ("name = \"x\"", "profile field `(top level)`: missing field `agent`"),
+            ("name = \"x\"\n[agent]\nkind = \"builtin\"\nmodel = \"m\"\nbase_url = \"http://127.0.0.1:11434/v1\"", "profile field `agent.base_url`: points at 127.0.0.1, which inside the sandbox is the sandbox itself (its only way out is Airlock's gateway): keep a name only the gateway knows, e.g. https://models.airlock.internal/v1, and give it an [[egress]] route with upstream = \"http://127.0.0.1:11434\" (where the gateway, on the host, finds the server); see templates/profiles/local-model.toml"),
         ];
+        for url in [
+            "http://localhost:8000/v1",
+            "http://[::1]:8000/v1",
+            "https://0.0.0.0/v1",
+            "http://u@LOCALHOST/v1",
+        ] {
+            assert!(loopback_host(url).is_some(), "{url}");
+        }
+        for url in [
+            "https://api.openai.com/v1",
+            "https://models.airlock.internal/v1",
+            "http://10.0.0.5:8000/v1",
+        ] {
+            assert!(loopback_host(url).is_none(), "{url}");
+        }
         for (text, want) in cases {
             assert_eq!(
                 ProfileSpec::from_toml(text).unwrap_err().to_string(),

@@ -232,10 +232,7 @@ impl Plan {
                     }),
                     upstream: gh.git_upstream.clone(),
                 });
-                git_plan(
-                    format!("{web}/{}.git", session.repo),
-                    Hosting::Github,
-                )
+                git_plan(format!("{web}/{}.git", session.repo), Hosting::Github)
             }),
         };
         let branch = match (&git, pull_request_of(session)) {
@@ -353,7 +350,9 @@ inject = { kind = "bearer" }
             3,
             &session("Fix the flaky login test!", Default::default()),
             &human(),
-            &settings(Some("https://git.internal")), None);
+            &settings(Some("https://git.internal")),
+            None,
+        );
         assert_eq!(plan.routes.len(), 2);
         assert_eq!(plan.routes[0].host, "api.openai.com");
         let git = &plan.routes[1];
@@ -412,7 +411,12 @@ inject = { kind = "bearer" }
         let plan = Plan::build(&spec, 1, &s, &human(), &st, Some(&local));
         let git = plan.git.unwrap();
         assert_eq!(git.clone_url, "https://git.airlock.internal/acme/web.git");
-        assert_eq!(git.hosting, Hosting::Local { path: "/srv/web".into() });
+        assert_eq!(
+            git.hosting,
+            Hosting::Local {
+                path: "/srv/web".into()
+            }
+        );
         let route = plan.routes.last().unwrap();
         assert_eq!(route.host, LOCAL_GIT_HOST);
         assert_eq!(route.path_prefix, "/acme/web.git");
@@ -444,7 +448,9 @@ inject = { kind = "bearer" }
         );
         // Without a server serving local repositories, a local one has no git at all.
         st.local_git = None;
-        assert!(Plan::build(&spec, 1, &s, &human(), &st, Some(&local)).git.is_none());
+        assert!(Plan::build(&spec, 1, &s, &human(), &st, Some(&local))
+            .git
+            .is_none());
     }
 
     #[test]
@@ -452,7 +458,14 @@ inject = { kind = "bearer" }
         let spec = ProfileSpec::from_toml(PROFILE).unwrap();
         let mut st = settings(None);
         st.github = None;
-        let plan = Plan::build(&spec, 1, &session("x", Default::default()), &human(), &st, None);
+        let plan = Plan::build(
+            &spec,
+            1,
+            &session("x", Default::default()),
+            &human(),
+            &st,
+            None,
+        );
         assert_eq!(plan.routes.len(), 1);
         assert!(plan.git.is_none());
         // The session still has its own branch, the only one it may push.

@@ -764,9 +764,23 @@ async fn doctor_catches_what_fails_later_both_ways() {
     std::fs::create_dir_all(&repo).unwrap();
     for args in [
         &["init", "-q", "-b", "main"][..],
-        &["-c", "user.name=A", "-c", "user.email=a@b", "commit", "-q", "--allow-empty", "-m", "first"][..],
+        &[
+            "-c",
+            "user.name=A",
+            "-c",
+            "user.email=a@b",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "first",
+        ][..],
     ] {
-        let ok = std::process::Command::new("git").arg("-C").arg(&repo).args(args).status();
+        let ok = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(args)
+            .status();
         assert!(ok.unwrap().success());
     }
     install.ok(&["repo", "add", "hello", repo.to_str().unwrap()]);
@@ -791,7 +805,10 @@ async fn doctor_catches_what_fails_later_both_ways() {
     );
     drop(holder);
     let text = doctor(&install);
-    assert!(line(&text, "ports").starts_with("[ok  ] ports sandbox endpoint "), "{text}");
+    assert!(
+        line(&text, "ports").starts_with("[ok  ] ports sandbox endpoint "),
+        "{text}"
+    );
 
     // A Docker network on the sandbox subnet.
     let name = format!("alk-doc-{}", std::process::id());

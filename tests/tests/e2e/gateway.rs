@@ -169,7 +169,10 @@ upstream = "{up}"
     assert_eq!(line(&text, "node: "), "node: 200 Bearer [REDACTED]");
     // The image is fit for the agents' CLIs: Node 22 or newer with npm, make, a C compiler;
     // and Node's proxy set-up prints no experimental-feature warning into the session.
-    assert_eq!(line(&text, "tools: "), "tools: node true npm yes make yes cc yes");
+    assert_eq!(
+        line(&text, "tools: "),
+        "tools: node true npm yes make yes cc yes"
+    );
     assert!(!text.contains("Warning"), "{text}");
     assert_eq!(
         line(&text, "http2="),

@@ -15,6 +15,7 @@ mod gateway_limits;
 mod gateway_push_bytes;
 mod github;
 mod output;
+mod readme;
 mod repos;
 mod sandboxd;
 mod sandboxes;

@@ -105,14 +105,24 @@ async fn a_local_repository_is_cloned_through_the_gateway_and_gets_the_branch_ba
     assert_eq!(anonymous.status().as_u16(), 401);
 
     // `--repo ./hello` registers the path on first use, under its directory's name.
-    let out = install.run(&["run", "--repo", "./hello", "--profile", "edit", "make it say more"]);
+    let out = install.run(&[
+        "run",
+        "--repo",
+        "./hello",
+        "--profile",
+        "edit",
+        "make it say more",
+    ]);
     let (text, err) = (stdout(&out), stderr(&out));
     assert!(out.status.success(), "{text}\n{err}\n{}", server.log());
     assert!(
         err.contains("Registered ./hello as repository `hello`."),
         "{err}"
     );
-    let branch = git(&repo, &["branch", "--list", "airlock/*", "--format=%(refname:short)"]);
+    let branch = git(
+        &repo,
+        &["branch", "--list", "airlock/*", "--format=%(refname:short)"],
+    );
     let branch = branch.trim();
     assert!(branch.starts_with("airlock/ses-"), "{branch:?}");
     let canonical = repo.canonicalize().unwrap();
@@ -196,11 +206,7 @@ async fn a_remote_that_is_not_github_gets_the_branch_pushed_over_https_and_no_pu
     let bare = upstream.create_repo("app");
     let mut install = install_on(
         Engine::Sqlite,
-        &[(
-            "edit",
-            "echo pushed-only > CHANGES && env | sort",
-            "",
-        )],
+        &[("edit", "echo pushed-only > CHANGES && env | sort", "")],
     )
     .await;
     install.env(
@@ -239,18 +245,22 @@ async fn a_remote_that_is_not_github_gets_the_branch_pushed_over_https_and_no_pu
     let (text, err) = (stdout(&out), stderr(&out));
     assert!(out.status.success(), "{text}\n{err}\n{}", server.log());
     assert!(
-        err.contains("to https://git.example.test/app.git; no pull request is opened there (push-only)"),
+        err.contains(
+            "to https://git.example.test/app.git; no pull request is opened there (push-only)"
+        ),
         "{err}"
     );
-    let branches = airlock_tests::git::in_bare(&bare, &["branch", "--list", "airlock/*"])
-        .unwrap_or_default();
+    let branches =
+        airlock_tests::git::in_bare(&bare, &["branch", "--list", "airlock/*"]).unwrap_or_default();
     let branch = branches.trim().trim_start_matches("* ").to_string();
     assert!(branch.starts_with("airlock/ses-"), "{branches:?}");
     let file = airlock_tests::git::in_bare(&bare, &["show", &format!("{branch}:CHANGES")]);
     assert_eq!(file.as_deref(), Some("pushed-only\n"));
     let shown = show(
         &install,
-        install.json(&["session", "list"])[0]["id"].as_str().unwrap(),
+        install.json(&["session", "list"])[0]["id"]
+            .as_str()
+            .unwrap(),
     );
     assert!(shown["session"]["pull_request_url"].is_null());
     // Nothing of the token reached the sandbox.

@@ -81,10 +81,14 @@ pub fn check_remote_url(url: &str) -> std::result::Result<(), String> {
         );
     }
     if authority.is_empty() || path.trim_matches('/').is_empty() {
-        return Err(format!("`{url}`: expected https://HOST/PATH of a repository"));
+        return Err(format!(
+            "`{url}`: expected https://HOST/PATH of a repository"
+        ));
     }
     if url.contains(['?', '#', ' ']) {
-        return Err(format!("`{url}`: a query, fragment or space is not allowed"));
+        return Err(format!(
+            "`{url}`: a query, fragment or space is not allowed"
+        ));
     }
     Ok(())
 }

@@ -75,7 +75,8 @@ impl Store {
         }
         if !is_repo_ref(&new.repo) {
             return Err(StoreError::Invalid(
-                "the trigger's repository must be OWNER/NAME or a registered repository's name".into(),
+                "the trigger's repository must be OWNER/NAME or a registered repository's name"
+                    .into(),
             ));
         }
         if let Some(c) = &new.secret_credential {
