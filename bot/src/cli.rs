@@ -254,6 +254,23 @@ pub enum HumanCmd {
     },
     /// List humans
     List,
+    /// Give a human another role
+    Role {
+        /// The human (id or email)
+        human: String,
+        #[arg(value_parser = parse_enum::<Role>)]
+        role: Role,
+    },
+    /// Disable a human: they start no session and sign in nowhere (their history stays)
+    Disable {
+        /// The human (id or email)
+        human: String,
+    },
+    /// Enable a disabled human again
+    Enable {
+        /// The human (id or email)
+        human: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

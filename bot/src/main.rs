@@ -34,7 +34,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = init_tracing() {
+    // The server logs what it does; a command says what it did, and logs only trouble.
+    let serving = matches!(cli.command, cli::Command::Up | cli::Command::Gateway);
+    if let Err(e) = init_tracing(if serving { "info" } else { "warn" }) {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
@@ -84,13 +86,14 @@ fn one_line_usage_error(text: &str) -> String {
     format!("{msg} (see `airlock --help`)")
 }
 
-/// Logs go to stderr, filtered by `AIRLOCK_LOG` (`info` by default). `AIRLOCK_LOG_FORMAT=json`
+/// Logs go to stderr, filtered by `AIRLOCK_LOG` (`default`: `info` for the server, `warn`
+/// for the other commands). `AIRLOCK_LOG_FORMAT=json`
 /// writes one JSON object per line, with the spans it happened in (session, human, delivery),
 /// so one session's story can be pulled from the logs alone.
-fn init_tracing() -> Result<(), String> {
+fn init_tracing(default: &str) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("AIRLOCK_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,hyper=warn,bollard=warn"));
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default},sqlx=warn,hyper=warn,bollard=warn")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

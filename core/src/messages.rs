@@ -45,6 +45,11 @@ pub fn refusal(r: &Refusal) -> String {
             clip(profile),
             clip(repo)
         ),
+        Refusal::Disabled(who) => format!(
+            "{} is disabled in Airlock and can start nothing; an admin can enable them on the \
+             admin page or with `airlock human enable`",
+            clip(who)
+        ),
         Refusal::HumanNotAllowed { profile } => format!(
             "you may not use profile `{}`; an admin can add you to its `access`",
             clip(profile)

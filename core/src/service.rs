@@ -158,6 +158,8 @@ pub enum Refusal {
     HumanNotAllowed {
         profile: String,
     },
+    /// The person (or a trigger's owner) is disabled.
+    Disabled(String),
     /// A trigger's owner may not use its profile.
     OwnerNotAllowed {
         profile: String,
@@ -466,6 +468,9 @@ impl Sessions {
         pv: &ProfileVersion,
         repo: &str,
     ) -> Result<(), Refusal> {
+        if let Some(h) = actor.human_ref().filter(|h| h.disabled_at.is_some()) {
+            return Err(Refusal::Disabled(h.email.clone()));
+        }
         if !pv.spec.allows_repo(repo) {
             return Err(Refusal::RepoNotAllowed {
                 profile: profile.name.clone(),

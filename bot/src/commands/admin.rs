@@ -37,8 +37,23 @@ pub(crate) async fn audit(
     Ok(())
 }
 
+/// An audit row of the acting CLI user.
+pub(crate) fn entry(ctx: &Ctx, action: &str, target: &str, detail: serde_json::Value) -> NewAudit {
+    NewAudit {
+        actor: ctx.actor(),
+        action: action.into(),
+        target: target.into(),
+        session_id: None,
+        detail,
+    }
+}
+
 pub async fn human(ctx: &Ctx, cmd: HumanCmd) -> anyhow::Result<ExitCode> {
     let store = ctx.store(false).await?;
+    let cmd_kind = match &cmd {
+        HumanCmd::Disable { .. } => "disable",
+        _ => "",
+    };
     match cmd {
         HumanCmd::Add {
             name,
@@ -93,6 +108,58 @@ pub async fn human(ctx: &Ctx, cmd: HumanCmd) -> anyhow::Result<ExitCode> {
                 println!("Set the admin page password of {}.", safe(&h.email));
             }
         }
+        HumanCmd::Role { human, role } => {
+            let h = store.find_human(&human).await?;
+            let h = store
+                .set_human_role(
+                    &h.id,
+                    role,
+                    entry(
+                        ctx,
+                        "human.role",
+                        &h.id,
+                        serde_json::json!({ "role": role }),
+                    ),
+                )
+                .await?;
+            if ctx.json {
+                json(&h)?;
+            } else {
+                println!(
+                    "{} <{}> is now {}.",
+                    safe(&h.display_name),
+                    safe(&h.email),
+                    role
+                );
+            }
+        }
+        HumanCmd::Disable { human } | HumanCmd::Enable { human } => {
+            let disable = matches!(cmd_kind, "disable");
+            let h = store.find_human(&human).await?;
+            let action = if disable {
+                "human.disable"
+            } else {
+                "human.enable"
+            };
+            let h = store
+                .set_human_disabled(
+                    &h.id,
+                    disable,
+                    entry(ctx, action, &h.id, serde_json::json!({})),
+                )
+                .await?;
+            if ctx.json {
+                json(&h)?;
+            } else if disable {
+                println!(
+                    "Disabled {} <{}>: they start no session and sign in nowhere until enabled.",
+                    safe(&h.display_name),
+                    safe(&h.email)
+                );
+            } else {
+                println!("Enabled {} <{}>.", safe(&h.display_name), safe(&h.email));
+            }
+        }
         HumanCmd::List => {
             let humans = store.list_humans().await?;
             let identities = store.list_identities(None).await?;
@@ -114,7 +181,11 @@ pub async fn human(ctx: &Ctx, cmd: HumanCmd) -> anyhow::Result<ExitCode> {
                                 h.id.to_string(),
                                 cell(&h.display_name, 40),
                                 cell(&h.email, 50),
-                                h.role.to_string(),
+                                if h.disabled_at.is_some() {
+                                    format!("{} (disabled)", h.role)
+                                } else {
+                                    h.role.to_string()
+                                },
                                 if accounts.is_empty() {
                                     "-".into()
                                 } else {

@@ -55,6 +55,7 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
         }
     })?;
     let mut background = Vec::new();
+    let mut gateway_state = None;
     let owner = server_id(&cfg.data_dir)?;
     let github = cfg
         .github
@@ -82,6 +83,7 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
                 let (gateway, listener) =
                     crate::app::start_gateway(cfg, &store, network.host_address.into()).await?;
                 tracing::info!(address = %listener.local_addr()?, "gateway ready");
+                gateway_state = Some(format!("serving sandboxes on {}", listener.local_addr()?));
                 background.push(tokio::spawn(gateway.serve(listener, stopped())));
             }
             let broker = Broker::new(
@@ -151,6 +153,20 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
         secure: cfg.public_url().starts_with("https://"),
         throttle: Default::default(),
         default_profile: cfg.broker.default_profile.clone(),
+        status: Arc::new(crate::web::ServerStatus {
+            docker_ok: docker_ok.clone(),
+            docker_host: cfg.docker.host.clone(),
+            gateway: gateway_state,
+            github: cfg.github.is_some(),
+            slack: cfg.slack.is_some(),
+            discord: cfg.discord.is_some(),
+            github_host: cfg
+                .github
+                .as_ref()
+                .map(|g| airlock_core::github::web_host(&g.web_url))
+                .unwrap_or_else(|| "github.com".into()),
+            prices: cfg.prices.clone(),
+        }),
     }));
     app = app.merge(crate::git::router(store.clone()));
     // Triggers, the outbox sender and the adapters.

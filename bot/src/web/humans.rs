@@ -1,11 +1,17 @@
-//! Humans, their accounts, and link codes.
+//! Humans: add, change role, disable and enable, link accounts (an admin vouching for
+//! them, or the signed-in person with a link code). Every change is audited with the admin.
+
+use airlock_core::domain::Provider;
+use airlock_core::store::AccountRef;
 
 use super::*;
 
 pub(super) struct HumanRow {
+    id: String,
     name: String,
     email: String,
     role: Role,
+    disabled: bool,
     identities: Vec<String>,
 }
 
@@ -38,9 +44,11 @@ pub(super) async fn humans_page(
                 .filter(|i| i.human_id == h.id)
                 .map(|i| format!("{} {} ({})", i.provider, i.handle, i.workspace))
                 .collect(),
+            id: h.id.to_string(),
             name: h.display_name,
             email: h.email,
             role: h.role,
+            disabled: h.disabled_at.is_some(),
         })
         .collect();
     page(HumansPage {
@@ -73,5 +81,149 @@ pub(super) async fn link(
         Ok(l) => format!("Linked {} account {} to you.", l.provider, l.handle),
         Err(e) => e.to_string(),
     };
+    humans_page(&st, &ws, Some(notice)).await
+}
+
+fn web_audit(ws: &WebSession, action: &str, target: &str, detail: serde_json::Value) -> NewAudit {
+    NewAudit {
+        actor: format!("human:{}", ws.human.id),
+        action: action.into(),
+        target: target.into(),
+        session_id: None,
+        detail,
+    }
+}
+
+/// An admin adds a human (who signs in once someone sets their password with `airlock
+/// human password`).
+pub(super) async fn add_human(
+    State(st): State<AdminState>,
+    headers: HeaderMap,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    let ws = match admin_post(&st, &headers, &f).await {
+        Ok(s) => s,
+        Err(d) => return d.into_response(),
+    };
+    let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+    let Ok(role) = get("role").parse::<Role>() else {
+        return humans_page(&st, &ws, Some("Choose a role.".into())).await;
+    };
+    let notice = match st.store.add_human(get("name"), get("email"), role).await {
+        Ok(h) => {
+            let entry = web_audit(
+                &ws,
+                "human.add",
+                &h.id,
+                json!({"email": h.email, "role": role}),
+            );
+            settle("the human's audit row", || st.store.audit(entry.clone())).await;
+            format!("Added {} <{}> as {role}.", h.display_name, h.email)
+        }
+        Err(e) => e.to_string(),
+    };
+    humans_page(&st, &ws, Some(notice)).await
+}
+
+/// Role, disable and enable, and linking an account, for one human.
+pub(super) async fn human_action(
+    State(st): State<AdminState>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    let ws = match admin_post(&st, &headers, &f).await {
+        Ok(s) => s,
+        Err(d) => return d.into_response(),
+    };
+    let human = match st.store.find_human(&id).await {
+        Ok(h) => h,
+        Err(e) => return humans_page(&st, &ws, Some(e.to_string())).await,
+    };
+    let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("").trim();
+    let result = match action.as_str() {
+        "role" => match get("role").parse::<Role>() {
+            Ok(role) => st
+                .store
+                .set_human_role(
+                    &human.id,
+                    role,
+                    web_audit(&ws, "human.role", &human.id, json!({"role": role})),
+                )
+                .await
+                .map(|h| format!("{} is now {role}.", h.display_name)),
+            Err(e) => Ok(e.to_string()),
+        },
+        "disable" | "enable" => {
+            let disable = action == "disable";
+            let entry = web_audit(&ws, &format!("human.{action}"), &human.id, json!({}));
+            st.store
+                .set_human_disabled(&human.id, disable, entry)
+                .await
+                .map(|h| {
+                    if disable {
+                        format!(
+                            "Disabled {}: they start no session and sign in nowhere.",
+                            h.display_name
+                        )
+                    } else {
+                        format!("Enabled {}.", h.display_name)
+                    }
+                })
+        }
+        "link" => {
+            let provider = match get("provider").parse::<Provider>() {
+                Ok(p) => p,
+                Err(e) => return humans_page(&st, &ws, Some(e.to_string())).await,
+            };
+            let workspace =
+                match (provider, get("workspace")) {
+                    (_, w) if !w.is_empty() => w.to_string(),
+                    (Provider::Github, _) => st.status.github_host.clone(),
+                    _ => return humans_page(
+                        &st,
+                        &ws,
+                        Some(
+                            "Slack and Discord accounts need the workspace: the team or server id."
+                                .into(),
+                        ),
+                    )
+                    .await,
+                };
+            let external = get("external_id");
+            let handle = if get("handle").is_empty() {
+                external
+            } else {
+                get("handle")
+            };
+            let account = AccountRef {
+                provider,
+                workspace: &workspace,
+                external_id: external,
+            };
+            match st
+                .store
+                .link_identity(&human.id, account, handle, true)
+                .await
+            {
+                Ok(i) => {
+                    let entry = web_audit(
+                        &ws,
+                        "identity.link",
+                        &i.id,
+                        json!({"human": human.id, "provider": provider, "workspace": workspace, "external_id": external}),
+                    );
+                    settle("the link's audit row", || st.store.audit(entry.clone())).await;
+                    Ok(format!(
+                        "Linked {provider} account {handle} to {}.",
+                        human.display_name
+                    ))
+                }
+                Err(e) => Err(e),
+            }
+        }
+        _ => Ok("Unknown action.".to_string()),
+    };
+    let notice = result.unwrap_or_else(|e| e.to_string());
     humans_page(&st, &ws, Some(notice)).await
 }

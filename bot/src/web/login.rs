@@ -81,7 +81,7 @@ pub(super) async fn login(
                 detail: json!({}),
             };
             settle("an audit row", || st.store.audit(entry.clone())).await;
-            let mut r = Redirect::to("/sessions").into_response();
+            let mut r = Redirect::to("/overview").into_response();
             let max = airlock_core::store::WEB_SESSION_MS / 1000;
             if let Ok(v) = HeaderValue::from_str(&set_cookie(COOKIE, &token, max, st.secure)) {
                 r.headers_mut().append(header::SET_COOKIE, v);

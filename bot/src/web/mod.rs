@@ -34,6 +34,7 @@ mod credentials;
 mod humans;
 mod login;
 mod new_session;
+mod overview;
 mod profiles;
 mod session;
 mod sessions;
@@ -60,6 +61,24 @@ pub struct AdminState {
     pub throttle: std::sync::Arc<throttle::Throttle>,
     /// The profile a request that names none gets (`broker.default_profile`).
     pub default_profile: Option<String>,
+    /// What the overview shows of this server and its integrations.
+    pub status: std::sync::Arc<ServerStatus>,
+}
+
+/// This server's parts and integrations, as the overview shows them.
+pub struct ServerStatus {
+    /// Whether the Docker engine answered the last check (made every 10 s).
+    pub docker_ok: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub docker_host: String,
+    /// The embedded gateway's state (`serving on ADDR`), if this server runs one.
+    pub gateway: Option<String>,
+    pub github: bool,
+    pub slack: bool,
+    pub discord: bool,
+    /// The GitHub host accounts are linked on (`github.web_url`'s host).
+    pub github_host: String,
+    /// Model prices for cost estimates (`[prices]`).
+    pub prices: std::collections::BTreeMap<String, airlock_core::config::Price>,
 }
 
 const COOKIE: &str = "airlock_session";
@@ -69,7 +88,8 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 
 pub fn router(state: AdminState) -> Router {
     Router::new()
-        .route("/", get(|| async { Redirect::to("/sessions") }))
+        .route("/", get(|| async { Redirect::to("/overview") }))
+        .route("/overview", get(overview::overview))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/sessions", get(sessions))
@@ -78,7 +98,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/sessions/{id}/events", get(session_events))
         .route("/sessions/{id}/output.log.gz", get(output_log))
         .route("/sessions/{id}/stop", post(stop))
-        .route("/humans", get(humans))
+        .route("/humans", get(humans).post(add_human))
+        .route("/humans/{id}/{action}", post(human_action))
         .route("/link", post(link))
         .route("/profiles", get(profiles))
         .route("/credentials", get(credentials).post(set_credential))

@@ -6,6 +6,170 @@ use airlock_core::ids::SessionId;
 pub(super) struct EventView {
     kind: EventKind,
     html: String,
+    /// A command's output, grouped under the event that started it (a tool call) or under
+    /// the first piece of it: one collapsible block per command, not a row per line.
+    group: Option<OutputGroup>,
+}
+
+pub(super) struct OutputGroup {
+    output: String,
+    lines: usize,
+    open: bool,
+}
+
+/// Output blocks of at most this many lines are shown open.
+const OPEN_LINES: usize = 20;
+/// The output one block shows; the rest is behind the full log.
+const GROUP_BYTES: usize = 256 * 1024;
+
+/// The log as the page shows it: consecutive command output joined into one block under the
+/// tool call before it (or under its first piece).
+pub(super) fn log_items(events: &[SessionEvent]) -> Vec<EventView> {
+    let mut items: Vec<EventView> = Vec::new();
+    let mut grouping = false;
+    for e in events {
+        match e.kind {
+            EventKind::CommandOutput => {
+                let text = e.payload["text"].as_str().unwrap_or("");
+                if !grouping {
+                    items.push(EventView {
+                        kind: e.kind,
+                        html: format!(
+                            "<span class=\"at\">{}</span> output",
+                            render::escape(&rfc3339(e.at))
+                        ),
+                        group: Some(OutputGroup {
+                            output: String::new(),
+                            lines: 0,
+                            open: false,
+                        }),
+                    });
+                    grouping = true;
+                }
+                if let Some(g) = items.last_mut().and_then(|i| i.group.as_mut()) {
+                    if g.output.len() < GROUP_BYTES {
+                        g.output.push_str(text);
+                        if g.output.len() > GROUP_BYTES {
+                            g.output = cut_at(&g.output, GROUP_BYTES);
+                            g.output
+                                .push_str("\n[… cut: the full output log has the rest]");
+                        }
+                    }
+                }
+            }
+            EventKind::ToolCall => {
+                items.push(EventView {
+                    kind: e.kind,
+                    html: event_html(e),
+                    group: Some(OutputGroup {
+                        output: String::new(),
+                        lines: 0,
+                        open: false,
+                    }),
+                });
+                grouping = true;
+            }
+            _ => {
+                items.push(EventView {
+                    kind: e.kind,
+                    html: event_html(e),
+                    group: None,
+                });
+                grouping = false;
+            }
+        }
+    }
+    for i in &mut items {
+        let empty = i.group.as_ref().is_some_and(|g| g.output.is_empty());
+        if empty {
+            i.group = None;
+        } else if let Some(g) = i.group.as_mut() {
+            g.lines = g.output.lines().count();
+            g.open = g.lines <= OPEN_LINES;
+        }
+    }
+    items
+}
+
+fn cut_at(text: &str, max: usize) -> String {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// What the session's branch changed, from its latest git event.
+pub(super) struct ChangesView {
+    branch: String,
+    commit: String,
+    files: Vec<FileRow>,
+    diff: Vec<DiffLine>,
+}
+
+pub(super) struct FileRow {
+    path: String,
+    added: String,
+    removed: String,
+}
+
+pub(super) struct DiffLine {
+    class: &'static str,
+    text: String,
+}
+
+pub(super) fn changes_view(e: &SessionEvent) -> Option<ChangesView> {
+    let p = &e.payload;
+    if p["pushed"] != true {
+        return None;
+    }
+    let count = |v: &serde_json::Value| match v.as_u64() {
+        Some(n) => n.to_string(),
+        None => "binary".to_string(),
+    };
+    let files = p["files"]
+        .as_array()
+        .map(|fs| {
+            fs.iter()
+                .map(|f| FileRow {
+                    path: f["path"].as_str().unwrap_or("").to_string(),
+                    added: count(&f["added"]),
+                    removed: count(&f["removed"]),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let diff = p["patch"]
+        .as_str()
+        .unwrap_or("")
+        .lines()
+        .take(20_000)
+        .map(|l| DiffLine {
+            class: if l.starts_with("+++") || l.starts_with("---") || l.starts_with("diff ") {
+                "file"
+            } else if l.starts_with('+') {
+                "add"
+            } else if l.starts_with('-') {
+                "del"
+            } else if l.starts_with("@@") {
+                "hunk"
+            } else {
+                "ctx"
+            },
+            text: l.to_string(),
+        })
+        .collect();
+    Some(ChangesView {
+        branch: p["branch"].as_str().unwrap_or("").to_string(),
+        commit: p["commit"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .take(12)
+            .collect(),
+        files,
+        diff,
+    })
 }
 
 /// One event as sanitised HTML: agent markdown through `render::html`, everything else escaped.
@@ -116,6 +280,7 @@ pub(super) struct SessionPage {
     full_log: bool,
     plan: Option<PlanView>,
     egress: Vec<EgressRow>,
+    changes: Option<ChangesView>,
 }
 
 pub(super) fn plan_view(p: &Plan) -> PlanView {
@@ -303,13 +468,15 @@ pub(super) async fn session(
         earlier,
         later,
         full_log: airlock_core::output_log::path(&st.logs_dir, &id).is_some_and(|p| p.exists()),
-        events: events
-            .iter()
-            .map(|e| EventView {
-                kind: e.kind,
-                html: event_html(e),
-            })
-            .collect(),
+        events: log_items(&events),
+        changes: st
+            .store
+            .last_event_of(&id, EventKind::Git)
+            .await
+            .ok()
+            .flatten()
+            .as_ref()
+            .and_then(changes_view),
         plan: s
             .plan
             .as_ref()

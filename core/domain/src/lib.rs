@@ -146,6 +146,9 @@ pub struct Human {
     pub email: String,
     pub role: Role,
     pub created_at: i64,
+    /// Since when the human may do nothing (no sessions, no sign-in); `None`: enabled.
+    #[serde(default)]
+    pub disabled_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -23,6 +23,10 @@ const GIT_TIMEOUT: Duration = Duration::from_secs(600);
 const PREPARE_SCRIPT: &str = include_str!("../../../templates/scripts/prepare-repo.sh");
 /// Commits what is uncommitted and pushes the branch if the remote lacks its commits.
 const FINISH_SCRIPT: &str = include_str!("../../../templates/scripts/finish-repo.sh");
+/// What the branch changed since it began: numstat and a bounded patch.
+const DIFF_SCRIPT: &str = include_str!("../../../templates/scripts/diff-repo.sh");
+/// Files listed in a git event, at most.
+const MAX_FILES: usize = 500;
 
 impl Broker {
     /// Runs a short process in the sandbox and collects its output: `Ok((exit 0?, stdout,
@@ -186,6 +190,7 @@ impl Broker {
             .or_else(|| words.next().map(str::to_string))
             .unwrap_or_else(|| "main".into());
         let short = commit.get(..12).unwrap_or(&commit).to_string();
+        let (files, patch) = self.changes(sb).await;
         // A registered repository is push-only: the branch is the result.
         let pushed_to = match &git.hosting {
             Hosting::Github => None,
@@ -201,7 +206,7 @@ impl Broker {
         };
         if let Some(reason) = pushed_to {
             let event = json!({"branch": git.branch, "commit": commit, "base": base,
-                "pushed": true, "pull_request": null});
+                "pushed": true, "pull_request": null, "files": files, "patch": patch});
             settle("the session's git event", || {
                 self.store.append_event(&session.id, EventKind::Git, &event)
             })
@@ -275,7 +280,8 @@ impl Broker {
             }
         }
         let event = json!({"branch": git.branch, "commit": commit, "base": base, "pushed": true,
-                "pull_request": pull.as_ref().map(|u| json!({"url": u, "number": opened}))});
+                "pull_request": pull.as_ref().map(|u| json!({"url": u, "number": opened})),
+                "files": files, "patch": patch});
         settle("the session's git event", || {
             self.store.append_event(&session.id, EventKind::Git, &event)
         })
@@ -290,6 +296,27 @@ impl Broker {
             (None, Some(url)) => format!("pushed {short} to {} ({url})", git.branch),
             _ => format!("pushed branch {} ({short})", git.branch),
         })
+    }
+
+    /// What the session's branch changed since it began: the files (path, lines added and
+    /// removed; `null` for binary files) and the patch, cut at 256 KiB. Empty if it cannot be
+    /// had: the push happened either way.
+    async fn changes(&self, sb: &Sandbox) -> (serde_json::Value, String) {
+        let Ok((true, out, _)) = self.capture(sb, DIFF_SCRIPT, BTreeMap::new(), None).await else {
+            return (json!([]), String::new());
+        };
+        let (stat, patch) = out.split_once("airlock:patch\n").unwrap_or((&out, ""));
+        let files: Vec<serde_json::Value> = stat
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(3, '\t');
+                let (added, removed, path) = (f.next()?, f.next()?, f.next()?);
+                Some(json!({"path": crate::render::one_line(path, 500),
+                    "added": added.parse::<u64>().ok(), "removed": removed.parse::<u64>().ok()}))
+            })
+            .take(MAX_FILES)
+            .collect();
+        (json!(files), patch.to_string())
     }
 
     /// The pull request's description: who asked, where, what they asked, what the agent

@@ -342,6 +342,24 @@ pub struct Config {
     pub github: Option<GithubConfig>,
     pub slack: Option<SlackConfig>,
     pub discord: Option<DiscordConfig>,
+    /// Model prices for the admin overview's cost estimate, by model name as the API
+    /// reports it (`[prices."gpt-4.1"] input = 2.0, output = 8.0`, USD per million tokens).
+    pub prices: BTreeMap<String, Price>,
+}
+
+/// What a model costs, in US dollars per million tokens.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+}
+
+impl Price {
+    /// The estimated cost of `input` and `output` tokens, in US dollars.
+    pub fn cost(&self, input: i64, output: i64) -> f64 {
+        (input as f64 * self.input + output as f64 * self.output) / 1_000_000.0
+    }
 }
 
 impl Default for Config {
@@ -360,6 +378,7 @@ impl Default for Config {
             github: None,
             slack: None,
             discord: None,
+            prices: BTreeMap::new(),
         }
     }
 }
@@ -757,6 +776,14 @@ impl Config {
 
     /// Semantic checks serde cannot express.
     fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (model, p) in &self.prices {
+            if !(p.input.is_finite() && p.output.is_finite() && p.input >= 0.0 && p.output >= 0.0) {
+                return Err((
+                    "prices",
+                    format!("the price of `{model}` must be two non-negative numbers (USD per million tokens)"),
+                ));
+            }
+        }
         let want = |key: &'static str| (key, format!("expected {}", expected(key).unwrap_or("")));
         if self.data_dir.as_os_str().is_empty() {
             return Err(want("data_dir"));

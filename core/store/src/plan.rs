@@ -313,6 +313,7 @@ mod tests {
             email: "ada@example.com".into(),
             role: Role::Member,
             created_at: 0,
+            disabled_at: None,
         }
     }
 

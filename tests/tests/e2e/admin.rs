@@ -195,8 +195,8 @@ async fn an_admin_watches_a_session_live_sets_a_credential_and_nothing_hostile_r
     b.fill("input[name=email]", "ada@example.com").await;
     b.fill("input[name=password]", PASSWORD).await;
     b.click("form button").await;
-    b.wait_text("Sessions", 10).await;
-    assert_eq!(b.client.current_url().await.unwrap().path(), "/sessions");
+    b.wait_text("Sessions per day", 10).await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/overview");
     let cookies = b.client.get_all_cookies().await.unwrap();
     let session_cookie = cookies
         .iter()
@@ -492,5 +492,244 @@ async fn wrong_passwords_lock_the_account_for_a_while_and_are_audited() {
     assert!(failed
         .iter()
         .all(|r| r["target"] == "ada@example.com" && r["detail"]["address"] == "127.0.0.1"));
+    drop(server);
+}
+
+/// The console pages: the overview (sessions per day, tokens and cost per human and profile
+/// from `[prices]`, integration status), human management (add, role, disable, link, the
+/// last admin kept), and a session's page with its output in one block per command and the
+/// branch's changes with a diff. Each page fits 1280 and 375 pixels; with
+/// `AIRLOCK_SCREENSHOTS_DIR` set (scripts/screenshots), each is saved there as a PNG.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_use_and_cost_manages_humans_and_shows_changes() {
+    let install = install_on(
+        Engine::Sqlite,
+        &[(
+            "edit",
+            "echo '1 test passed'; printf 'def add(a, b):\\n    return a + b\\n' > calc.py; echo done",
+            "",
+        )],
+    )
+    .await;
+    std::fs::write(
+        install.path().join("airlock.toml"),
+        "[prices.\"gpt-test\"]\ninput = 2.0\noutput = 8.0\n",
+    )
+    .unwrap();
+    let out = install.run_with_stdin(
+        &["human", "password", "ada@example.com"],
+        format!("{PASSWORD}\n").as_bytes(),
+    );
+    assert!(out.status.success(), "{}", airlock_tests::stderr(&out));
+    // A local repository, so the session's branch has changes to show.
+    let repo = install.path().join("calc");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("calc.py"), "def add(a, b):\n    return a - b\n").unwrap();
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "."][..],
+        &[
+            "-c",
+            "user.name=A",
+            "-c",
+            "user.email=a@b",
+            "commit",
+            "-qm",
+            "first",
+        ][..],
+    ] {
+        assert!(Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(args)
+            .status()
+            .unwrap()
+            .success());
+    }
+    install.ok(&["repo", "add", "calc", repo.to_str().unwrap()]);
+    let server = Server::start(&install);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let out = install.run(&["run", "--repo", "calc", "--profile", "edit", "fix add"]);
+    assert!(out.status.success(), "{}", airlock_tests::stderr(&out));
+    let id = install.json(&["session", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Model use as the gateway meters it: a priced model and one without a price.
+    let store = install.store().await;
+    let ada = store.find_human("ada@example.com").await.unwrap();
+    let usage = |model: &str, i, o| airlock_core::store::NewUsage {
+        session_id: Some(id.clone()),
+        human_id: Some(ada.id.to_string()),
+        sandbox_id: "sbx_test".into(),
+        host: "api.model.test".into(),
+        model: Some(model.into()),
+        input_tokens: i,
+        output_tokens: o,
+    };
+    store
+        .record_usage(&[
+            usage("gpt-test", 1_000_000, 250_000),
+            usage("local-llm", 10, 5),
+        ])
+        .await
+        .unwrap();
+    store.close().await;
+
+    let b = Browser::start().await;
+    b.client.set_window_size(1280, 900).await.unwrap();
+    b.client.goto(&format!("{base}/login")).await.unwrap();
+    b.fill("input[name=email]", "ada@example.com").await;
+    b.fill("input[name=password]", PASSWORD).await;
+    b.click("form button").await;
+    // Signed in, the console opens on the overview.
+    let t = b.wait_text("Sessions per day", 10).await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/overview");
+    assert!(t.contains("1 session(s) in the last 14 days"), "{t}");
+    assert!(t.contains("Estimated cost: $4.00 + unpriced"), "{t}");
+    assert!(t.contains("no price for local-llm"), "{t}");
+    // Ada: 1,250,015 tokens; $4.00 for the priced model, and some unpriced.
+    assert!(t.contains("1,250,015\t2\t$4.00 + unpriced"), "{t}");
+    let bars = b
+        .js("return document.querySelectorAll('svg.chart rect').length;")
+        .await;
+    assert_eq!(bars, json!(1), "one day with one succeeded session");
+    assert!(t.contains("Docker\tthe engine answers"), "{t}");
+    assert!(t.contains("Gateway\tserving sandboxes on "), "{t}");
+    assert!(t.contains("GitHub\tnot configured"), "{t}");
+
+    // Humans: add Bob, make him an admin, link his GitHub account, disable and enable him;
+    // Ada, once the only enabled admin, cannot be disabled.
+    b.client.goto(&format!("{base}/humans")).await.unwrap();
+    b.fill("form[action='/humans'] input[name=name]", "Bob Marley")
+        .await;
+    b.fill(
+        "form[action='/humans'] input[name=email]",
+        "bob@example.com",
+    )
+    .await;
+    b.click("form[action='/humans'] button").await;
+    b.wait_text("Added Bob Marley <bob@example.com> as member.", 10)
+        .await;
+    let bob = "tr[data-email='bob@example.com']";
+    b.click(&format!("{bob} select[name=role] option[value=admin]"))
+        .await;
+    b.click(&format!("{bob} form[action$='/role'] button"))
+        .await;
+    b.wait_text("Bob Marley is now admin.", 10).await;
+    b.click(&format!("{bob} details summary")).await;
+    b.fill(&format!("{bob} input[name=external_id]"), "9919")
+        .await;
+    b.fill(&format!("{bob} input[name=handle]"), "bobm").await;
+    b.click(&format!("{bob} form[action$='/link'] button"))
+        .await;
+    let t = b
+        .wait_text("Linked github account bobm to Bob Marley.", 10)
+        .await;
+    assert!(t.contains("github bobm (github.com)"), "{t}");
+    b.click(&format!("{bob} form[action$='/disable'] button"))
+        .await;
+    b.wait_text("Disabled Bob Marley", 10).await;
+    let ada_row = "tr[data-email='ada@example.com']";
+    b.click(&format!("{ada_row} form[action$='/disable'] button"))
+        .await;
+    b.wait_text(
+        "cannot disable ada@example.com: they are the last enabled admin",
+        10,
+    )
+    .await;
+    // Disabled, Bob starts nothing.
+    let refused = install.run(&[
+        "--as",
+        "bob@example.com",
+        "run",
+        "--repo",
+        "calc",
+        "--profile",
+        "edit",
+        "x",
+    ]);
+    assert!(
+        airlock_tests::stderr(&refused).contains("bob@example.com is disabled in Airlock"),
+        "{}",
+        airlock_tests::stderr(&refused)
+    );
+    b.click(&format!("{bob} form[action$='/enable'] button"))
+        .await;
+    b.wait_text("Enabled Bob Marley.", 10).await;
+    let audit = install.json(&["audit", "tail", "-n", "20"]);
+    for action in [
+        "human.add",
+        "human.role",
+        "identity.link",
+        "human.disable",
+        "human.enable",
+    ] {
+        assert!(
+            audit
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["action"] == action && e["actor"] == format!("human:{}", ada.id)),
+            "{action} by Ada:\n{audit:#}"
+        );
+    }
+
+    // The session: output in one block, the branch's changes with the diff.
+    b.client
+        .goto(&format!("{base}/sessions/{id}"))
+        .await
+        .unwrap();
+    let t = b.wait_text("Changes", 10).await;
+    assert!(t.contains("1 file(s) changed"), "{t}");
+    assert!(t.contains("calc.py\t+1\t-1"), "{t}");
+    let diff = b
+        .js("return [...document.querySelectorAll('pre.diff .add, pre.diff .del')].map(e => e.className + ':' + e.textContent).join('|');")
+        .await;
+    assert_eq!(diff, json!("del:-    return a - b|add:+    return a + b"));
+    let blocks = b
+        .js("return [...document.querySelectorAll('#log details.step')].map(d => d.querySelector('pre').textContent).join('|');")
+        .await;
+    assert_eq!(
+        blocks,
+        json!("1 test passed\ndone\n"),
+        "one block for the command's output"
+    );
+
+    // Every page at both widths; screenshots when asked for.
+    let shots = std::env::var_os("AIRLOCK_SCREENSHOTS_DIR").map(std::path::PathBuf::from);
+    let pages = [
+        ("overview", "/overview".to_string()),
+        ("sessions", "/sessions".to_string()),
+        ("session", format!("/sessions/{id}")),
+        ("humans", "/humans".to_string()),
+        ("profiles", "/profiles".to_string()),
+        ("credentials", "/credentials".to_string()),
+        ("triggers", "/triggers".to_string()),
+        ("audit", "/audit".to_string()),
+    ];
+    for (width, height, label) in [(1280, 900, "desktop"), (375, 812, "phone")] {
+        b.client.set_window_size(width, height).await.unwrap();
+        for (name, path) in &pages {
+            b.client.goto(&format!("{base}{path}")).await.unwrap();
+            let overflow = b
+                .js("return [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1).map(e => e.tagName + '.' + e.className).slice(0, 5).join(', ');")
+                .await;
+            assert_eq!(overflow, json!(""), "{path} overflows {width} px");
+            if let Some(dir) = &shots {
+                std::fs::create_dir_all(dir).unwrap();
+                let png = b.client.screenshot().await.unwrap();
+                std::fs::write(dir.join(format!("{name}-{label}.png")), png).unwrap();
+                if *name == "session" {
+                    b.js("document.getElementById('changes').scrollIntoView(); return 1;")
+                        .await;
+                    let png = b.client.screenshot().await.unwrap();
+                    std::fs::write(dir.join(format!("session-changes-{label}.png")), png).unwrap();
+                }
+            }
+        }
+    }
+    assert!(!b.pwned().await);
+    b.client.clone().close().await.unwrap();
     drop(server);
 }

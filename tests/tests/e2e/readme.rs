@@ -104,8 +104,7 @@ async fn the_readme_first_session_runs_as_written_with_no_github_and_no_model_ke
         .current_dir(&root)
         .env_clear()
         .env("HOME", home.path())
-        .env("PATH", path)
-        .env("AIRLOCK_LOG", "warn");
+        .env("PATH", path);
     for (k, v) in install.env_pairs() {
         cmd.env(k, v);
     }
@@ -118,6 +117,8 @@ async fn the_readme_first_session_runs_as_written_with_no_github_and_no_model_ke
         "the README's commands failed:\n{text}\n{err}\n{}",
         server.log()
     );
+    // The commands say what happened; they do not log at a person.
+    assert!(!err.contains(" INFO "), "{err}");
 
     // Both sessions succeeded: the tests ran in the first, the second left a branch.
     let sessions = install.json(&["session", "list"]);

@@ -3,11 +3,12 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use super::audit::{append_audit, NewAudit};
 use super::{id_col, parse_col, Result, Store, StoreError};
 use crate::domain::{is_email, Human, Identity, Provider, Role};
 use crate::ids::{now_ms, HumanId, IdentityId};
 
-const HUMAN_COLS: &str = "id, display_name, email, role, created_at";
+const HUMAN_COLS: &str = "id, display_name, email, role, created_at, disabled_at";
 const IDENTITY_COLS: &str =
     "id, human_id, provider, workspace, external_id, handle, verified_at, created_at";
 
@@ -18,6 +19,7 @@ fn human(row: &AnyRow) -> Result<Human> {
         email: row.try_get("email")?,
         role: parse_col(row.try_get("role")?)?,
         created_at: row.try_get("created_at")?,
+        disabled_at: row.try_get("disabled_at")?,
     })
 }
 
@@ -69,6 +71,7 @@ impl Store {
             email: email.to_string(),
             role,
             created_at: now,
+            disabled_at: None,
         };
         sqlx::query(
             "INSERT INTO humans (id, display_name, email, role, created_at, updated_at) \
@@ -87,6 +90,99 @@ impl Store {
             })
         })?;
         Ok(h)
+    }
+
+    /// Gives a human another role; audited in the same transaction. The last enabled admin
+    /// keeps the role (someone must be able to govern).
+    pub async fn set_human_role(&self, id: &HumanId, role: Role, audit: NewAudit) -> Result<Human> {
+        let demotes = |h: &Human| {
+            (h.role == Role::Admin && role != Role::Admin && h.disabled_at.is_none())
+                .then_some("take the admin role from")
+        };
+        let sql = "UPDATE humans SET role = $2, updated_at = $3 WHERE id = $1";
+        self.change_human(id, audit, demotes, sql, role.as_str())
+            .await
+    }
+
+    /// Disables (or enables) a human: a disabled one starts no session and signs in
+    /// nowhere; their browser sessions end now. Audited in the same transaction. The last
+    /// enabled admin cannot be disabled.
+    pub async fn set_human_disabled(
+        &self,
+        id: &HumanId,
+        disabled: bool,
+        audit: NewAudit,
+    ) -> Result<Human> {
+        let sql = if disabled {
+            "UPDATE humans SET disabled_at = COALESCE(disabled_at, $3), updated_at = $3 WHERE id = $1 AND $2 = 'disable'"
+        } else {
+            "UPDATE humans SET disabled_at = NULL, updated_at = $3 WHERE id = $1 AND $2 = 'enable'"
+        };
+        let removes_admin = |h: &Human| {
+            (disabled && h.role == Role::Admin && h.disabled_at.is_none()).then_some("disable")
+        };
+        let value = if disabled { "disable" } else { "enable" };
+        let human = self
+            .change_human(id, audit, removes_admin, sql, value)
+            .await?;
+        if disabled {
+            sqlx::query("DELETE FROM web_sessions WHERE human_id = $1")
+                .bind(id)
+                .execute(self.pool())
+                .await?;
+        }
+        Ok(human)
+    }
+
+    /// One audited change of a human's row (`sql` with the id, `value` and the time).
+    /// `removes_admin` says what the change does if it takes an enabled admin away; such a
+    /// change is refused when the human is the last enabled admin.
+    async fn change_human(
+        &self,
+        id: &HumanId,
+        audit: NewAudit,
+        removes_admin: impl Fn(&Human) -> Option<&'static str>,
+        sql: &str,
+        value: &str,
+    ) -> Result<Human> {
+        let mut tx = self.pool().begin().await?;
+        // Take the write lock first (SQLite) and the row (PostgreSQL), so two admins
+        // demoting each other cannot both pass the last-admin check.
+        sqlx::query("UPDATE humans SET updated_at = updated_at WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query(&format!("SELECT {HUMAN_COLS} FROM humans WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| {
+                StoreError::NotFound(format!("no human {id}; see `airlock human list`"))
+            })?;
+        let before = human(&row)?;
+        if let Some(what) = removes_admin(&before) {
+            let admins: i64 = sqlx::query(
+                "SELECT COUNT(*) AS n FROM humans WHERE role = 'admin' AND disabled_at IS NULL",
+            )
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+            if admins <= 1 {
+                return Err(StoreError::Conflict(format!(
+                    "cannot {what} {}: they are the last enabled admin; make someone else an admin first",
+                    before.email
+                )));
+            }
+        }
+        sqlx::query(sql)
+            .bind(id)
+            .bind(value)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        append_audit(&mut tx, &[audit]).await?;
+        tx.commit().await?;
+        self.find_human(id).await
     }
 
     pub async fn list_humans(&self) -> Result<Vec<Human>> {

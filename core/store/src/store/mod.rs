@@ -16,6 +16,7 @@ mod events;
 mod gateway;
 mod humans;
 mod inbound;
+mod overview;
 mod profiles;
 mod queue;
 mod repos;
@@ -41,6 +42,7 @@ pub use events::EVENT_PAGE;
 pub use gateway::{GatewayCa, NewUsage, RevealedCredential, UsageTotal};
 pub use humans::AccountRef;
 pub use inbound::{ChannelSettings, Inbound, PendingLink, Pruned, LINK_CODE_TTL_MS};
+pub use overview::{DayCount, Traffic, UsageRow};
 pub use profiles::{ApplyOutcome, Profile, ProfileVersion};
 pub use repos::{check_remote_url, Repo, RepoLocation};
 pub use sandboxes::{

@@ -97,6 +97,9 @@ impl Store {
         let (Some(id), true) = (id, ok) else {
             return Ok(None);
         };
+        if self.find_human(&id).await?.disabled_at.is_some() {
+            return Ok(None);
+        }
         let token = random_token("alk_web_");
         let csrf = random_token("");
         let now = now_ms();
@@ -128,6 +131,9 @@ impl Store {
         let human = self
             .find_human(&r.try_get::<String, _>("human_id")?)
             .await?;
+        if human.disabled_at.is_some() {
+            return Ok(None);
+        }
         Ok(Some(WebSession {
             human,
             csrf: r.try_get("csrf")?,
