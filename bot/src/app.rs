@@ -42,6 +42,7 @@ pub async fn stack(
     // `airlock up`, or by `airlock gateway` with gateway.mode = "separate").
     let ca = gateway_ca_path(cfg);
     airlock_gateway::ensure_ca(store, &ca).await?;
+    let ca = sandbox_ca_bundle(cfg, &ca)?;
     let settings = SandboxSettings {
         endpoint: format!(
             "ws://{}:{}",
@@ -65,6 +66,31 @@ pub async fn stack(
         settings,
     });
     Ok((sandboxes, network))
+}
+
+/// What sandboxes trust besides the system's CAs: the gateway's CA, and with
+/// `sandbox.extra_ca_files` (a company's TLS-inspecting proxy, seen through passthrough
+/// tunnels) those too, as one bundle in the data directory.
+fn sandbox_ca_bundle(
+    cfg: &Config,
+    gateway_ca: &std::path::Path,
+) -> anyhow::Result<std::path::PathBuf> {
+    if cfg.sandbox.extra_ca_files.is_empty() {
+        return Ok(gateway_ca.to_path_buf());
+    }
+    let mut bundle = std::fs::read_to_string(gateway_ca)?;
+    for path in &cfg.sandbox.extra_ca_files {
+        let pem = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!(
+                "sandbox.extra_ca_files: cannot read {}: {e}",
+                path.display()
+            )
+        })?;
+        bundle.push_str(&format!("\n# {}\n{}\n", path.display(), pem.trim()));
+    }
+    let out = cfg.data_dir.join("sandbox-ca.pem");
+    std::fs::write(&out, bundle)?;
+    Ok(out)
 }
 
 /// Where the gateway's CA certificate is kept for sandboxes to mount.

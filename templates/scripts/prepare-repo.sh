@@ -24,9 +24,9 @@ if [ ! -d /workspace/repo/.git ]; then
   git config airlock.start "$(git rev-parse HEAD)"
 fi
 cd /workspace/repo
-# Byproducts of running tests are never part of the change (the repository's own
-# .gitignore still applies on top).
-printf '%s\n' '__pycache__/' '*.pyc' '.pytest_cache/' 'node_modules/' '.DS_Store' >> .git/info/exclude
+# Byproducts of running tests, and the agents' own files (Aider's history and caches), are
+# never part of the change (the repository's own .gitignore still applies on top).
+printf '%s\n' '__pycache__/' '*.pyc' '.pytest_cache/' 'node_modules/' '.DS_Store' '.aider*' >> .git/info/exclude
 sort -u -o .git/info/exclude .git/info/exclude
 git config user.name "$AIRLOCK_GIT_NAME"
 git config user.email "$AIRLOCK_GIT_EMAIL"

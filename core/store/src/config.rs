@@ -26,6 +26,8 @@ enum Kind {
     Int,
     Bool,
     Secret,
+    /// Paths; in a variable, separated by `:` like `PATH`.
+    Paths,
 }
 
 /// Every configuration key, its kind, and what a valid value looks like. The environment
@@ -101,6 +103,11 @@ const KEYS: &[(&str, Kind, &str)] = &[
         "sandbox.sandboxd",
         Kind::Str,
         "the path of the sandboxd binary [default: next to the airlock binary]",
+    ),
+    (
+        "sandbox.extra_ca_files",
+        Kind::Paths,
+        "PEM files of CA certificates sandboxes trust besides Airlock's own (a company's TLS-inspecting proxy), as a list (`:`-separated in the variable)",
     ),
     (
         "gateway.mode",
@@ -458,6 +465,8 @@ pub struct SandboxConfig {
     pub endpoint_port: u16,
     pub gateway_port: u16,
     pub sandboxd: Option<PathBuf>,
+    /// CA certificates (PEM files) sandboxes trust besides the gateway's.
+    pub extra_ca_files: Vec<PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -468,6 +477,7 @@ impl Default for SandboxConfig {
             endpoint_port: 7480,
             gateway_port: 7481,
             sandboxd: None,
+            extra_ca_files: Vec::new(),
         }
     }
 }
@@ -716,6 +726,13 @@ impl Config {
             };
             let v = match kind {
                 Kind::Str | Kind::Secret => toml::Value::String(value),
+                Kind::Paths => toml::Value::Array(
+                    value
+                        .split(':')
+                        .filter(|p| !p.trim().is_empty())
+                        .map(|p| toml::Value::String(p.to_string()))
+                        .collect(),
+                ),
                 Kind::Bool => match value.trim() {
                     "true" | "1" | "yes" => toml::Value::Boolean(true),
                     "false" | "0" | "no" => toml::Value::Boolean(false),
@@ -840,6 +857,18 @@ impl Config {
                 "sandbox.gateway_port",
                 "expected a TCP port from 1 to 65535, different from sandbox.endpoint_port".into(),
             ));
+        }
+        for path in &self.sandbox.extra_ca_files {
+            let pem = std::fs::read_to_string(path).unwrap_or_default();
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err((
+                    "sandbox.extra_ca_files",
+                    format!(
+                        "{} is not a readable PEM file of certificates",
+                        path.display()
+                    ),
+                ));
+            }
         }
         if let Some(path) = &self.gateway.extra_ca_file {
             if !path.is_file() {

@@ -66,6 +66,9 @@ fn command(run: &AgentRun, prompt: &str) -> (Vec<String>, Format) {
                 s("aider"),
                 s("--yes-always"),
                 s("--no-auto-commits"),
+                // Aider would add `.aider*` to the repository's .gitignore, a change the
+                // session would commit; the sandbox's .git/info/exclude keeps its files out.
+                s("--no-gitignore"),
                 s("--no-check-update"),
                 s("--no-pretty"),
                 s("--no-stream"),
@@ -430,5 +433,6 @@ mod tests {
         );
         assert_eq!(argv.last().unwrap(), "fix it");
         assert_eq!(argv[argv.len() - 2], "--message");
+        assert!(argv.iter().any(|a| a == "--no-gitignore"), "{argv:?}");
     }
 }

@@ -788,6 +788,11 @@ async fn doctor_catches_what_fails_later_both_ways() {
     let holder = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let held = holder.local_addr().unwrap().port();
     install.env("AIRLOCK_SANDBOX_GATEWAY_PORT", &held.to_string());
+    // The endpoint's port is one nobody holds (the default may be another deployment's).
+    install.env(
+        "AIRLOCK_SANDBOX_ENDPOINT_PORT",
+        &airlock_tests::free_port().to_string(),
+    );
     let text = doctor(&install);
     assert_eq!(
         line(&text, "profile credentials"),

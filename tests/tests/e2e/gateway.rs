@@ -27,6 +27,7 @@ r = urllib.request.urlopen("https://api.model.test/echo?from=python", timeout=30
 print("python:", r.status, json.loads(r.read())["headers"]["authorization"])
 PY
 node -e 'fetch("https://api.model.test/echo").then(async r => console.log("node:", r.status, JSON.parse(await r.text()).headers.authorization)).catch(e => { console.log("node: failed", String(e.cause || e)); })' 2>&1
+python3 -c 'import ssl; c = ssl.create_default_context(); print("extra-ca:", any("Upstream test CA" in str(x.get("subject")) for x in c.get_ca_certs()))'
 echo "tools: node $(node -p 'process.versions.node.split(".")[0] >= 22') npm $(npm --version >/dev/null 2>&1 && echo yes) make $(make --version >/dev/null && echo yes) cc $(cc --version >/dev/null && echo yes)"
 
 echo "http2=$(curl -s --http2 -o /dev/null -w '%{http_version} %{http_code}' https://api.model.test/echo)"
@@ -83,7 +84,12 @@ async fn sandboxed_clients_reach_upstreams_only_through_the_gateway_and_never_se
             "AIRLOCK_GATEWAY_EXTRA_CA_FILE",
             upstream.ca_file.to_str().unwrap(),
         )
-        .env("AIRLOCK_GATEWAY_SESSION_TOKEN_BUDGET", "30");
+        .env("AIRLOCK_GATEWAY_SESSION_TOKEN_BUDGET", "30")
+        // As a company's TLS-inspecting proxy's CA would be: trusted inside the sandbox too.
+        .env(
+            "AIRLOCK_SANDBOX_EXTRA_CA_FILES",
+            upstream.ca_file.to_str().unwrap(),
+        );
     install.ok(&["migrate"]);
     install.add_admin();
     for (name, kind, value) in [

@@ -85,7 +85,9 @@ async fn a_local_repository_is_cloned_through_the_gateway_and_gets_the_branch_ba
             "echo 'changed by the agent' >> README.md && make test && \
              git -c user.name=x -c user.email=x@x commit -qam sneaky && \
              (git push origin HEAD:refs/heads/main 2>&1 | sed 's/^/push-main: /'); \
-             git reset -q --hard HEAD~1 && echo 'changed by the agent' >> README.md",
+             git reset -q --hard HEAD~1 && echo 'changed by the agent' >> README.md && \
+             echo '# aider chat' > .aider.chat.history.md && mkdir -p .aider.tags.cache.v4 && \
+             touch .aider.tags.cache.v4/cache.db",
             "",
         )],
     )
@@ -136,6 +138,9 @@ async fn a_local_repository_is_cloned_through_the_gateway_and_gets_the_branch_ba
     // The change is on the branch, with the trailers; `main` is where it was.
     let diff = git(&repo, &["diff", &format!("main...{branch}")]);
     assert!(diff.contains("+changed by the agent"), "{diff}");
+    // The agents' own files (Aider's history and caches) are not part of the change.
+    let files = git(&repo, &["diff", "--name-only", &format!("main...{branch}")]);
+    assert_eq!(files.trim(), "README.md", "{files}");
     let message = git(&repo, &["log", "-1", "--format=%B", branch]);
     assert!(
         message.contains("Co-authored-by: Ada Lovelace <ada@example.com>")

@@ -306,7 +306,7 @@ impl Store {
     /// The human behind an account, if the account is linked.
     pub async fn human_for_account(&self, account: AccountRef<'_>) -> Result<Option<Human>> {
         let row = sqlx::query(
-            "SELECT h.id, h.display_name, h.email, h.role, h.created_at \
+            "SELECT h.id, h.display_name, h.email, h.role, h.created_at, h.disabled_at \
              FROM identities i JOIN humans h ON h.id = i.human_id \
              WHERE i.provider = $1 AND i.workspace = $2 AND i.external_id = $3",
         )
