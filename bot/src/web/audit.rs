@@ -6,9 +6,32 @@ pub(super) struct AuditRow {
     seq: i64,
     at: String,
     actor: String,
+    /// The actor as a person reads it: a human's name, the CLI account, a trigger.
+    actor_name: String,
     action: String,
     target: String,
-    detail: String,
+    session: Option<String>,
+    /// The detail as `key: value` lines, each bounded.
+    detail: Vec<(String, String)>,
+}
+
+/// An audit row's detail as readable `key: value` pairs: text as it is, numbers and
+/// booleans as written, anything nested as compact JSON; each value cut to one line.
+pub(super) fn detail_pairs(detail: &serde_json::Value) -> Vec<(String, String)> {
+    let one = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => render::one_line(s, 300),
+        other => render::one_line(&other.to_string(), 300),
+    };
+    match detail {
+        serde_json::Value::Object(map) => map
+            .iter()
+            .take(40)
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (render::one_line(k, 60), one(v)))
+            .collect(),
+        serde_json::Value::Null => Vec::new(),
+        other => vec![(String::new(), one(other))],
+    }
 }
 
 #[derive(Template)]
@@ -38,6 +61,14 @@ pub(super) async fn audit(
         Ok(f) => f,
         Err(e) => return internal(e),
     };
+    let names: HashMap<String, String> = st
+        .store
+        .list_humans()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|h| (format!("human:{}", h.id), h.display_name))
+        .collect();
     let older = found.next_before.map(|b| {
         let pairs = [("q", query.clone()), ("before", b.to_string())];
         format!("/audit?{}", query_string(&pairs))
@@ -58,10 +89,26 @@ pub(super) async fn audit(
             .map(|a| AuditRow {
                 seq: a.seq,
                 at: rfc3339(a.at),
+                actor_name: match a.actor.split_once(" as ") {
+                    // `cli:alice as human:hum_…`
+                    Some((os, human)) => format!(
+                        "{} (as {})",
+                        os,
+                        names
+                            .get(human)
+                            .cloned()
+                            .unwrap_or_else(|| human.to_string())
+                    ),
+                    None => names
+                        .get(&a.actor)
+                        .cloned()
+                        .unwrap_or_else(|| a.actor.clone()),
+                },
                 actor: a.actor,
                 action: a.action,
                 target: a.target,
-                detail: render::one_line(&a.detail.to_string(), 400),
+                session: a.session_id,
+                detail: detail_pairs(&a.detail),
             })
             .collect(),
         q: query,
@@ -113,4 +160,32 @@ pub(super) async fn audit_export(
         axum::body::Body::from_stream(pages),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_read_as_key_value_lines_bounded_and_without_nulls() {
+        let d = json!({"email": "ada@example.com", "role": "admin", "n": 3, "none": null,
+            "nested": {"a": [1, 2]}, "long": "x\n".repeat(500)});
+        let pairs = detail_pairs(&d);
+        let get = |k: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("email").as_deref(), Some("ada@example.com"));
+        assert_eq!(get("n").as_deref(), Some("3"));
+        assert_eq!(get("nested").as_deref(), Some(r#"{"a":[1,2]}"#));
+        assert_eq!(get("none"), None);
+        let long = get("long").unwrap();
+        assert!(
+            !long.contains('\n') && long.chars().count() <= 301,
+            "{long}"
+        );
+        assert_eq!(detail_pairs(&json!(null)), Vec::<(String, String)>::new());
+    }
 }

@@ -46,15 +46,9 @@ pub(super) fn log_items(events: &[SessionEvent]) -> Vec<EventView> {
                     });
                     grouping = true;
                 }
+                // The window is bounded (LOG_WINDOW_BYTES); a block keeps its latest part.
                 if let Some(g) = items.last_mut().and_then(|i| i.group.as_mut()) {
-                    if g.output.len() < GROUP_BYTES {
-                        g.output.push_str(text);
-                        if g.output.len() > GROUP_BYTES {
-                            g.output = cut_at(&g.output, GROUP_BYTES);
-                            g.output
-                                .push_str("\n[… cut: the full output log has the rest]");
-                        }
-                    }
+                    g.output.push_str(text);
                 }
             }
             EventKind::ToolCall => {
@@ -84,6 +78,14 @@ pub(super) fn log_items(events: &[SessionEvent]) -> Vec<EventView> {
         if empty {
             i.group = None;
         } else if let Some(g) = i.group.as_mut() {
+            if g.output.len() > GROUP_BYTES {
+                let cut = g.output.len() - GROUP_BYTES;
+                g.output = format!(
+                    "[… {} KB of this output above: Earlier events, or the full output log]\n{}",
+                    cut / 1024,
+                    tail_from(&g.output, cut)
+                );
+            }
             g.lines = g.output.lines().count();
             g.open = g.lines <= OPEN_LINES;
         }
@@ -91,12 +93,13 @@ pub(super) fn log_items(events: &[SessionEvent]) -> Vec<EventView> {
     items
 }
 
-fn cut_at(text: &str, max: usize) -> String {
-    let mut end = max.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
+/// `text` from byte `start` on (moved forward to a character boundary).
+fn tail_from(text: &str, start: usize) -> &str {
+    let mut at = start.min(text.len());
+    while !text.is_char_boundary(at) {
+        at += 1;
     }
-    text[..end].to_string()
+    &text[at..]
 }
 
 /// What the session's branch changed, from its latest git event.
@@ -611,6 +614,59 @@ mod tests {
     use super::*;
     use airlock_core::domain::ProfileSpec;
     use airlock_core::store::{ApplyOutcome, NewSession};
+
+    fn ev(seq: i64, kind: EventKind, payload: serde_json::Value) -> SessionEvent {
+        SessionEvent {
+            session_id: SessionId::from_stored("ses_1"),
+            seq,
+            kind,
+            payload,
+            at: 0,
+        }
+    }
+
+    /// A command's output is one block under the tool call that ran it; output with no call
+    /// before it is a block of its own; a block longer than the page keeps its latest part.
+    #[test]
+    fn output_is_one_block_per_command_and_keeps_its_end() {
+        let events = [
+            ev(
+                1,
+                EventKind::ToolCall,
+                json!({"tool": "shell", "input": {"command": "make"}}),
+            ),
+            ev(2, EventKind::CommandOutput, json!({"text": "a\n"})),
+            ev(3, EventKind::CommandOutput, json!({"text": "b\n"})),
+            ev(4, EventKind::Note, json!({"text": "between"})),
+            ev(
+                5,
+                EventKind::CommandOutput,
+                json!({"text": "x".repeat(GROUP_BYTES) + "\nthe-end\n"}),
+            ),
+            ev(
+                6,
+                EventKind::ToolCall,
+                json!({"tool": "read_file", "input": {}}),
+            ),
+        ];
+        let items = log_items(&events);
+        assert_eq!(items.len(), 4);
+        let first = items[0].group.as_ref().unwrap();
+        assert_eq!(
+            (first.output.as_str(), first.lines, first.open),
+            ("a\nb\n", 2, true)
+        );
+        assert!(items[1].group.is_none());
+        let long = items[2].group.as_ref().unwrap();
+        assert!(
+            long.output.ends_with("the-end\n") && long.output.starts_with("[… 0 KB"),
+            "{}",
+            &long.output[..80]
+        );
+        assert!(long.output.len() < GROUP_BYTES + 200);
+        // A call with no output is a plain line.
+        assert!(items[3].group.is_none());
+    }
 
     /// Following "Earlier events" from the latest window back to the first, and "Later
     /// events" forward again, shows every event exactly once, each window bounded.

@@ -675,6 +675,20 @@ async fn the_console_shows_use_and_cost_manages_humans_and_shows_changes() {
         );
     }
 
+    // The audit log reads as who did what: names, and details as key and value.
+    b.client
+        .goto(&format!("{base}/audit?q=human.role"))
+        .await
+        .unwrap();
+    let row = b
+        .js("let r = [...document.querySelectorAll('tr.audit-row')].find(r => r.innerText.includes('human.role')); return r ? r.innerText : '';")
+        .await;
+    let row = row.as_str().unwrap_or("");
+    assert!(
+        row.contains("Ada Lovelace") && row.contains("role\nadmin"),
+        "{row:?}"
+    );
+
     // The session: output in one block, the branch's changes with the diff.
     b.client
         .goto(&format!("{base}/sessions/{id}"))

@@ -437,7 +437,7 @@ async fn bad_configuration_gives_one_line_errors() {
         ("", &[("AIRLOCK_DATABASE_URL", "mysql://db")], "error: config key `database.url` (from AIRLOCK_DATABASE_URL): expected sqlite://PATH or postgres://USER:PASSWORD@HOST/DB"),
         ("", &[("AIRLOCK_SECRETS_MASTER_KEY", "too-short")], "error: config key `secrets.master_key` (from AIRLOCK_SECRETS_MASTER_KEY): expected 32 random bytes in base64 (e.g. `openssl rand -base64 32`)"),
         ("", &[("AIRLOCK_LISTEN", "127.0.0.1:1")], "error: config: AIRLOCK_LISTEN: is not a known setting; see docs/configuration.md for the list"),
-        ("colour = \"blue\"\n", &[], "error: config key `colour` (from airlock.toml): unknown field `colour`, expected one of `data_dir`, `server`, `database`, `secrets`, `docker`, `sandbox`, `gateway`, `broker`, `retention`, `git`, `github`, `slack`, `discord`"),
+        ("colour = \"blue\"\n", &[], "error: config key `colour` (from airlock.toml): unknown field `colour`, expected one of `data_dir`, `server`, `database`, `secrets`, `docker`, `sandbox`, `gateway`, `broker`, `retention`, `git`, `github`, `slack`, `discord`, `prices`"),
     ];
     for (file, env, want) in cases {
         let mut install = Install::new(Engine::Sqlite).await;
