@@ -109,6 +109,8 @@ pub fn gateway_settings(cfg: &Config) -> airlock_gateway::GatewaySettings {
         audit_backlog: cfg.gateway.audit_backlog as usize,
         client_http2: cfg.gateway.client_http2,
         limits: None,
+        upstream_proxy: cfg.gateway.upstream_proxy.clone(),
+        no_proxy: cfg.gateway.no_proxy.clone(),
     }
 }
 

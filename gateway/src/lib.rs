@@ -20,6 +20,7 @@ mod decode;
 mod forward;
 mod meter;
 mod proxy;
+mod upstream_proxy;
 mod websocket;
 
 // The checks without I/O live in their own crate (`gateway/checks`), so the fuzz targets build
@@ -51,6 +52,8 @@ pub enum GatewayError {
     Ca(String),
     #[error("the extra CA bundle {path}: {reason}")]
     ExtraCa { path: String, reason: String },
+    #[error("gateway.upstream_proxy: {0}")]
+    Config(String),
     #[error(transparent)]
     Store(#[from] airlock_store::StoreError),
     #[error("cannot write {path}: {source}")]
@@ -88,16 +91,24 @@ pub struct GatewaySettings {
     /// Timeouts and connection bounds towards sandboxes; `None` for
     /// [`airlock_serve::Limits::GATEWAY`].
     pub limits: Option<airlock_serve::Limits>,
+    /// An HTTP proxy the gateway's own connections go through (`http://HOST:PORT`), and the
+    /// hosts reached without it (`upstream_proxy`).
+    pub upstream_proxy: Option<String>,
+    pub no_proxy: Vec<String>,
 }
 
 /// Audit records that may wait to be written, by default (a few hundred bytes each).
 pub const AUDIT_BACKLOG: usize = 50_000;
 
-type UpstreamClient =
-    Client<hyper_rustls::HttpsConnector<conn::ReadAhead<HttpConnector>>, body::BoxBody>;
+type UpstreamClient = Client<
+    hyper_rustls::HttpsConnector<conn::ReadAhead<upstream_proxy::ViaProxy<HttpConnector>>>,
+    body::BoxBody,
+>;
 
 type PublicClient = Client<
-    hyper_rustls::HttpsConnector<conn::ReadAhead<HttpConnector<addr::PublicResolver>>>,
+    hyper_rustls::HttpsConnector<
+        conn::ReadAhead<upstream_proxy::ViaProxy<HttpConnector<addr::PublicResolver>>>,
+    >,
     body::BoxBody,
 >;
 
@@ -116,6 +127,8 @@ pub(crate) struct Shared {
     header_timeout: Duration,
     authority: Authority,
     clients: Clients,
+    /// Where passthrough tunnels go out, if not directly (`gateway.upstream_proxy`).
+    upstream_proxy: Option<Arc<upstream_proxy::UpstreamProxy>>,
     sessions: context::Sessions,
     secrets: context::Secrets,
     budgets: context::Budgets,
@@ -168,16 +181,26 @@ impl Gateway {
         let authority =
             Authority::load(&ca.cert_pem, &ca.key_pem)?.offering_http2(settings.client_http2);
         let tls = upstream_tls(settings.extra_ca_file.as_deref())?;
+        let proxy = settings
+            .upstream_proxy
+            .as_deref()
+            .map(|u| upstream_proxy::UpstreamProxy::new(u, &settings.no_proxy))
+            .transpose()
+            .map_err(GatewayError::Config)?
+            .map(Arc::new);
+        let via = |public_only| (proxy.clone(), public_only);
         let clients = Clients {
-            any: upstream_client(HttpConnector::new(), tls.clone(), true),
+            any: upstream_client(HttpConnector::new(), via(false), tls.clone(), true),
             public: upstream_client(
                 HttpConnector::new_with_resolver(addr::PublicResolver),
+                via(true),
                 tls.clone(),
                 true,
             ),
-            any_h1: upstream_client(HttpConnector::new(), tls.clone(), false),
+            any_h1: upstream_client(HttpConnector::new(), via(false), tls.clone(), false),
             public_h1: upstream_client(
                 HttpConnector::new_with_resolver(addr::PublicResolver),
+                via(true),
                 tls,
                 false,
             ),
@@ -196,6 +219,7 @@ impl Gateway {
             header_timeout: limits.header_timeout,
             authority,
             clients,
+            upstream_proxy: proxy,
             sessions: context::Sessions::new(store.clone()),
             secrets,
             budgets: context::Budgets::new(
@@ -301,15 +325,23 @@ fn upstream_tls(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, Gateway
     Ok(tls)
 }
 
+/// The proxy to go through (if any), and whether hosts must have public addresses only.
+type Via = (Option<Arc<upstream_proxy::UpstreamProxy>>, bool);
+
+#[allow(clippy::type_complexity)]
 fn upstream_client<R>(
     mut http: HttpConnector<R>,
+    (proxy, public_only): Via,
     tls: rustls::ClientConfig,
     h2: bool,
-) -> Client<hyper_rustls::HttpsConnector<conn::ReadAhead<HttpConnector<R>>>, body::BoxBody>
+) -> Client<
+    hyper_rustls::HttpsConnector<conn::ReadAhead<upstream_proxy::ViaProxy<HttpConnector<R>>>>,
+    body::BoxBody,
+>
 where
     R: Clone + Send + Sync + 'static,
     HttpConnector<R>: tower_service::Service<http::Uri>,
-    hyper_rustls::HttpsConnector<conn::ReadAhead<HttpConnector<R>>>:
+    hyper_rustls::HttpsConnector<conn::ReadAhead<upstream_proxy::ViaProxy<HttpConnector<R>>>>:
         hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
     http.enforce_http(false);
@@ -319,7 +351,11 @@ where
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1();
-    let tcp = conn::ReadAhead(http);
+    let tcp = conn::ReadAhead(upstream_proxy::ViaProxy {
+        direct: http,
+        proxy,
+        public_only,
+    });
     let https = if h2 {
         builder.enable_http2().wrap_connector(tcp)
     } else {

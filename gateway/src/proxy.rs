@@ -291,14 +291,23 @@ async fn passthrough(
     };
     let mut upstream = None;
     let mut last_err = String::new();
-    for a in &addrs {
-        match tokio::time::timeout(Duration::from_secs(15), TcpStream::connect(a)).await {
-            Ok(Ok(s)) => {
-                upstream = Some((s, *a));
-                break;
+    match &shared.upstream_proxy {
+        // Checked above for public addresses; the company's proxy makes the connection.
+        Some(p) if !p.bypasses(&target.host) => match p.tunnel(&target.host, target.port).await {
+            Ok(s) => upstream = Some((s, addrs[0])),
+            Err(e) => last_err = e.to_string(),
+        },
+        _ => {
+            for a in &addrs {
+                match tokio::time::timeout(Duration::from_secs(15), TcpStream::connect(a)).await {
+                    Ok(Ok(s)) => {
+                        upstream = Some((s, *a));
+                        break;
+                    }
+                    Ok(Err(e)) => last_err = e.to_string(),
+                    Err(_) => last_err = "no answer within 15 s".into(),
+                }
             }
-            Ok(Err(e)) => last_err = e.to_string(),
-            Err(_) => last_err = "no answer within 15 s".into(),
         }
     }
     let Some((upstream, addr)) = upstream else {

@@ -4,6 +4,7 @@
 //! the integrations land.
 
 pub mod chats;
+pub mod connect_proxy;
 pub mod discord;
 pub mod git;
 pub mod github;

@@ -28,6 +28,8 @@ enum Kind {
     Secret,
     /// Paths; in a variable, separated by `:` like `PATH`.
     Paths,
+    /// Words; in a variable, separated by commas like `NO_PROXY`.
+    List,
 }
 
 /// Every configuration key, its kind, and what a valid value looks like. The environment
@@ -118,6 +120,16 @@ const KEYS: &[(&str, Kind, &str)] = &[
         "gateway.extra_ca_file",
         Kind::Str,
         "a PEM file of CA certificates trusted for upstreams besides the system's",
+    ),
+    (
+        "gateway.upstream_proxy",
+        Kind::Str,
+        "an HTTP proxy the gateway's own connections go through, http://HOST:PORT (a company network without direct access)",
+    ),
+    (
+        "gateway.no_proxy",
+        Kind::List,
+        "hosts the gateway reaches without gateway.upstream_proxy, exact or as a domain suffix (comma-separated in the variable) [default: localhost, 127.0.0.1, ::1]",
     ),
     (
         "gateway.session_token_budget",
@@ -501,6 +513,10 @@ impl SandboxConfig {
 pub struct GatewayConfig {
     pub mode: GatewayMode,
     pub extra_ca_file: Option<PathBuf>,
+    /// `http://HOST:PORT` the gateway's own connections go through.
+    pub upstream_proxy: Option<String>,
+    /// Hosts reached without the upstream proxy.
+    pub no_proxy: Vec<String>,
     pub session_token_budget: u64,
     pub human_daily_token_budget: u64,
     pub audit_backlog: u64,
@@ -512,6 +528,8 @@ impl Default for GatewayConfig {
         Self {
             mode: GatewayMode::Embedded,
             extra_ca_file: None,
+            upstream_proxy: None,
+            no_proxy: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
             session_token_budget: 0,
             human_daily_token_budget: 0,
             audit_backlog: 0,
@@ -726,6 +744,13 @@ impl Config {
             };
             let v = match kind {
                 Kind::Str | Kind::Secret => toml::Value::String(value),
+                Kind::List => toml::Value::Array(
+                    value
+                        .split(',')
+                        .filter(|p| !p.trim().is_empty())
+                        .map(|p| toml::Value::String(p.trim().to_string()))
+                        .collect(),
+                ),
                 Kind::Paths => toml::Value::Array(
                     value
                         .split(':')
@@ -857,6 +882,13 @@ impl Config {
                 "sandbox.gateway_port",
                 "expected a TCP port from 1 to 65535, different from sandbox.endpoint_port".into(),
             ));
+        }
+        if let Some(p) = &self.gateway.upstream_proxy {
+            let rest = p.strip_prefix("http://").unwrap_or("");
+            let host = rest.trim_end_matches('/');
+            if host.is_empty() || host.contains(['/', '@', '?', '#', ' ']) {
+                return Err(want("gateway.upstream_proxy"));
+            }
         }
         for path in &self.sandbox.extra_ca_files {
             let pem = std::fs::read_to_string(path).unwrap_or_default();

@@ -12,6 +12,7 @@ mod discord;
 mod gateway;
 mod gateway_backlog;
 mod gateway_limits;
+mod gateway_proxy;
 mod gateway_push_bytes;
 mod github;
 mod output;
