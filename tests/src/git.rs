@@ -8,8 +8,11 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-fn run(dir: &Path, args: &[&str]) -> String {
+/// `git ARGS` in `dir` (any owner: `safe.directory=*`), as "Seed"; its stdout, or a panic
+/// with git's error.
+pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = std::process::Command::new("git")
+        .args(["-c", "safe.directory=*"])
         .args(args)
         .current_dir(dir)
         .env("GIT_AUTHOR_NAME", "Seed")
@@ -26,23 +29,37 @@ fn run(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A work tree at `dir` with one commit on `main` holding `files`: a person's local
+/// repository.
+pub fn work_tree(dir: &Path, files: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    git(dir, &["init", "-q", "-b", "main"]);
+    for (path, text) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "--allow-empty", "-m", "first"]);
+}
+
 /// A bare repository `<root>/<name>.git` with one commit on `main` (a README and whatever
 /// `files` holds), pushable over HTTP.
 pub fn create_bare_repo_with(root: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
     let bare = root.join(format!("{name}.git"));
     let work = root.join(format!("{name}-seed"));
     std::fs::create_dir_all(&work).unwrap();
-    run(&work, &["init", "-q", "-b", "main"]);
+    git(&work, &["init", "-q", "-b", "main"]);
     std::fs::write(work.join("README.md"), "seed\n").unwrap();
     for (path, text) in files {
         let p = work.join(path);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, text).unwrap();
     }
-    run(&work, &["add", "."]);
-    run(&work, &["commit", "-q", "-m", "seed"]);
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "seed"]);
     std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
-    run(
+    git(
         root,
         &[
             "clone",
@@ -52,7 +69,7 @@ pub fn create_bare_repo_with(root: &Path, name: &str, files: &[(&str, &str)]) ->
             bare.to_str().unwrap(),
         ],
     );
-    run(&bare, &["config", "http.receivepack", "true"]);
+    git(&bare, &["config", "http.receivepack", "true"]);
     std::fs::remove_dir_all(&work).unwrap();
     bare
 }

@@ -1407,6 +1407,7 @@ host = "tcp://127.0.0.1:2375"
 base_image = "registry.local/airlock/base"
 [gateway]
 extra_ca_file = "{ca}"
+upstream_proxy = "http://proxy.corp:3128"
 [broker]
 max_sessions = 8
 max_sessions_per_human = 3

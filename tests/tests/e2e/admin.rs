@@ -523,29 +523,7 @@ async fn the_console_shows_use_and_cost_manages_humans_and_shows_changes() {
     assert!(out.status.success(), "{}", airlock_tests::stderr(&out));
     // A local repository, so the session's branch has changes to show.
     let repo = install.path().join("calc");
-    std::fs::create_dir_all(&repo).unwrap();
-    std::fs::write(repo.join("calc.py"), "def add(a, b):\n    return a - b\n").unwrap();
-    for args in [
-        &["init", "-q", "-b", "main"][..],
-        &["add", "."][..],
-        &[
-            "-c",
-            "user.name=A",
-            "-c",
-            "user.email=a@b",
-            "commit",
-            "-qm",
-            "first",
-        ][..],
-    ] {
-        assert!(Command::new("git")
-            .arg("-C")
-            .arg(&repo)
-            .args(args)
-            .status()
-            .unwrap()
-            .success());
-    }
+    airlock_tests::git::work_tree(&repo, &[("calc.py", "def add(a, b):\n    return a - b\n")]);
     install.ok(&["repo", "add", "calc", repo.to_str().unwrap()]);
     let server = Server::start(&install);
     let base = format!("http://127.0.0.1:{}", server.port);

@@ -761,28 +761,7 @@ async fn doctor_catches_what_fails_later_both_ways() {
     install.run_with_stdin(&["credential", "set", "model-key"], b"sk-1");
     // A registered local repository is a git integration.
     let repo = install.path().join("hello");
-    std::fs::create_dir_all(&repo).unwrap();
-    for args in [
-        &["init", "-q", "-b", "main"][..],
-        &[
-            "-c",
-            "user.name=A",
-            "-c",
-            "user.email=a@b",
-            "commit",
-            "-q",
-            "--allow-empty",
-            "-m",
-            "first",
-        ][..],
-    ] {
-        let ok = std::process::Command::new("git")
-            .arg("-C")
-            .arg(&repo)
-            .args(args)
-            .status();
-        assert!(ok.unwrap().success());
-    }
+    airlock_tests::git::work_tree(&repo, &[]);
     install.ok(&["repo", "add", "hello", repo.to_str().unwrap()]);
     // A port the gateway wants, held by another program.
     let holder = std::net::TcpListener::bind("0.0.0.0:0").unwrap();

@@ -14,6 +14,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use airlock_tests::git::git;
 use airlock_tests::model::{FakeModel, Step};
 use airlock_tests::{airlock_bin, stderr, stdout, Engine, Install, Server};
 use serde_json::json;
@@ -34,21 +35,6 @@ fn first_session_block(readme: &str) -> String {
         .map(|(code, _)| code)
         .expect("the section holds one ```sh block");
     code.to_string()
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

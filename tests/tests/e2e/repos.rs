@@ -8,44 +8,18 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
+use airlock_tests::git::{git, work_tree};
 use airlock_tests::sessions::{install_on, output_of, show};
 use airlock_tests::upstream::Upstream;
 use airlock_tests::{cli_actor, stderr, stdout, Engine, Server};
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-c")
-        .arg("safe.directory=*")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A work tree with one commit on `main` (a Makefile whose `test` passes), owned by `uid`.
 fn local_repo(dir: &Path, uid: u32) {
-    std::fs::create_dir_all(dir).unwrap();
-    git(dir, &["init", "-q", "-b", "main"]);
-    std::fs::write(dir.join("Makefile"), "test:\n\t@echo '1 test passed'\n").unwrap();
-    std::fs::write(dir.join("README.md"), "hello\n").unwrap();
-    git(dir, &["add", "."]);
-    git(
+    work_tree(
         dir,
         &[
-            "-c",
-            "user.name=Owner",
-            "-c",
-            "user.email=owner@example.com",
-            "commit",
-            "-qm",
-            "first",
+            ("Makefile", "test:\n\t@echo '1 test passed'\n"),
+            ("README.md", "hello\n"),
         ],
     );
     let status = Command::new("chown")
