@@ -589,7 +589,8 @@ async fn slack_buttons(w: &World) {
 }
 
 /// The admin page: Ada stops Bob's session (one row, by Ada, on the web); stopping it again
-/// is refused with the service's sentence and no row.
+/// is refused with the service's sentence and no row; the "New session" form starts one
+/// (one row) or is refused like every surface (no row).
 async fn admin_page(w: &World) {
     let (session, _) = w.start(Way::Cli).await;
     let cookie = airlock_tests::admin_cookie(&w.stack.install).await;
@@ -644,6 +645,56 @@ async fn admin_page(w: &World) {
         "{body}"
     );
     w.no_change(before, "a second stop").await;
+
+    // Ada starts a session from the page's form: one `session.create` row, hers, on the web;
+    // a repository the profile may not work on is refused with the service's sentence and
+    // no row.
+    let start = |repo: &'static str| {
+        let (http, cookie, csrf, url) = (http.clone(), cookie.clone(), csrf.clone(), w.url());
+        async move {
+            let r = http
+                .post(format!("{url}/sessions/new"))
+                .header("Cookie", &cookie)
+                .form(&[
+                    ("csrf", csrf.as_str()),
+                    ("repo", repo),
+                    ("profile", "hold"),
+                    ("prompt", "from the page"),
+                ])
+                .send()
+                .await
+                .unwrap();
+            let to = r
+                .headers()
+                .get("location")
+                .map(|l| l.to_str().unwrap().to_string());
+            (r.status().as_u16(), to, r.text().await.unwrap())
+        }
+    };
+    let before = w.head().await;
+    let (status, to, _) = start(REPO).await;
+    assert_eq!(status, 303);
+    let started = to.unwrap().trim_start_matches("/sessions/").to_string();
+    w.one_change(
+        before,
+        "session.create",
+        &started,
+        &format!("human:{}", w.ada),
+        "web",
+    )
+    .await;
+    let out = w.stack.airlock(&["session", "cancel", &started]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before = w.head().await;
+    let (status, _, body) = start("Other/Repo").await;
+    assert_eq!(status, 400);
+    assert!(
+        body.replace("&#39;", "'").contains(
+            "profile `hold` may not work on Other/Repo; an admin can add it to the profile's `repos`"
+        ),
+        "{body}"
+    );
+    w.no_change(before, "a refused start").await;
 }
 
 /// A webhook trigger acts for its owner, Bob: his access holds (the admins' profile is
