@@ -100,6 +100,7 @@ macro_rules! on_both_engines {
 
 on_both_engines!(
     a_human_with_identities_on_all_three_providers,
+    disabling_and_demoting_keep_an_enabled_admin_and_end_sign_ins,
     profile_versions_are_immutable,
     a_credential_round_trips_sealed_and_a_wrong_master_key_is_named,
     session_events_keep_their_order_under_concurrent_writers,
@@ -1333,4 +1334,101 @@ async fn join_all(tasks: Vec<tokio::task::JoinHandle<bool>>) -> Vec<bool> {
         out.push(t.await.unwrap());
     }
     out
+}
+
+/// Disable, enable and role changes: audited with the change, the last enabled admin kept,
+/// a disabled human signed out and unable to sign in.
+async fn disabling_and_demoting_keep_an_enabled_admin_and_end_sign_ins(db: Db) {
+    let s = &db.store;
+    let ada = s
+        .add_human("Ada", "ada@example.com", Role::Admin)
+        .await
+        .unwrap();
+    let bob = s
+        .add_human("Bob", "bob@example.com", Role::Member)
+        .await
+        .unwrap();
+    s.set_password(&bob.id, "correct horse battery")
+        .await
+        .unwrap();
+    let entry = |action: &str| airlock_core::store::NewAudit {
+        actor: format!("human:{}", ada.id),
+        action: action.into(),
+        target: bob.id.to_string(),
+        session_id: None,
+        detail: serde_json::json!({}),
+    };
+    let (token, _) = s
+        .sign_in("bob@example.com", "correct horse battery")
+        .await
+        .unwrap()
+        .unwrap();
+    let off = s
+        .set_human_disabled(&bob.id, true, entry("human.disable"))
+        .await
+        .unwrap();
+    let since = off.disabled_at.expect("disabled");
+    assert!(s.web_session(&token).await.unwrap().is_none(), "signed out");
+    assert!(s
+        .sign_in("bob@example.com", "correct horse battery")
+        .await
+        .unwrap()
+        .is_none());
+    // Disabling again keeps the first time.
+    let again = s
+        .set_human_disabled(&bob.id, true, entry("human.disable"))
+        .await
+        .unwrap();
+    assert_eq!(again.disabled_at, Some(since));
+    let on = s
+        .set_human_disabled(&bob.id, false, entry("human.enable"))
+        .await
+        .unwrap();
+    assert_eq!(on.disabled_at, None);
+    assert!(s
+        .sign_in("bob@example.com", "correct horse battery")
+        .await
+        .unwrap()
+        .is_some());
+    // Ada is the only enabled admin: neither demoted nor disabled.
+    let demote = s
+        .set_human_role(&ada.id, Role::Member, entry("human.role"))
+        .await
+        .unwrap_err();
+    assert!(
+        demote.to_string().contains("last enabled admin"),
+        "{demote}"
+    );
+    let disable = s
+        .set_human_disabled(&ada.id, true, entry("human.disable"))
+        .await
+        .unwrap_err();
+    assert!(
+        disable.to_string().contains("last enabled admin"),
+        "{disable}"
+    );
+    s.set_human_role(&bob.id, Role::Admin, entry("human.role"))
+        .await
+        .unwrap();
+    s.set_human_role(&ada.id, Role::Member, entry("human.role"))
+        .await
+        .unwrap();
+    let actions: Vec<String> = s
+        .audit_tail(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "human.disable",
+            "human.disable",
+            "human.enable",
+            "human.role",
+            "human.role"
+        ],
+        "the refused changes wrote no row"
+    );
 }

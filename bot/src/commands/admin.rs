@@ -25,15 +25,7 @@ pub(crate) async fn audit(
     target: &str,
     detail: serde_json::Value,
 ) -> anyhow::Result<()> {
-    store
-        .audit(NewAudit {
-            actor: ctx.actor(),
-            action: action.into(),
-            target: target.into(),
-            session_id: None,
-            detail,
-        })
-        .await?;
+    store.audit(entry(ctx, action, target, detail)).await?;
     Ok(())
 }
 
@@ -48,12 +40,37 @@ pub(crate) fn entry(ctx: &Ctx, action: &str, target: &str, detail: serde_json::V
     }
 }
 
+/// `airlock human disable|enable`.
+async fn set_disabled(ctx: &Ctx, store: &Store, human: &str, disable: bool) -> anyhow::Result<()> {
+    let h = store.find_human(human).await?;
+    let action = if disable {
+        "human.disable"
+    } else {
+        "human.enable"
+    };
+    let h = store
+        .set_human_disabled(
+            &h.id,
+            disable,
+            entry(ctx, action, &h.id, serde_json::json!({})),
+        )
+        .await?;
+    if ctx.json {
+        json(&h)?;
+    } else if disable {
+        println!(
+            "Disabled {} <{}>: they start no session and sign in nowhere until enabled.",
+            safe(&h.display_name),
+            safe(&h.email)
+        );
+    } else {
+        println!("Enabled {} <{}>.", safe(&h.display_name), safe(&h.email));
+    }
+    Ok(())
+}
+
 pub async fn human(ctx: &Ctx, cmd: HumanCmd) -> anyhow::Result<ExitCode> {
     let store = ctx.store(false).await?;
-    let cmd_kind = match &cmd {
-        HumanCmd::Disable { .. } => "disable",
-        _ => "",
-    };
     match cmd {
         HumanCmd::Add {
             name,
@@ -133,33 +150,8 @@ pub async fn human(ctx: &Ctx, cmd: HumanCmd) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        HumanCmd::Disable { human } | HumanCmd::Enable { human } => {
-            let disable = matches!(cmd_kind, "disable");
-            let h = store.find_human(&human).await?;
-            let action = if disable {
-                "human.disable"
-            } else {
-                "human.enable"
-            };
-            let h = store
-                .set_human_disabled(
-                    &h.id,
-                    disable,
-                    entry(ctx, action, &h.id, serde_json::json!({})),
-                )
-                .await?;
-            if ctx.json {
-                json(&h)?;
-            } else if disable {
-                println!(
-                    "Disabled {} <{}>: they start no session and sign in nowhere until enabled.",
-                    safe(&h.display_name),
-                    safe(&h.email)
-                );
-            } else {
-                println!("Enabled {} <{}>.", safe(&h.display_name), safe(&h.email));
-            }
-        }
+        HumanCmd::Disable { human } => set_disabled(ctx, &store, &human, true).await?,
+        HumanCmd::Enable { human } => set_disabled(ctx, &store, &human, false).await?,
         HumanCmd::List => {
             let humans = store.list_humans().await?;
             let identities = store.list_identities(None).await?;

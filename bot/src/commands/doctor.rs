@@ -407,8 +407,9 @@ pub async fn run(ctx: &Ctx) -> ExitCode {
         ),
     });
 
-    // The listening port.
+    // The listening port. Whether this deployment's server holds it decides the next check.
     let listen = cfg.server.listen;
+    let mut ours = false;
     match TcpListener::bind(listen) {
         Ok(l) => {
             drop(l);
@@ -420,7 +421,8 @@ pub async fn run(ctx: &Ctx) -> ExitCode {
             ));
         }
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            if super::up::is_airlock_at(listen).await {
+            ours = super::up::is_airlock_at(listen).await;
+            if ours {
                 checks.push(check(
                     "listen",
                     Status::Ok,
@@ -446,7 +448,6 @@ pub async fn run(ctx: &Ctx) -> ExitCode {
 
     // The sandbox-facing ports (bound on the sandbox bridge by `up`): free, unless this
     // deployment's own server holds them.
-    let ours = TcpListener::bind(listen).is_err() && super::up::is_airlock_at(listen).await;
     let ports = [
         ("sandbox.endpoint_port", cfg.sandbox.endpoint_port),
         ("sandbox.gateway_port", cfg.sandbox.gateway_port),

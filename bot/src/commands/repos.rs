@@ -6,11 +6,12 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use airlock_core::store::{NewAudit, Repo, RepoLocation};
+use airlock_core::store::{Repo, RepoLocation};
 use airlock_core::timefmt::rfc3339;
 use airlock_core::Store;
 use anyhow::{bail, Context as _};
 
+use super::admin::entry;
 use super::Ctx;
 use crate::cli::RepoCmd;
 use crate::output::{cell, json, safe, table};
@@ -76,13 +77,7 @@ pub async fn repo(ctx: &Ctx, cmd: RepoCmd) -> anyhow::Result<ExitCode> {
             store
                 .remove_repo(
                     &name,
-                    NewAudit {
-                        actor: ctx.actor(),
-                        action: "repo.remove".into(),
-                        target: name.clone(),
-                        session_id: None,
-                        detail: serde_json::json!({}),
-                    },
+                    entry(ctx, "repo.remove", &name, serde_json::json!({})),
                 )
                 .await?;
             if ctx.json {
@@ -126,13 +121,12 @@ fn describe(l: &RepoLocation) -> (&'static str, String) {
 
 async fn add(ctx: &Ctx, store: &Store, name: &str, location: RepoLocation) -> anyhow::Result<Repo> {
     let (kind, at) = describe(&location);
-    let audit = NewAudit {
-        actor: ctx.actor(),
-        action: "repo.add".into(),
-        target: name.to_string(),
-        session_id: None,
-        detail: serde_json::json!({ "kind": kind, "location": at }),
-    };
+    let audit = entry(
+        ctx,
+        "repo.add",
+        name,
+        serde_json::json!({ "kind": kind, "location": at }),
+    );
     let repo = Repo {
         name: name.to_string(),
         location,

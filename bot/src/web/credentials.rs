@@ -91,19 +91,19 @@ pub(super) async fn set_credential(
     {
         Ok(rotated) => {
             drop(value);
-            let entry = NewAudit {
-                actor: format!("human:{}", ws.human.id),
-                action: if rotated {
-                    "credential.rotate"
-                } else {
-                    "credential.set"
-                }
-                .into(),
-                target: name.clone(),
-                session_id: None,
-                detail: json!({"kind": kind, "from": "web"}),
+            let action = if rotated {
+                "credential.rotate"
+            } else {
+                "credential.set"
             };
-            settle("an audit row", || st.store.audit(entry.clone())).await;
+            audit_by(
+                &st,
+                &ws.human,
+                action,
+                &name,
+                json!({"kind": kind, "from": "web"}),
+            )
+            .await;
             let what = if rotated { "Rotated" } else { "Stored" };
             credentials_page(
                 &st,
@@ -131,14 +131,14 @@ pub(super) async fn delete_credential(
     };
     let notice = match st.store.delete_credential(&name).await {
         Ok(()) => {
-            let entry = NewAudit {
-                actor: format!("human:{}", ws.human.id),
-                action: "credential.delete".into(),
-                target: name.clone(),
-                session_id: None,
-                detail: json!({"from": "web"}),
-            };
-            settle("an audit row", || st.store.audit(entry.clone())).await;
+            audit_by(
+                &st,
+                &ws.human,
+                "credential.delete",
+                &name,
+                json!({"from": "web"}),
+            )
+            .await;
             format!("Deleted credential {name}.")
         }
         Err(e) => e.to_string(),

@@ -84,16 +84,6 @@ pub(super) async fn link(
     humans_page(&st, &ws, Some(notice)).await
 }
 
-fn web_audit(ws: &WebSession, action: &str, target: &str, detail: serde_json::Value) -> NewAudit {
-    NewAudit {
-        actor: format!("human:{}", ws.human.id),
-        action: action.into(),
-        target: target.into(),
-        session_id: None,
-        detail,
-    }
-}
-
 /// An admin adds a human (who signs in once someone sets their password with `airlock
 /// human password`).
 pub(super) async fn add_human(
@@ -111,13 +101,14 @@ pub(super) async fn add_human(
     };
     let notice = match st.store.add_human(get("name"), get("email"), role).await {
         Ok(h) => {
-            let entry = web_audit(
-                &ws,
+            audit_by(
+                &st,
+                &ws.human,
                 "human.add",
                 &h.id,
                 json!({"email": h.email, "role": role}),
-            );
-            settle("the human's audit row", || st.store.audit(entry.clone())).await;
+            )
+            .await;
             format!("Added {} <{}> as {role}.", h.display_name, h.email)
         }
         Err(e) => e.to_string(),
@@ -148,7 +139,7 @@ pub(super) async fn human_action(
                 .set_human_role(
                     &human.id,
                     role,
-                    web_audit(&ws, "human.role", &human.id, json!({"role": role})),
+                    audit_entry(&ws.human, "human.role", &human.id, json!({"role": role})),
                 )
                 .await
                 .map(|h| format!("{} is now {role}.", h.display_name)),
@@ -156,7 +147,7 @@ pub(super) async fn human_action(
         },
         "disable" | "enable" => {
             let disable = action == "disable";
-            let entry = web_audit(&ws, &format!("human.{action}"), &human.id, json!({}));
+            let entry = audit_entry(&ws.human, &format!("human.{action}"), &human.id, json!({}));
             st.store
                 .set_human_disabled(&human.id, disable, entry)
                 .await
@@ -207,13 +198,9 @@ pub(super) async fn human_action(
                 .await
             {
                 Ok(i) => {
-                    let entry = web_audit(
-                        &ws,
-                        "identity.link",
+                    audit_by(&st, &ws.human, "identity.link",
                         &i.id,
-                        json!({"human": human.id, "provider": provider, "workspace": workspace, "external_id": external}),
-                    );
-                    settle("the link's audit row", || st.store.audit(entry.clone())).await;
+                        json!({"human": human.id, "provider": provider, "workspace": workspace, "external_id": external})).await;
                     Ok(format!(
                         "Linked {provider} account {handle} to {}.",
                         human.display_name

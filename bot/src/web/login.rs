@@ -73,14 +73,7 @@ pub(super) async fn login(
     match st.store.sign_in(email, password).await {
         Ok(Some((token, s))) => {
             st.throttle.succeeded(email);
-            let entry = NewAudit {
-                actor: format!("human:{}", s.human.id),
-                action: "web.sign_in".into(),
-                target: s.human.id.to_string(),
-                session_id: None,
-                detail: json!({}),
-            };
-            settle("an audit row", || st.store.audit(entry.clone())).await;
+            audit_by(&st, &s.human, "web.sign_in", &s.human.id, json!({})).await;
             let mut r = Redirect::to("/overview").into_response();
             let max = airlock_core::store::WEB_SESSION_MS / 1000;
             if let Ok(v) = HeaderValue::from_str(&set_cookie(COOKIE, &token, max, st.secure)) {

@@ -242,6 +242,34 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// An audit row of what `human` did on the admin page.
+fn audit_entry(
+    human: &airlock_core::domain::Human,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+) -> NewAudit {
+    NewAudit {
+        actor: format!("human:{}", human.id),
+        action: action.into(),
+        target: target.into(),
+        session_id: None,
+        detail,
+    }
+}
+
+/// Writes [`audit_entry`]; a row that cannot be written is retried and logged by `settle`.
+async fn audit_by(
+    st: &AdminState,
+    human: &airlock_core::domain::Human,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+) {
+    let entry = audit_entry(human, action, target, detail);
+    settle("an audit row", || st.store.audit(entry.clone())).await;
+}
+
 fn me(s: &WebSession) -> Option<Me> {
     Some(Me {
         name: s.human.display_name.clone(),

@@ -96,14 +96,8 @@ pub(super) async fn trigger_action(
     let notice = match st.store.trigger(&name).await {
         Ok(t) => match st.store.set_trigger_enabled(&t.id, enable).await {
             Ok(()) => {
-                let entry = NewAudit {
-                    actor: format!("human:{}", ws.human.id),
-                    action: format!("trigger.{action}"),
-                    target: t.id.to_string(),
-                    session_id: None,
-                    detail: json!({"name": t.name}),
-                };
-                settle("an audit row", || st.store.audit(entry.clone())).await;
+                let what = format!("trigger.{action}");
+                audit_by(&st, &ws.human, &what, &t.id, json!({"name": t.name})).await;
                 format!(
                     "Trigger {} {}.",
                     t.name,

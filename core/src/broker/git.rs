@@ -204,15 +204,6 @@ impl Broker {
                 git.branch
             )),
         };
-        if let Some(reason) = pushed_to {
-            let event = json!({"branch": git.branch, "commit": commit, "base": base,
-                "pushed": true, "pull_request": null, "files": files, "patch": patch});
-            settle("the session's git event", || {
-                self.store.append_event(&session.id, EventKind::Git, &event)
-            })
-            .await;
-            return Ok(reason);
-        }
         let mut pull = self
             .store
             .session(&session.id)
@@ -232,7 +223,7 @@ impl Broker {
             })
             .await;
         }
-        if pull.is_none() && !git.existing_branch {
+        if pull.is_none() && !git.existing_branch && git.hosting == Hosting::Github {
             if let Some(source) = &self.settings.github {
                 let body = self
                     .pull_request_body(session, plan, &prompt, outcome)
@@ -286,6 +277,9 @@ impl Broker {
             self.store.append_event(&session.id, EventKind::Git, &event)
         })
         .await;
+        if let Some(reason) = pushed_to {
+            return Ok(reason);
+        }
         Ok(match (opened, pull) {
             (Some(n), Some(url)) => {
                 format!(

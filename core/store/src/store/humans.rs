@@ -113,11 +113,8 @@ impl Store {
         disabled: bool,
         audit: NewAudit,
     ) -> Result<Human> {
-        let sql = if disabled {
-            "UPDATE humans SET disabled_at = COALESCE(disabled_at, $3), updated_at = $3 WHERE id = $1 AND $2 = 'disable'"
-        } else {
-            "UPDATE humans SET disabled_at = NULL, updated_at = $3 WHERE id = $1 AND $2 = 'enable'"
-        };
+        let sql = "UPDATE humans SET updated_at = $3, disabled_at = CASE WHEN $2 = 'disable' \
+                   THEN COALESCE(disabled_at, $3) ELSE NULL END WHERE id = $1";
         let removes_admin = |h: &Human| {
             (disabled && h.role == Role::Admin && h.disabled_at.is_none()).then_some("disable")
         };

@@ -60,11 +60,12 @@ impl Store {
         email: &str,
         password: &str,
     ) -> Result<Option<(String, WebSession)>> {
-        let row =
-            sqlx::query("SELECT id, password_hash FROM humans WHERE lower(email) = lower($1)")
-                .bind(email.trim())
-                .fetch_optional(self.pool())
-                .await?;
+        let row = sqlx::query(
+            "SELECT id, password_hash, disabled_at FROM humans WHERE lower(email) = lower($1)",
+        )
+        .bind(email.trim())
+        .fetch_optional(self.pool())
+        .await?;
         // Without a human (or a password) the check runs against a throw-away hash, so a
         // wrong email takes as long as a wrong password.
         static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -97,7 +98,12 @@ impl Store {
         let (Some(id), true) = (id, ok) else {
             return Ok(None);
         };
-        if self.find_human(&id).await?.disabled_at.is_some() {
+        // Checked after the password, so the answer takes as long either way.
+        let disabled: Option<i64> = match &row {
+            Some(r) => r.try_get("disabled_at")?,
+            None => None,
+        };
+        if disabled.is_some() {
             return Ok(None);
         }
         let token = random_token("alk_web_");
