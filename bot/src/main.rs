@@ -9,6 +9,7 @@ mod cli;
 mod commands;
 mod git;
 mod output;
+mod sandbox_side;
 mod web;
 
 use std::process::ExitCode;

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use airlock_adapters::github::GithubAdapter;
 use airlock_adapters::notify::{GithubSink, Notifier};
-use airlock_core::broker::Broker;
 use airlock_core::domain::Surface;
 use airlock_core::Store;
 use anyhow::Context as _;
@@ -27,6 +26,8 @@ struct AppState {
     /// Whether the Docker engine answered the last check (made every 10 s in the background,
     /// so a health probe never waits on Docker).
     docker_ok: Arc<AtomicBool>,
+    /// Whether sandboxes can start, and why not.
+    sandboxes: Arc<crate::sandbox_side::Status>,
 }
 
 pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
@@ -38,10 +39,13 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
         .await
         .context("cannot make the local git endpoint's credential")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
+    let stopped = {
+        let stop_rx = stop_rx.clone();
+        move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
         }
     };
     let listener = tokio::net::TcpListener::bind(cfg.server.listen).await.map_err(|e| {
@@ -55,75 +59,26 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
         }
     })?;
     let mut background = Vec::new();
-    let mut gateway_state = None;
     let owner = server_id(&cfg.data_dir)?;
     let github = cfg
         .github
         .clone()
         .map(|gh| Arc::new(airlock_core::github::GithubSource::new(store.clone(), gh)));
-    match airlock_sandbox::engine::connect(&cfg.docker.host).await {
-        Ok(docker) => {
-            let image = airlock_sandbox::image::base_image_ref(&cfg.docker.base_image);
-            if !airlock_sandbox::engine::image_exists(&docker, &image)
-                .await
-                .unwrap_or(false)
-            {
-                tracing::warn!(%image, "the sandbox base image is missing; sessions cannot start until `airlock image build` has run");
-            }
-            // Sandboxes are the product's wall: if the network or its firewall cannot be
-            // set up, refuse to start rather than run sessions without it.
-            let (sandboxes, network) = crate::app::stack(&ctx.config, &store, &owner).await?;
-            let addr = SocketAddr::from((network.host_address, cfg.sandbox.endpoint_port));
-            let endpoint = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot listen for sandboxes on {addr}: {e}; set sandbox.endpoint_port"
-                )
-            })?;
-            if cfg.gateway.mode == airlock_core::config::GatewayMode::Embedded {
-                let (gateway, listener) =
-                    crate::app::start_gateway(cfg, &store, network.host_address.into()).await?;
-                tracing::info!(address = %listener.local_addr()?, "gateway ready");
-                gateway_state = Some(format!("serving sandboxes on {}", listener.local_addr()?));
-                background.push(tokio::spawn(gateway.serve(listener, stopped())));
-            }
-            let broker = Broker::new(
-                store.clone(),
-                sandboxes.clone(),
-                owner.clone(),
-                crate::app::broker_settings(cfg, github.clone(), listener.local_addr()?),
-            );
-            broker
-                .recover()
-                .await
-                .context("cannot take back the sessions of the previous run")?;
-            let hub = sandboxes.hub.clone();
-            let stop = stopped();
-            background.push(tokio::spawn(async move {
-                if let Err(e) = hub
-                    .serve_endpoint(endpoint, airlock_serve::Limits::SANDBOX_ENDPOINT, stop)
-                    .await
-                {
-                    tracing::error!("the sandbox endpoint stopped: {e}");
-                }
-            }));
-            background.push(tokio::spawn(broker.clone().run(stopped())));
-            tracing::info!(network = %network.name, endpoint = %addr, "sandboxes ready");
-            let room = airlock_sandbox::docker::subnet_capacity(&cfg.sandbox.subnet);
-            if let (Some(room), Ok(warm)) = (room, store.warm_pool_total().await) {
-                let need = cfg.broker.max_sessions + warm;
-                if need > room {
-                    tracing::warn!(
-                        "sandbox.subnet {} has addresses for {room} sandboxes but \
-                         broker.max_sessions ({}) and the warm pools ({warm}) need {need}: \
-                         sessions will wait for addresses; see `airlock doctor`",
-                        cfg.sandbox.subnet,
-                        cfg.broker.max_sessions
-                    );
-                }
-            }
-        }
-        Err(e) => tracing::warn!("{e}; sessions cannot start until it is reachable"),
-    }
+    let sandbox_status = crate::sandbox_side::Status::new();
+    background.extend(
+        crate::sandbox_side::start(
+            crate::sandbox_side::Setup {
+                config: cfg.clone(),
+                store: store.clone(),
+                owner: owner.clone(),
+                github: github.clone(),
+                served_at: listener.local_addr()?,
+                stop: stop_rx.clone(),
+            },
+            sandbox_status.clone(),
+        )
+        .await?,
+    );
     let local = listener.local_addr()?;
     let docker_ok = Arc::new(AtomicBool::new(false));
     {
@@ -145,6 +100,7 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
     let mut app = router(AppState {
         store: store.clone(),
         docker_ok: docker_ok.clone(),
+        sandboxes: sandbox_status.clone(),
     });
     // The admin page.
     app = app.merge(crate::web::router(crate::web::AdminState {
@@ -156,7 +112,7 @@ pub async fn up(ctx: &Ctx) -> anyhow::Result<()> {
         status: Arc::new(crate::web::ServerStatus {
             docker_ok: docker_ok.clone(),
             docker_host: cfg.docker.host.clone(),
-            gateway: gateway_state,
+            sandboxes: sandbox_status.clone(),
             github: cfg.github.is_some(),
             slack: cfg.slack.is_some(),
             discord: cfg.discord.is_some(),
@@ -311,10 +267,13 @@ fn router(state: AppState) -> Router {
 }
 
 /// Liveness and readiness in one: 200 when the database answers, 503 when it does not.
+/// `status` is `degraded` (with the reason in `sandboxes`) while sandboxes cannot start: the
+/// server still takes requests and queues their sessions, which run once the engine answers.
 async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
     let database = tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await;
     let database_ok = matches!(database, Ok(Ok(())));
     let docker_ok = state.docker_ok.load(Ordering::Relaxed);
+    let waiting = state.sandboxes.waiting();
     let status = if database_ok {
         StatusCode::OK
     } else {
@@ -325,9 +284,13 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<serde_json:
         Json(serde_json::json!({
             "service": "airlock",
             "version": env!("CARGO_PKG_VERSION"),
-            "status": if database_ok { "ok" } else { "degraded" },
+            "status": if database_ok && waiting.is_none() { "ok" } else { "degraded" },
             "database": if database_ok { "ok" } else { "unreachable" },
             "docker": if docker_ok { "ok" } else { "unreachable" },
+            "sandboxes": match &waiting {
+                None => "ready".to_string(),
+                Some(why) => format!("waiting: {why}"),
+            },
         })),
     )
 }

@@ -70,8 +70,8 @@ pub struct ServerStatus {
     /// Whether the Docker engine answered the last check (made every 10 s).
     pub docker_ok: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub docker_host: String,
-    /// The embedded gateway's state (`serving on ADDR`), if this server runs one.
-    pub gateway: Option<String>,
+    /// Whether sandboxes can start (and why not), and the embedded gateway's state.
+    pub sandboxes: std::sync::Arc<crate::sandbox_side::Status>,
     pub github: bool,
     pub slack: bool,
     pub discord: bool,

@@ -8,6 +8,8 @@ use std::sync::atomic::Ordering;
 use airlock_core::config::Price;
 use airlock_core::store::{DayCount, Traffic, UsageRow};
 
+use crate::sandbox_side::State as SandboxState;
+
 use super::*;
 
 /// Days the sessions chart shows, and days the usage tables sum.
@@ -271,15 +273,18 @@ pub(super) async fn overview(State(st): State<AdminState>, headers: HeaderMap) -
     unpriced.sort();
     unpriced.dedup();
     let docker = st.status.docker_ok.load(Ordering::Relaxed);
+    let sandboxes = st.status.sandboxes.get();
     let mut integrations = vec![
         Integration {
             name: "Docker",
             configured: true,
-            ok: docker,
-            state: if docker {
-                "the engine answers".into()
-            } else {
-                "the engine does not answer: sessions wait until it does".into()
+            ok: docker && matches!(sandboxes, SandboxState::Ready { .. }),
+            state: match (&sandboxes, docker) {
+                (SandboxState::Waiting(why), _) => format!("sessions wait: {why}"),
+                (SandboxState::Ready { .. }, true) => "the engine answers".into(),
+                (SandboxState::Ready { .. }, false) => {
+                    "the engine does not answer: sessions wait until it does".into()
+                }
             },
             last_activity: st.status.docker_host.clone(),
             last_error: String::new(),
@@ -287,10 +292,16 @@ pub(super) async fn overview(State(st): State<AdminState>, headers: HeaderMap) -
         Integration {
             name: "Gateway",
             configured: true,
-            ok: st.status.gateway.is_some(),
-            state: match &st.status.gateway {
-                Some(g) => g.clone(),
-                None => "not running in this server (Docker was down at start-up, or gateway.mode = \"separate\")".into(),
+            ok: matches!(sandboxes, SandboxState::Ready { gateway: Some(_) }),
+            state: match &sandboxes {
+                SandboxState::Ready { gateway: Some(g) } => g.clone(),
+                SandboxState::Ready { gateway: None } => {
+                    "not run by this server (gateway.mode = \"separate\")".into()
+                }
+                SandboxState::Waiting(_) => {
+                    "not started yet: it starts with the sandboxes, once the Docker engine answers"
+                        .into()
+                }
             },
             last_activity: String::new(),
             last_error: String::new(),

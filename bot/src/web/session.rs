@@ -456,9 +456,14 @@ pub(super) async fn session(
             }
         })
         .collect();
+    // A queued session on a server whose sandboxes cannot start says why it waits.
+    let notice = (s.state == SessionState::Queued)
+        .then(|| st.status.sandboxes.waiting())
+        .flatten()
+        .map(|why| format!("This session waits: {why}. It starts once sandboxes can."));
     page(SessionPage {
         me: me(&ws),
-        notice: None,
+        notice,
         me_csrf: ws.csrf.clone(),
         requester,
         pull_request: s

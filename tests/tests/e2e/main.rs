@@ -9,6 +9,7 @@ mod broker;
 mod capacity;
 mod cli;
 mod discord;
+mod engine;
 mod gateway;
 mod gateway_backlog;
 mod gateway_limits;
