@@ -356,6 +356,55 @@ async fn a_session_waits_for_a_sandbox_address_and_starts_when_one_is_free() {
 }
 
 #[tokio::test]
+async fn a_session_waits_while_the_engine_does_not_answer_and_starts_when_it_does() {
+    let stack = stack(
+        |_| FakeProcess::default().stdout("ran\n").exit(0),
+        BrokerSettings::local(),
+    )
+    .await;
+    stack.runtime.set_engine_down(true);
+    let s = stack.request("wait for the engine").await;
+    // It says why it waits, asks again, and does not fail while the engine is away.
+    let until = Instant::now() + Duration::from_secs(10);
+    while !stack
+        .notes(&s.id)
+        .await
+        .contains("Waiting for the Docker engine: the fake engine does not answer")
+    {
+        assert!(
+            Instant::now() < until,
+            "no note: {}",
+            stack.notes(&s.id).await
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let tries = |calls: Vec<String>| calls.iter().filter(|c| c.starts_with("create ")).count();
+    let until = Instant::now() + Duration::from_secs(10);
+    while tries(stack.runtime.calls()) < 2 {
+        assert!(Instant::now() < until, "{:?}", stack.runtime.calls());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        stack.store.session(&s.id).await.unwrap().state,
+        SessionState::Starting
+    );
+    assert_eq!(stack.runtime.running(), 0);
+    stack.runtime.set_engine_down(false);
+    let s = stack.ended(&s.id).await;
+    assert_eq!(s.state, SessionState::Succeeded, "{:?}", s.reason);
+    assert!(stack.output(&s.id).await.contains("ran"));
+    // The note is given once, not at every try.
+    assert_eq!(
+        stack
+            .notes(&s.id)
+            .await
+            .matches("Waiting for the Docker engine")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
 async fn a_sandbox_that_dies_ends_its_session_with_the_reason() {
     let stack = stack(
         |e| {

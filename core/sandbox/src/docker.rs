@@ -67,9 +67,25 @@ fn api(e: bollard::errors::Error) -> RuntimeError {
     // this network's address pools"): a wait, not a failure.
     if text.contains("no available IPv4 addresses") || text.contains("no available addresses") {
         RuntimeError::NoAddress(text)
+    } else if engine_down(&e) {
+        RuntimeError::EngineDown(format!("the Docker engine does not answer ({text})"))
     } else {
         RuntimeError::Failed(text)
     }
+}
+
+/// Errors that mean the engine itself is not there (its socket refused or gone, the
+/// connection cut, no answer in time), not that it refused a request.
+fn engine_down(e: &bollard::errors::Error) -> bool {
+    use bollard::errors::Error as E;
+    matches!(
+        e,
+        E::SocketNotFoundError(_)
+            | E::RequestTimeoutError
+            | E::IOError { .. }
+            | E::HyperLegacyError { .. }
+            | E::HyperResponseError { .. }
+    )
 }
 
 fn is_404(e: &bollard::errors::Error) -> bool {
@@ -652,5 +668,47 @@ mod tests {
         assert_eq!(host_address("10.203.0.0"), None);
         assert_eq!(host_address("nonsense/24"), None);
         assert_eq!(host_address("10.0.0.0/31"), None);
+    }
+
+    /// An engine whose socket went away (stopped, restarting) is "down", a wait for the
+    /// sessions; an engine that answers with an error is not.
+    #[tokio::test]
+    async fn an_engine_that_went_away_is_down_and_one_that_refuses_is_not() {
+        use super::{api, DockerRuntime, DockerRuntimeConfig};
+        use crate::{Runtime, RuntimeError};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docker.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let docker = bollard::Docker::connect_with_unix(
+            path.to_str().unwrap(),
+            5,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .unwrap();
+        drop(listener);
+        std::fs::remove_file(&path).unwrap();
+        let runtime = DockerRuntime::new(
+            docker,
+            DockerRuntimeConfig {
+                deployment: "dep_test".into(),
+                network: "airlocktest".into(),
+                subnet: "10.203.0.0/24".into(),
+                allowed_ports: vec![],
+            },
+        );
+        match runtime.inspect("some-container").await {
+            Err(RuntimeError::EngineDown(why)) => {
+                assert!(
+                    why.starts_with("the Docker engine does not answer"),
+                    "{why}"
+                )
+            }
+            other => panic!("expected EngineDown, got {other:?}"),
+        }
+        let refused = api(bollard::errors::Error::DockerResponseServerError {
+            status_code: 500,
+            message: "conflict".into(),
+        });
+        assert!(matches!(refused, RuntimeError::Failed(_)), "{refused:?}");
     }
 }

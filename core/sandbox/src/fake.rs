@@ -111,6 +111,8 @@ struct State {
     images: BTreeMap<String, ImageInfo>,
     /// How many sandboxes the network has addresses for (`None`: enough).
     addresses: Option<usize>,
+    /// Whether the "engine" refuses every creation as unreachable.
+    engine_down: bool,
     /// The most that ran at once.
     peak_running: usize,
     /// What the runtime was asked to do, in order: `create <sandbox>`, `remove <sandbox>`, ...
@@ -150,6 +152,12 @@ impl FakeRuntime {
     /// Lets the network hold only `n` running sandboxes (`None`: any number).
     pub fn set_addresses(&self, n: Option<usize>) {
         self.state().addresses = n;
+    }
+
+    /// Makes the engine unreachable (every creation fails as an engine that does not answer)
+    /// or reachable again.
+    pub fn set_engine_down(&self, down: bool) {
+        self.state().engine_down = down;
     }
 
     /// Every call to the runtime so far (`create sbx_…`, `start sbx_…`, `remove sbx_…`).
@@ -267,6 +275,11 @@ impl Runtime for FakeRuntime {
     async fn create(&self, spec: &ContainerSpec) -> Result<String> {
         let mut st = self.state();
         st.calls.push(format!("create {}", spec.sandbox_id));
+        if st.engine_down {
+            return Err(RuntimeError::EngineDown(
+                "the fake engine does not answer".into(),
+            ));
+        }
         st.next += 1;
         let id = format!("fake-{}", st.next);
         st.containers.insert(

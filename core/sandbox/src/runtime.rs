@@ -19,6 +19,10 @@ pub enum RuntimeError {
     /// The sandbox network has no free address: a sandbox can start once one is released.
     #[error("{0}")]
     NoAddress(String),
+    /// The engine does not answer (stopped, restarting, its socket gone): a sandbox can start
+    /// once it answers again.
+    #[error("{0}")]
+    EngineDown(String),
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
