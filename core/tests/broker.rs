@@ -405,6 +405,65 @@ async fn a_session_waits_while_the_engine_does_not_answer_and_starts_when_it_doe
 }
 
 #[tokio::test]
+async fn an_engine_that_goes_away_under_a_running_session_ends_it_with_the_reason() {
+    let stack = stack(
+        |e| {
+            if is_agent(e) {
+                FakeProcess::default()
+                    .stdout("started\n")
+                    .sleep(Duration::from_secs(60))
+            } else {
+                FakeProcess::exits(0)
+            }
+        },
+        BrokerSettings::local(),
+    )
+    .await;
+    let s = stack.request("run while dockerd restarts").await;
+    let s = stack
+        .wait(&s.id, "ran", |s| s.state == SessionState::Running)
+        .await;
+    // dockerd stops: its containers die with it and it does not answer for a while.
+    let sandbox = stack.runtime.sandbox_of(&s.id).unwrap();
+    stack.runtime.kill(&sandbox, 137);
+    stack.runtime.set_engine_down(true);
+    let s = stack.ended(&s.id).await;
+    assert_eq!(s.state, SessionState::Failed);
+    let reason = s.reason.unwrap_or_default();
+    assert!(
+        reason.contains("the fake engine does not answer"),
+        "{reason}"
+    );
+    // The next session waits for the engine rather than failing, and runs once it is back;
+    // the dead sandbox is removed then.
+    let next = stack.request("after the restart").await;
+    let until = Instant::now() + Duration::from_secs(10);
+    while !stack
+        .notes(&next.id)
+        .await
+        .contains("Waiting for the Docker engine")
+    {
+        assert!(Instant::now() < until, "{}", stack.notes(&next.id).await);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stack.runtime.set_engine_down(false);
+    let next = stack
+        .wait(&next.id, "runs", |s| s.state == SessionState::Running)
+        .await;
+    assert_eq!(next.state, SessionState::Running);
+    let until = Instant::now() + Duration::from_secs(20);
+    while stack
+        .runtime
+        .calls()
+        .iter()
+        .all(|c| c != &format!("remove {sandbox}"))
+    {
+        assert!(Instant::now() < until, "{:?}", stack.runtime.calls());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_sandbox_that_dies_ends_its_session_with_the_reason() {
     let stack = stack(
         |e| {

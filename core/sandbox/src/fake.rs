@@ -154,8 +154,8 @@ impl FakeRuntime {
         self.state().addresses = n;
     }
 
-    /// Makes the engine unreachable (every creation fails as an engine that does not answer)
-    /// or reachable again.
+    /// Makes the engine unreachable (creating, inspecting and removing fail as with an engine
+    /// that does not answer) or reachable again.
     pub fn set_engine_down(&self, down: bool) {
         self.state().engine_down = down;
     }
@@ -342,6 +342,11 @@ impl Runtime for FakeRuntime {
 
     async fn remove(&self, id: &str) -> Result<()> {
         let mut st = self.state();
+        if st.engine_down {
+            return Err(RuntimeError::EngineDown(
+                "the fake engine does not answer".into(),
+            ));
+        }
         let Some(c) = st.containers.get_mut(id).filter(|c| !c.removed) else {
             return Ok(());
         };
@@ -391,6 +396,11 @@ impl Runtime for FakeRuntime {
 
     async fn inspect(&self, id: &str) -> Result<Option<Instance>> {
         let st = self.state();
+        if st.engine_down {
+            return Err(RuntimeError::EngineDown(
+                "the fake engine does not answer".into(),
+            ));
+        }
         Ok(st
             .containers
             .get(id)

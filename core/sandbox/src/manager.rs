@@ -314,13 +314,34 @@ impl Sandboxes {
             .await?)
     }
 
-    /// Removes a sandbox and forgets it. Never fails: a sandbox that cannot be removed now is
-    /// found again by reconciliation.
+    /// Removes a sandbox and forgets it. Never fails: a container that cannot be removed now
+    /// (the engine is restarting, say) is removed by a task that tries again with back-off
+    /// for half an hour, and after that by reconciliation at the next start.
     pub async fn release(&self, sb: &Sandbox, reason: &str) {
         self.hub.forget(&sb.id);
         if let Some(cid) = &sb.container_id {
             if let Err(e) = self.runtime.remove(cid).await {
-                tracing::warn!(sandbox = %sb.id, "cannot remove the sandbox container: {e}");
+                tracing::warn!(sandbox = %sb.id, "cannot remove the sandbox container now, trying again: {e}");
+                let (runtime, cid, id) = (self.runtime.clone(), cid.clone(), sb.id.clone());
+                tokio::spawn(async move {
+                    let mut delay = Duration::from_secs(2);
+                    let mut waited = Duration::ZERO;
+                    while waited < Duration::from_secs(1800) {
+                        tokio::time::sleep(delay).await;
+                        waited += delay;
+                        delay = (delay * 2).min(Duration::from_secs(60));
+                        match runtime.remove(&cid).await {
+                            Ok(()) => {
+                                tracing::info!(sandbox = %id, "removed the sandbox container");
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::debug!(sandbox = %id, "still cannot remove the sandbox container: {e}")
+                            }
+                        }
+                    }
+                    tracing::warn!(sandbox = %id, "gave up removing the sandbox container; the next start removes it");
+                });
             }
         }
         if let Err(e) = self.store.set_sandbox_gone(&sb.id, reason).await {
