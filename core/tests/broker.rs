@@ -154,6 +154,36 @@ impl Stack {
             .collect::<Vec<_>>()
             .join("\n")
     }
+
+    /// Waits (up to 10 s) until the session's notes say `text`.
+    async fn wait_note(&self, id: &SessionId, text: &str) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !self.notes(id).await.contains(text) {
+            assert!(
+                Instant::now() < until,
+                "no note {text:?}: {}",
+                self.notes(id).await
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits (up to 10 s) until the runtime was asked `n` times to do `what` (`create`, ...).
+    async fn wait_calls(&self, what: &str, n: usize) {
+        let prefix = format!("{what} ");
+        let until = Instant::now() + Duration::from_secs(10);
+        while self
+            .runtime
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with(&prefix))
+            .count()
+            < n
+        {
+            assert!(Instant::now() < until, "{:?}", self.runtime.calls());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
 }
 
 impl Drop for Stack {
@@ -167,6 +197,19 @@ impl Drop for Stack {
 
 fn is_agent(e: &FakeExec) -> bool {
     e.argv.last().map(String::as_str) == Some("run-the-agent")
+}
+
+/// A script whose agent prints `line` and then works for `secs`; every other command passes.
+fn busy_agent(line: &'static str, secs: u64) -> impl Fn(&FakeExec) -> FakeProcess {
+    move |e| {
+        if is_agent(e) {
+            FakeProcess::default()
+                .stdout(line)
+                .sleep(Duration::from_secs(secs))
+        } else {
+            FakeProcess::exits(0)
+        }
+    }
 }
 
 #[tokio::test]
@@ -240,19 +283,7 @@ async fn a_session_runs_its_agent_in_a_bound_sandbox_stores_its_output_and_remov
 
 #[tokio::test]
 async fn stopping_a_running_session_cancels_its_agent_removes_its_sandbox_and_is_audited() {
-    let stack = stack(
-        |e| {
-            if is_agent(e) {
-                FakeProcess::default()
-                    .stdout("working\n")
-                    .sleep(Duration::from_secs(600))
-            } else {
-                FakeProcess::exits(0)
-            }
-        },
-        BrokerSettings::local(),
-    )
-    .await;
+    let stack = stack(busy_agent("working\n", 600), BrokerSettings::local()).await;
     let s = stack.request("take your time").await;
     stack
         .wait(&s.id, "printed", |s| s.state == SessionState::Running)
@@ -326,25 +357,10 @@ async fn a_session_waits_for_a_sandbox_address_and_starts_when_one_is_free() {
     stack.runtime.set_addresses(Some(0));
     let s = stack.request("wait for room").await;
     // It says why it waits, and keeps waiting (no failure) while the network is full.
-    let until = Instant::now() + Duration::from_secs(10);
-    while !stack
-        .notes(&s.id)
-        .await
-        .contains("Waiting for a sandbox address")
-    {
-        assert!(
-            Instant::now() < until,
-            "no note: {}",
-            stack.notes(&s.id).await
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let start_tries = |calls: Vec<String>| calls.iter().filter(|c| c.starts_with("start ")).count();
-    let until = Instant::now() + Duration::from_secs(10);
-    while start_tries(stack.runtime.calls()) < 2 {
-        assert!(Instant::now() < until, "{:?}", stack.runtime.calls());
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    stack
+        .wait_note(&s.id, "Waiting for a sandbox address")
+        .await;
+    stack.wait_calls("start", 2).await;
     assert_eq!(
         stack.store.session(&s.id).await.unwrap().state,
         SessionState::Starting
@@ -365,25 +381,13 @@ async fn a_session_waits_while_the_engine_does_not_answer_and_starts_when_it_doe
     stack.runtime.set_engine_down(true);
     let s = stack.request("wait for the engine").await;
     // It says why it waits, asks again, and does not fail while the engine is away.
-    let until = Instant::now() + Duration::from_secs(10);
-    while !stack
-        .notes(&s.id)
-        .await
-        .contains("Waiting for the Docker engine: the fake engine does not answer")
-    {
-        assert!(
-            Instant::now() < until,
-            "no note: {}",
-            stack.notes(&s.id).await
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let tries = |calls: Vec<String>| calls.iter().filter(|c| c.starts_with("create ")).count();
-    let until = Instant::now() + Duration::from_secs(10);
-    while tries(stack.runtime.calls()) < 2 {
-        assert!(Instant::now() < until, "{:?}", stack.runtime.calls());
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    stack
+        .wait_note(
+            &s.id,
+            "Waiting for the Docker engine: the fake engine does not answer",
+        )
+        .await;
+    stack.wait_calls("create", 2).await;
     assert_eq!(
         stack.store.session(&s.id).await.unwrap().state,
         SessionState::Starting
@@ -406,19 +410,7 @@ async fn a_session_waits_while_the_engine_does_not_answer_and_starts_when_it_doe
 
 #[tokio::test]
 async fn an_engine_that_goes_away_under_a_running_session_ends_it_with_the_reason() {
-    let stack = stack(
-        |e| {
-            if is_agent(e) {
-                FakeProcess::default()
-                    .stdout("started\n")
-                    .sleep(Duration::from_secs(60))
-            } else {
-                FakeProcess::exits(0)
-            }
-        },
-        BrokerSettings::local(),
-    )
-    .await;
+    let stack = stack(busy_agent("started\n", 60), BrokerSettings::local()).await;
     let s = stack.request("run while dockerd restarts").await;
     let s = stack
         .wait(&s.id, "ran", |s| s.state == SessionState::Running)
@@ -437,15 +429,9 @@ async fn an_engine_that_goes_away_under_a_running_session_ends_it_with_the_reaso
     // The next session waits for the engine rather than failing, and runs once it is back;
     // the dead sandbox is removed then.
     let next = stack.request("after the restart").await;
-    let until = Instant::now() + Duration::from_secs(10);
-    while !stack
-        .notes(&next.id)
-        .await
-        .contains("Waiting for the Docker engine")
-    {
-        assert!(Instant::now() < until, "{}", stack.notes(&next.id).await);
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    stack
+        .wait_note(&next.id, "Waiting for the Docker engine")
+        .await;
     stack.runtime.set_engine_down(false);
     let next = stack
         .wait(&next.id, "runs", |s| s.state == SessionState::Running)
