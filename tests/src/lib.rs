@@ -5,6 +5,7 @@
 
 pub mod chats;
 pub mod connect_proxy;
+pub mod console;
 pub mod discord;
 pub mod git;
 pub mod github;

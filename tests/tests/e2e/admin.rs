@@ -419,28 +419,13 @@ async fn wrong_passwords_lock_the_account_for_a_while_and_are_audited() {
     Server::configure(&mut install);
     install.ok(&["migrate"]);
     install.add_admin();
-    let out = install.run_with_stdin(
-        &["human", "password", "ada@example.com"],
-        format!("{PASSWORD}\n").as_bytes(),
-    );
-    assert!(out.status.success(), "{}", airlock_tests::stderr(&out));
+    airlock_tests::console::set_password(&install, "ada@example.com", PASSWORD);
     let server = Server::start(&install);
     let base = format!("http://127.0.0.1:{}", server.port);
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let http = airlock_tests::console::client();
     // The login form's CSRF token and its cookie.
     let form = http.get(format!("{base}/login")).send().await.unwrap();
-    let cookie = form
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|c| c.starts_with("airlock_login="))
-        .and_then(|c| c.split(';').next())
-        .unwrap()
-        .to_string();
+    let cookie = airlock_tests::console::cookie(&form, "airlock_login");
     let csrf = cookie.trim_start_matches("airlock_login=").to_string();
     let try_password = |password: &'static str| {
         let (http, base, cookie, csrf) = (http.clone(), base.clone(), cookie.clone(), csrf.clone());

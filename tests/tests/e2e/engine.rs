@@ -5,51 +5,10 @@
 
 use std::time::{Duration, Instant};
 
+use airlock_tests::console::{client, page, set_password, sign_in};
 use airlock_tests::git::work_tree;
 use airlock_tests::sessions::{install_on, show};
 use airlock_tests::{Engine, Server};
-
-/// Signs in to the admin page as `email` and returns the session cookie.
-async fn sign_in(http: &reqwest::Client, base: &str, email: &str, password: &str) -> String {
-    let form = http.get(format!("{base}/login")).send().await.unwrap();
-    let login = cookie(&form, "airlock_login");
-    let csrf = login.trim_start_matches("airlock_login=").to_string();
-    let r = http
-        .post(format!("{base}/login"))
-        .header("Cookie", &login)
-        .form(&[
-            ("csrf", csrf.as_str()),
-            ("email", email),
-            ("password", password),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 303);
-    cookie(&r, "airlock_session")
-}
-
-fn cookie(r: &reqwest::Response, name: &str) -> String {
-    r.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|c| c.starts_with(&format!("{name}=")))
-        .and_then(|c| c.split(';').next())
-        .unwrap_or_else(|| panic!("no {name} cookie"))
-        .to_string()
-}
-
-async fn page(http: &reqwest::Client, base: &str, cookie: &str, path: &str) -> String {
-    let r = http
-        .get(format!("{base}{path}"))
-        .header("Cookie", cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200, "{path}");
-    r.text().await.unwrap()
-}
 
 async fn health(server: &Server) -> serde_json::Value {
     reqwest::get(format!("http://127.0.0.1:{}/healthz", server.port))
@@ -76,17 +35,10 @@ async fn a_server_started_with_its_engine_down_runs_the_queued_session_once_it_a
     );
     work_tree(&install.path().join("hello"), &[("README.md", "hello\n")]);
     let password = "correct horse battery staple";
-    let out = install.run_with_stdin(
-        &["human", "password", "ada@example.com"],
-        format!("{password}\n").as_bytes(),
-    );
-    assert!(out.status.success(), "{}", airlock_tests::stderr(&out));
+    set_password(&install, "ada@example.com", password);
     let server = Server::start(&install);
     let base = format!("http://127.0.0.1:{}", server.port);
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let http = client();
 
     // It serves, says it is degraded and why, and takes the request.
     let h = health(&server).await;
