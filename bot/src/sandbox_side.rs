@@ -3,7 +3,7 @@
 //! when it does at start-up, otherwise from a background task that asks the engine again with
 //! back-off (1 s, doubling to 30 s) and starts everything as soon as it answers, so sessions
 //! queued meanwhile run without a restart. Until then, and whenever setting up fails, the
-//! reason is kept for `/healthz`, the overview and `airlock session show`'s callers.
+//! reason is kept for `/healthz`, the overview and a queued session's page.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -78,8 +78,8 @@ impl Setup {
 /// the server stops.
 pub async fn start(setup: Setup, status: Arc<Status>) -> anyhow::Result<Vec<JoinHandle<()>>> {
     match airlock_sandbox::engine::connect(&setup.config.docker.host).await {
-        Ok(_) => {
-            let (gateway, tasks) = start_now(&setup).await?;
+        Ok(docker) => {
+            let (gateway, tasks) = start_now(&setup, &docker).await?;
             status.set(State::Ready { gateway });
             Ok(tasks)
         }
@@ -103,11 +103,14 @@ async fn supervise(setup: Setup, status: Arc<Status>) {
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(30));
-        if let Err(e) = airlock_sandbox::engine::connect(&setup.config.docker.host).await {
-            status.set(State::Waiting(e.to_string()));
-            continue;
-        }
-        match start_now(&setup).await {
+        let docker = match airlock_sandbox::engine::connect(&setup.config.docker.host).await {
+            Ok(docker) => docker,
+            Err(e) => {
+                status.set(State::Waiting(e.to_string()));
+                continue;
+            }
+        };
+        match start_now(&setup, &docker).await {
             Ok((gateway, tasks)) => {
                 tracing::info!("the Docker engine answers; sandboxes can start");
                 status.set(State::Ready { gateway });
@@ -126,13 +129,15 @@ async fn supervise(setup: Setup, status: Arc<Status>) {
 }
 
 /// Sets up the network and firewall, the endpoint, the gateway (if embedded) and the broker,
-/// and takes back the previous run's sessions.
-async fn start_now(setup: &Setup) -> anyhow::Result<(Option<String>, Vec<JoinHandle<()>>)> {
+/// and takes back the previous run's sessions, with the engine that just answered.
+async fn start_now(
+    setup: &Setup,
+    docker: &airlock_sandbox::engine::Docker,
+) -> anyhow::Result<(Option<String>, Vec<JoinHandle<()>>)> {
     let cfg = &setup.config;
     let store = &setup.store;
-    let docker = airlock_sandbox::engine::connect(&cfg.docker.host).await?;
     let image = airlock_sandbox::image::base_image_ref(&cfg.docker.base_image);
-    if !airlock_sandbox::engine::image_exists(&docker, &image)
+    if !airlock_sandbox::engine::image_exists(docker, &image)
         .await
         .unwrap_or(false)
     {

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use bollard::{Docker, API_DEFAULT_VERSION};
+/// The engine client [`connect`] returns.
+pub use bollard::Docker;
+use bollard::API_DEFAULT_VERSION;
 
 /// Label set on everything Airlock creates.
 pub const LABEL_MANAGED: &str = "org.airlock.managed";

@@ -120,6 +120,18 @@ struct State {
     execs: Vec<FakeExec>,
 }
 
+impl State {
+    /// Fails as an engine that does not answer, while it is "down".
+    fn answering(&self) -> Result<()> {
+        if self.engine_down {
+            return Err(RuntimeError::EngineDown(
+                "the fake engine does not answer".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 struct Container {
     spec: ContainerSpec,
     /// Removed containers are kept (invisible to the runtime's callers) for the test to read.
@@ -275,11 +287,7 @@ impl Runtime for FakeRuntime {
     async fn create(&self, spec: &ContainerSpec) -> Result<String> {
         let mut st = self.state();
         st.calls.push(format!("create {}", spec.sandbox_id));
-        if st.engine_down {
-            return Err(RuntimeError::EngineDown(
-                "the fake engine does not answer".into(),
-            ));
-        }
+        st.answering()?;
         st.next += 1;
         let id = format!("fake-{}", st.next);
         st.containers.insert(
@@ -342,11 +350,7 @@ impl Runtime for FakeRuntime {
 
     async fn remove(&self, id: &str) -> Result<()> {
         let mut st = self.state();
-        if st.engine_down {
-            return Err(RuntimeError::EngineDown(
-                "the fake engine does not answer".into(),
-            ));
-        }
+        st.answering()?;
         let Some(c) = st.containers.get_mut(id).filter(|c| !c.removed) else {
             return Ok(());
         };
@@ -396,11 +400,7 @@ impl Runtime for FakeRuntime {
 
     async fn inspect(&self, id: &str) -> Result<Option<Instance>> {
         let st = self.state();
-        if st.engine_down {
-            return Err(RuntimeError::EngineDown(
-                "the fake engine does not answer".into(),
-            ));
-        }
+        st.answering()?;
         Ok(st
             .containers
             .get(id)

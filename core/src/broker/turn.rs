@@ -134,8 +134,8 @@ impl Broker {
     }
 
     /// A sandbox for the session. While the sandbox network has no free address (other
-    /// sandboxes hold them all) or the Docker engine does not answer, the session waits, says why in its log, keeps its lease and
-    /// tries again every [`ADDRESS_RETRY`], until an address frees up, the session is
+    /// sandboxes hold them all) or the Docker engine does not answer, the session waits, says
+    /// why in its log, keeps its lease and tries again every [`ADDRESS_RETRY`], until an address frees up, the session is
     /// stopped (`None`) or its wall clock runs out.
     async fn acquire_waiting(
         &self,
@@ -147,49 +147,44 @@ impl Broker {
     ) -> anyhow::Result<Option<(Sandbox, Origin)>> {
         let deadline =
             session.started_at.unwrap_or_else(now_ms) + (plan.limits.wall_clock_secs as i64) * 1000;
-        // What it waits for, once it has said so: an address (false) or the engine (true).
-        let mut waiting: Option<bool> = None;
+        // What it waits for, once it has said so.
+        let mut waiting: Option<&str> = None;
         loop {
             match self.sandboxes.acquire(session, profile, pv, log).await {
                 Ok(got) => return Ok(Some(got)),
                 Err(SandboxError::Runtime(
                     e @ (RuntimeError::NoAddress(_) | RuntimeError::EngineDown(_)),
                 )) => {
-                    let engine = matches!(e, RuntimeError::EngineDown(_));
+                    let (waits_for, gave_up, note) = if matches!(e, RuntimeError::EngineDown(_)) {
+                        (
+                            "the Docker engine",
+                            "the Docker engine did not answer",
+                            format!(
+                                "Waiting for the Docker engine: {e}. The session starts as soon \
+                                 as it answers."
+                            ),
+                        )
+                    } else {
+                        (
+                            "a sandbox address",
+                            "no sandbox address became free",
+                            "Waiting for a sandbox address: every address of the sandbox network \
+                             (`sandbox.subnet`) is taken. The session starts as soon as one is \
+                             released; `airlock doctor` compares the subnet with the sessions \
+                             and warm pools it must hold."
+                                .to_string(),
+                        )
+                    };
                     if now_ms() > deadline {
                         anyhow::bail!(
-                            "{} within the session's wall clock ({} s): {e}",
-                            if engine {
-                                "the Docker engine did not answer"
-                            } else {
-                                "no sandbox address became free"
-                            },
+                            "{gave_up} within the session's wall clock ({} s): {e}",
                             plan.limits.wall_clock_secs
                         );
                     }
-                    if waiting != Some(engine) {
-                        waiting = Some(engine);
-                        if engine {
-                            tracing::warn!(session = %session.id, "waiting for the Docker engine: {e}");
-                            self.note(
-                                &session.id,
-                                &format!(
-                                    "Waiting for the Docker engine: {e}. The session starts as \
-                                     soon as it answers."
-                                ),
-                            )
-                            .await;
-                        } else {
-                            tracing::warn!(session = %session.id, "waiting for a sandbox address: {e}");
-                            self.note(
-                                &session.id,
-                                "Waiting for a sandbox address: every address of the sandbox network \
-                                 (`sandbox.subnet`) is taken. The session starts as soon as one is \
-                                 released; `airlock doctor` compares the subnet with the sessions \
-                                 and warm pools it must hold.",
-                            )
-                            .await;
-                        }
+                    if waiting != Some(waits_for) {
+                        waiting = Some(waits_for);
+                        tracing::warn!(session = %session.id, "waiting for {waits_for}: {e}");
+                        self.note(&session.id, &note).await;
                     }
                     tokio::time::sleep(ADDRESS_RETRY).await;
                     let now = self.store.session(&session.id).await?;
